@@ -1,0 +1,261 @@
+"""The ``cloudpose`` command line: one thin command per verb.
+
+Heavy imports (torch, onnxruntime, uvicorn) happen inside the commands so ``--help`` is fast.
+Expected failures print one line to stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help="cloudpose: rigid pose of a known object in a point cloud (train, export, evaluate, serve).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_MODEL = Path("artifacts/default/model.onnx")
+
+
+@contextmanager
+def expected_failures() -> Iterator[None]:
+    """Turn the errors a user can cause into one line on stderr and exit status 1."""
+    from pipeline.config import ConfigError
+    from pipeline.mesh import MeshError
+    from service.clouds import CloudError
+
+    handled: tuple[type[BaseException], ...] = (ConfigError, MeshError, CloudError, FileNotFoundError)
+    try:
+        from service.inference import ModelLoadError
+
+        handled += (ModelLoadError,)
+    except ImportError:  # serving extras not installed
+        pass
+    try:
+        yield
+    except handled as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _parse_hidden(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    text = text.strip()
+    if text in ("", "none", "[]"):
+        return []
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        typer.echo(f"error: --hidden takes comma-separated widths like 256,256, got {text!r}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Option(help="YAML file overriding the defaults.")] = None,
+    mesh: Annotated[Optional[Path], typer.Option(help="Object mesh (PLY/OBJ/STL/OFF); the bunny by default.")] = None,
+    n_points: Annotated[Optional[int], typer.Option(help="Points per cloud, N.")] = None,
+    hidden: Annotated[Optional[str], typer.Option(help="Hidden widths, e.g. 256,256; 'none' for one linear layer.")] = None,
+    activation: Annotated[Optional[str], typer.Option(help="relu, elu or none.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Step budget (the LR schedule spans it).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Clouds per step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    lambda_orth: Annotated[Optional[float], typer.Option(help="Weight of ||R^T R - I||^2.")] = None,
+    l1_lambda: Annotated[Optional[float], typer.Option(help="Weight of the L1 penalty on weights.")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Max gradient norm; 0 disables.")] = None,
+    time_budget_s: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the pose stream.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(help="Run folder (checkpoint, metrics).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an existing checkpoint and start over.")] = False,
+) -> None:
+    """Train a pose regressor on synthesized posed clouds; resumes from the run folder's checkpoint."""
+    with expected_failures():
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from pipeline.config import load_config
+        from pipeline.train import describe_device, resolve_device
+        from pipeline.train import train as run_training
+
+        overrides = {
+            "mesh": str(mesh) if mesh else None,
+            "n_points": n_points,
+            "hidden": _parse_hidden(hidden),
+            "activation": activation,
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "lambda_orth": lambda_orth,
+            "l1_lambda": l1_lambda,
+            "grad_clip": grad_clip,
+            "time_budget_s": time_budget_s,
+            "seed": seed,
+            "device": device,
+            "out_dir": str(out_dir) if out_dir else None,
+        }
+        cfg = load_config(config, overrides)
+        typer.echo(f"training on {describe_device(resolve_device(cfg.device))}", err=True)
+        columns = (
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.2e}  val median {task.fields[val]:.4f} deg"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, transient=False, disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task("train", total=cfg.steps, loss=float("nan"), val=float("nan"))
+
+            def report(step: int, total: int, values: dict[str, float]) -> None:
+                bar.update(task, completed=step, loss=values["total"], val=values["val_median_deg"])
+
+            result = run_training(cfg, progress=report, fresh=fresh)
+        summary = {
+            "device": result.device,
+            "steps": result.steps,
+            "elapsed_s": round(result.elapsed_s, 2),
+            "samples_per_s": round(result.samples_per_s),
+            "stopped_because": result.stopped_because,
+            "checkpoint": str(result.checkpoint),
+            **{key: round(value, 6) for key, value in result.validation.items() if isinstance(value, float)},
+        }
+        typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Checkpoint file or run folder holding checkpoint.pt.")],
+    out: Annotated[Path, typer.Option(help="Folder for model.onnx, model.json, template.npy.")] = DEFAULT_MODEL.parent,
+) -> None:
+    """Export a checkpoint to ONNX with its sidecar JSON; checks it with onnx.checker and onnxruntime."""
+    with expected_failures():
+        from pipeline.export import export_model
+
+        checkpoint = run / "checkpoint.pt" if run.is_dir() else run
+        result = export_model(checkpoint, out)
+        typer.echo(
+            f"exported {result.sidecar['model_id']} to {result.model_path} "
+            f"({result.model_path.stat().st_size} bytes, parity max |diff| {result.parity_max_abs_diff:.1e})"
+        )
+
+
+@app.command("eval")
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Exported model.onnx (sidecar beside it).")] = DEFAULT_MODEL,
+    count: Annotated[int, typer.Option(min=1, help="Held-out poses.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Held-out stream seed.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for eval.json and eval.png; the model's folder by default.")] = None,
+) -> None:
+    """Score an exported model on seeded held-out poses through the service's inference code."""
+    with expected_failures():
+        from pipeline.evaluate import evaluate_model, format_table, write_report
+        from pipeline.files import atomic_write_json
+
+        evaluation = evaluate_model(model, count=count, seed=seed)
+        typer.echo(f"{evaluation.metrics['model_id']}: {count} held-out poses (seed {seed})")
+        typer.echo(format_table(evaluation.metrics))
+        json_path, png_path = write_report(evaluation, out or model.parent)
+        sidecar_path = model.with_suffix(".json")
+        sidecar = json.loads(sidecar_path.read_text())
+        sidecar["evaluation"] = evaluation.metrics
+        atomic_write_json(sidecar_path, sidecar)
+        typer.echo(f"wrote {json_path} and {png_path}")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Output .npz file.")],
+    count: Annotated[int, typer.Option(min=1, help="Number of posed clouds.")] = 1000,
+    n_points: Annotated[int, typer.Option(min=1, help="Points per cloud, N.")] = 1024,
+    template_seed: Annotated[int, typer.Option(help="Seed of the template's surface sample.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the poses.")] = 0,
+    translation_range: Annotated[float, typer.Option(min=0.0, help="± range per axis, in diagonals.")] = 0.5,
+    mesh: Annotated[Optional[Path], typer.Option(help="Object mesh; the bunny by default.")] = None,
+) -> None:
+    """Write a seeded dataset of posed template copies (clouds, poses, template) to an .npz file."""
+    with expected_failures():
+        from pipeline.mesh import load_mesh
+        from pipeline.synth import held_out_batch, make_template, write_dataset
+
+        loaded = load_mesh(mesh)
+        template = make_template(loaded, n_points, template_seed)
+        data = held_out_batch(template, count, translation_range * loaded.diagonal, seed)
+        meta = {
+            "mesh": loaded.name,
+            "mesh_sha256": loaded.sha256,
+            "diagonal": loaded.diagonal,
+            "n_points": n_points,
+            "template_seed": template_seed,
+            "seed": seed,
+            "translation_range": translation_range,
+            "convention": "points = template @ rotation + translation (row vectors)",
+        }
+        path = write_dataset(out, template, data, meta)
+        typer.echo(f"wrote {count} clouds of {n_points} points to {path}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    model: Annotated[Optional[Path], typer.Option(help="Exported model.onnx; CLOUDPOSE_MODEL_PATH or the default otherwise.")] = None,
+) -> None:
+    """Serve the HTTP API with uvicorn."""
+    with expected_failures():
+        import uvicorn
+
+        from service.app import create_app
+        from service.inference import PoseEstimator
+        from service.settings import Settings
+
+        settings = Settings(model_path=model) if model else Settings()
+        PoseEstimator(settings.model_path)  # fail here, with one line, rather than inside the server
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command()
+def predict(
+    cloud: Annotated[Path, typer.Argument(help="Cloud file: .ply, .pcd, .xyz or .npy.")],
+    model: Annotated[Path, typer.Option(help="Exported model.onnx.")] = DEFAULT_MODEL,
+) -> None:
+    """Estimate a cloud's pose locally, with the service's code but no server; prints JSON."""
+    with expected_failures():
+        from service.clouds import read_cloud_file
+        from service.inference import PoseEstimator
+        from service.settings import Settings
+
+        estimator = PoseEstimator(model)
+        points = read_cloud_file(cloud.name, cloud.read_bytes(), Settings().max_points)
+        estimator.check_cloud(points, where=cloud.name)
+        (pose,) = estimator.estimate([points])
+        typer.echo(json.dumps({**pose.to_dict(), "model_id": estimator.model_id, "n_points": len(points)}, indent=2))
+
+
+def _mount_exam_commands() -> None:
+    from pipeline.cli_exam import exam, lenet_app, plot_app
+
+    app.add_typer(lenet_app, name="lenet")
+    app.add_typer(plot_app, name="plot")
+    app.command("exam")(exam)
+
+
+try:
+    _mount_exam_commands()
+except ImportError:  # TEMP
+    pass
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""Training: synthesize posed clouds on the training device, regress the object pose, checkpoint.
+
+``train(cfg)`` runs until the validation set reaches the target errors, the step budget or the
+time budget, whichever comes first. A run's folder holds ``checkpoint.pt`` (model, optimizer,
+schedule, step, config, template), ``metrics.csv`` (one row per validation) and
+``summary.json``. Calling ``train`` again on the same folder resumes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.geometry import orthogonality_penalty, project_to_so3
+from models.pose import build_pose_model
+from pipeline.config import ConfigError, TrainConfig
+from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipeline.mesh import Mesh, load_mesh
+from pipeline.metrics import pose_metrics
+from pipeline.synth import VALIDATION_OFFSET, PoseBatch, exam_batch, generator_for, held_out_batch, make_template
+
+CHECKPOINT_NAME = "checkpoint.pt"
+# Fields that change what the model is; resuming with other values would mix two runs.
+MODEL_FIELDS = ("mesh", "n_points", "template_seed", "model_kind", "hidden", "activation", "translation_range")
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` picks CUDA when available; an explicit ``cuda`` without a GPU is an error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was requested but no CUDA device is available")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def model_arguments(cfg: TrainConfig, mesh: Mesh) -> dict[str, Any]:
+    """Keyword arguments of :func:`models.pose.build_pose_model`, stored with every checkpoint."""
+    return {
+        "kind": cfg.model_kind,
+        "n_points": cfg.n_points,
+        "hidden": list(cfg.hidden),
+        "activation": cfg.activation,
+        "scale": mesh.diagonal,
+    }
+
+
+def train_step(
+    model: torch.nn.Module, batch: PoseBatch, cfg: TrainConfig, scale: float
+) -> tuple[tuple[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+    """One forward pass and its losses (no backward).
+
+    Returns:
+        ``((rotation_raw (B, 3, 3), translation (B, 3)), losses)``; ``losses["total"]`` is the
+        objective, the others are its parts and the mean orthogonality error of raw outputs.
+    """
+    rotation_raw, translation = model(batch.points)
+    rotation_mse = ((rotation_raw - batch.rotation) ** 2).mean()
+    translation_mse = (((translation - batch.translation) / scale) ** 2).mean()
+    orthogonality = orthogonality_penalty(rotation_raw).mean()
+    total = rotation_mse + cfg.translation_weight * translation_mse + cfg.lambda_orth * orthogonality
+    losses = {"rotation_mse": rotation_mse, "translation_mse": translation_mse, "orthogonality": orthogonality}
+    if cfg.l1_lambda > 0:
+        l1 = sum(p.abs().sum() for name, p in model.named_parameters() if name.endswith("weight"))
+        losses["l1"] = l1
+        total = total + cfg.l1_lambda * l1
+    losses["total"] = total
+    return (rotation_raw, translation), losses
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, data: PoseBatch, diagonal: float, chunk: int = 4096) -> dict[str, float]:
+    """Pose metrics of the model on a fixed batch, with rotations projected onto SO(3)."""
+    model.eval()
+    rotations, translations, raw_orthogonality = [], [], []
+    for start in range(0, len(data.points), chunk):
+        rotation_raw, translation = model(data.points[start : start + chunk])
+        raw_orthogonality.append(orthogonality_penalty(rotation_raw))
+        rotations.append(project_to_so3(rotation_raw))
+        translations.append(translation)
+    model.train()
+    metrics = pose_metrics(
+        torch.cat(rotations).cpu(), torch.cat(translations).cpu(), data.rotation.cpu(), data.translation.cpu(), diagonal
+    )
+    metrics["orthogonality_raw"] = float(torch.cat(raw_orthogonality).mean())
+    return metrics
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float = 0.05, floor: float = 1e-4) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up, then cosine decay to ``floor`` at ``total_steps``.
+
+    The decay matters: the exam-setting problem has an exact solution, and a constant Adam step
+    would keep the weights circling it instead of settling.
+    """
+    warmup = max(1, int(warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.04 + 0.96 * step / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def reached_target(metrics: dict[str, float], cfg: TrainConfig) -> bool:
+    return (
+        metrics["rotation_median_deg"] <= cfg.target_median_deg
+        and metrics["rotation_p99_deg"] <= cfg.target_p99_deg
+        and metrics["translation_median_pct"] <= cfg.target_translation_pct
+    )
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    out_dir: Path
+    checkpoint: Path
+    device: str
+    steps: int
+    elapsed_s: float
+    samples_per_s: float
+    stopped_because: str
+    reached_target: bool
+    validation: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+ProgressCallback = Callable[[int, int, dict[str, float]], None]
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`train`."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError as error:
+        raise ConfigError(f"checkpoint not found: {path}") from error
+    except Exception as error:  # torch raises several types for a corrupt or foreign file
+        raise ConfigError(f"not a cloudpose checkpoint: {path} ({error})") from error
+    if not isinstance(state, dict) or "model_arguments" not in state or "config" not in state:
+        raise ConfigError(f"not a cloudpose checkpoint: {path}")
+    return state
+
+
+def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
+    arguments = dict(state["model_arguments"])
+    model = build_pose_model(arguments.pop("kind"), arguments.pop("n_points"), **arguments)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: bool = False) -> TrainResult:
+    """Train a pose regressor as ``cfg`` says, resuming from ``cfg.out_dir`` unless ``fresh``.
+
+    Args:
+        cfg: validated configuration.
+        progress: called after every step with ``(step, total_steps, latest_values)``.
+        fresh: ignore an existing checkpoint and start over.
+    """
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    out_dir = Path(cfg.out_dir)
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    mesh = load_mesh(cfg.mesh or None)
+    template = make_template(mesh, cfg.n_points, cfg.template_seed)
+    arguments = model_arguments(cfg, mesh)
+    with torch.random.fork_rng(devices=[]):
+        # Seeded initial weights without touching the caller's global RNG.
+        torch.manual_seed(cfg.seed)
+        model = build_pose_model(**arguments).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.steps))
+    step, elapsed_before, history = 0, 0.0, []
+
+    if checkpoint_path.exists() and not fresh:
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        previous = state["config"]
+        changed = [name for name in MODEL_FIELDS if previous.get(name) != getattr(cfg, name)]
+        if changed or previous.get("steps") != cfg.steps:
+            raise ConfigError(
+                f"{checkpoint_path} was trained with other {', '.join(changed or ['steps'])}; "
+                "pass --fresh to start over or choose another --out-dir"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        step, elapsed_before, history = state["step"], state["elapsed_s"], state["history"]
+
+    half_range = cfg.translation_range * mesh.diagonal
+    validation_set = held_out_batch(template, cfg.val_size, half_range, cfg.seed + VALIDATION_OFFSET)
+    validation_set = PoseBatch(*(t.to(device) for t in (validation_set.points, validation_set.rotation, validation_set.translation)))
+    template_device = torch.as_tensor(template, device=device)
+    generator = generator_for(cfg.seed, device)
+
+    def snapshot(last_metrics: dict[str, float], reason: str) -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "step": step,
+            "elapsed_s": elapsed_before + (time.perf_counter() - started),
+            "history": history,
+            "config": cfg.to_dict(),
+            "model_arguments": arguments,
+            "template": template,
+            "mesh": {"name": mesh.name, "sha256": mesh.sha256, "diagonal": mesh.diagonal},
+            "validation": last_metrics,
+            "stopped_because": reason,
+        }
+        _save(checkpoint_path, state)
+        _write_metrics_csv(out_dir / "metrics.csv", history)
+
+    started = time.perf_counter()
+    samples_before = step * cfg.batch_size
+    metrics = history[-1] if history else validate(model, validation_set, mesh.diagonal)
+    reason = "target reached" if (history and reached_target(metrics, cfg)) else ""
+    try:
+        while not reason:
+            if step >= cfg.steps:
+                reason = "step budget"
+                break
+            if elapsed_before + (time.perf_counter() - started) >= cfg.time_budget_s:
+                reason = "time budget"
+                break
+            # Reseeding per step makes a resumed run draw the same batches as an uninterrupted one.
+            generator.manual_seed(cfg.seed * 1_000_003 + step)
+            batch = exam_batch(template_device, cfg.batch_size, half_range, generator)
+            _, losses = train_step(model, batch, cfg, mesh.diagonal)
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            values = {name: float(value.detach()) for name, value in losses.items()}
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                metrics = validate(model, validation_set, mesh.diagonal)
+                elapsed = elapsed_before + (time.perf_counter() - started)
+                history.append({"step": step, "elapsed_s": round(elapsed, 3), "lr": schedule.get_last_lr()[0], **values, **metrics})
+                snapshot(metrics, "")
+                if reached_target(metrics, cfg):
+                    reason = "target reached"
+            if progress is not None:
+                progress(step, cfg.steps, {**values, "val_median_deg": metrics["rotation_median_deg"]})
+    except KeyboardInterrupt:
+        snapshot(metrics, "interrupted")
+        raise
+    elapsed_now = time.perf_counter() - started
+    if not history or history[-1]["step"] != step:
+        metrics = validate(model, validation_set, mesh.diagonal)
+    snapshot(metrics, reason)
+    result = TrainResult(
+        out_dir=out_dir,
+        checkpoint=checkpoint_path,
+        device=describe_device(device),
+        steps=step,
+        elapsed_s=elapsed_before + elapsed_now,
+        samples_per_s=(step * cfg.batch_size - samples_before) / max(elapsed_now, 1e-9),
+        stopped_because=reason,
+        reached_target=reached_target(metrics, cfg),
+        validation=metrics,
+        history=history,
+    )
+    atomic_write_json(
+        out_dir / "summary.json",
+        {
+            "device": result.device,
+            "steps": result.steps,
+            "elapsed_s": round(result.elapsed_s, 3),
+            "samples_per_s": round(result.samples_per_s, 1),
+            "stopped_because": result.stopped_because,
+            "reached_target": result.reached_target,
+            "validation": metrics,
+            "config": cfg.to_dict(),
+        },
+    )
+    return result
+
+
+def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    if not history:
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def template_of(state: dict[str, Any]) -> np.ndarray:
+    """The (N, 3) float32 template stored in a checkpoint."""
+    return np.asarray(state["template"], dtype=np.float32)

@@ -1,0 +1,187 @@
+"""Inference with onnxruntime only: preprocess -> run -> postprocess. No torch here.
+
+Conventions follow the exported sidecar (row vectors): the network gives the object pose
+``observed = canonical @ R_obj + t_obj``; the service answers with the back transform
+``canonical = observed @ rotation + translation`` (``rotation = R_obj.T``,
+``translation = -t_obj @ R_obj.T``), plus the object pose as a 4x4 matrix and a quaternion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.clouds import CloudError
+
+SIDECAR_FORMAT = "cloudpose-model/1"
+# Sidecar fields the service reads (GET /v1/model describes the model with them).
+SIDECAR_REQUIRED = ("model_id", "kind", "n_points", "convention", "units", "mesh", "template")
+
+
+class ModelLoadError(RuntimeError):
+    """The model file or its sidecar is missing, corrupt, or does not match."""
+
+
+def project_to_so3(matrix: np.ndarray) -> np.ndarray:
+    """Nearest rotations (SVD, det = +1) of a (B, 3, 3) stack."""
+    u, _, vh = np.linalg.svd(matrix.astype(np.float64))
+    det = np.linalg.det(u @ vh)
+    u[..., :, -1] *= det[..., None]
+    return u @ vh
+
+
+def quaternion_xyzw(rotation_column: np.ndarray) -> np.ndarray:
+    """Unit quaternion (x, y, z, w), w >= 0, of a column-vector rotation matrix (3, 3)."""
+    m = rotation_column
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    candidates = np.array(
+        [
+            [1 + trace, m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]],
+            [m[2, 1] - m[1, 2], 1 + m[0, 0] - m[1, 1] - m[2, 2], m[0, 1] + m[1, 0], m[0, 2] + m[2, 0]],
+            [m[0, 2] - m[2, 0], m[0, 1] + m[1, 0], 1 - m[0, 0] + m[1, 1] - m[2, 2], m[1, 2] + m[2, 1]],
+            [m[1, 0] - m[0, 1], m[0, 2] + m[2, 0], m[1, 2] + m[2, 1], 1 - m[0, 0] - m[1, 1] + m[2, 2]],
+        ]
+    )
+    # Take the numerically largest of the four equivalent formulas.
+    best = int(np.argmax([1 + trace, candidates[1, 1], candidates[2, 2], candidates[3, 3]]))
+    wxyz = candidates[best] / (2 * np.sqrt(candidates[best, best]))
+    wxyz = wxyz / np.linalg.norm(wxyz)
+    if wxyz[0] < 0:
+        wxyz = -wxyz
+    return np.array([wxyz[1], wxyz[2], wxyz[3], wxyz[0]])
+
+
+@dataclass
+class Pose:
+    """One cloud's pose.
+
+    Attributes:
+        rotation: (3, 3) back rotation, ``canonical = observed @ rotation + translation``.
+        translation: (3,) back translation.
+        object_rotation: (3, 3) ``observed = canonical @ object_rotation + object_translation``.
+        object_translation: (3,).
+    """
+
+    rotation: np.ndarray
+    translation: np.ndarray
+    object_rotation: np.ndarray
+    object_translation: np.ndarray
+
+    def pose_matrix(self) -> np.ndarray:
+        """4x4 object pose for column vectors (as open3d and ROS use): ``[x_obs; 1] = M @ [x_can; 1]``."""
+        matrix = np.eye(4)
+        matrix[:3, :3] = self.object_rotation.T
+        matrix[:3, 3] = self.object_translation
+        return matrix
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rotation": self.rotation.tolist(),
+            "translation": self.translation.tolist(),
+            "pose_matrix": self.pose_matrix().tolist(),
+            "quaternion_xyzw": quaternion_xyzw(self.object_rotation.T).tolist(),
+        }
+
+
+class PoseEstimator:
+    """An exported cloudpose model loaded into onnxruntime.
+
+    Args:
+        model_path: ``model.onnx``; ``model.json`` and the template must sit beside it.
+        threads: onnxruntime intra-op threads.
+    """
+
+    def __init__(self, model_path: str | Path, threads: int = 1) -> None:
+        import onnxruntime
+
+        model_path = Path(model_path)
+        sidecar_path = model_path.with_suffix(".json")
+        if not model_path.is_file():
+            raise ModelLoadError(f"model file not found: {model_path}")
+        if not sidecar_path.is_file():
+            raise ModelLoadError(f"model sidecar not found: {sidecar_path} (export writes it beside the model)")
+        try:
+            self.metadata: dict[str, Any] = json.loads(sidecar_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ModelLoadError(f"model sidecar {sidecar_path} is not valid JSON") from error
+        if not isinstance(self.metadata, dict) or self.metadata.get("format") != SIDECAR_FORMAT:
+            raise ModelLoadError(f"model sidecar {sidecar_path} is not a {SIDECAR_FORMAT} file")
+        missing = [key for key in SIDECAR_REQUIRED if key not in self.metadata]
+        if missing:
+            raise ModelLoadError(f"model sidecar {sidecar_path} lacks {', '.join(missing)}")
+        model_bytes = model_path.read_bytes()
+        if hashlib.sha256(model_bytes).hexdigest() != self.metadata.get("onnx_sha256"):
+            raise ModelLoadError(f"{model_path} does not match the hash in {sidecar_path.name}")
+        template_path = model_path.parent / self.metadata["template"]["file"]
+        try:
+            self.template = np.load(template_path, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"template {template_path} is missing or corrupt") from error
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self.session = onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise ModelLoadError(f"onnxruntime could not load {model_path}: {error}") from error
+        self.model_id: str = self.metadata["model_id"]
+        self.n_points: int = int(self.metadata["n_points"])
+        self.order_free: bool = bool(self.metadata.get("order_free", False))
+
+    def check_cloud(self, points: np.ndarray, where: str = "points") -> None:
+        """Reject clouds this model cannot answer (an exam-setting model needs exactly N points)."""
+        if not self.order_free and points.shape[0] != self.n_points:
+            raise CloudError(
+                422,
+                f"{where} has {points.shape[0]} points, but this exam-setting model takes exactly "
+                f"{self.n_points}: the template's points in the template's order, rigidly posed "
+                "(GET /v1/model returns the template)",
+            )
+
+    def estimate(self, clouds: list[np.ndarray]) -> list[Pose]:
+        """Poses of clouds, each (N, 3), already checked with :meth:`check_cloud`."""
+        if not clouds:
+            return []
+        batch = np.stack(clouds).astype(np.float32)  # (B, N, 3)
+        rotation_raw, translation = self.session.run(None, {"points": batch})
+        object_rotation = project_to_so3(rotation_raw)  # (B, 3, 3)
+        object_translation = translation.astype(np.float64)
+        back_rotation = object_rotation.transpose(0, 2, 1)
+        back_translation = -np.einsum("bi,bij->bj", object_translation, back_rotation)
+        return [
+            Pose(back_rotation[i], back_translation[i], object_rotation[i], object_translation[i])
+            for i in range(len(clouds))
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """Public metadata for ``GET /v1/model``."""
+        meta = self.metadata
+        description = {
+            "model_id": self.model_id,
+            "kind": meta["kind"],
+            "order_free": self.order_free,
+            "n_points": self.n_points,
+            "convention": meta["convention"],
+            "response_convention": (
+                "rotation/translation: canonical = points @ rotation + translation (row vectors); "
+                "pose_matrix: 4x4 object pose for column vectors, [x_obs; 1] = M [x_can; 1]; "
+                "quaternion_xyzw: the rotation of pose_matrix, scalar last"
+            ),
+            "units": meta["units"],
+            "mesh": meta["mesh"],
+            "metrics": meta.get("training", {}).get("validation", {}),
+            "evaluation": meta.get("evaluation"),
+            "versions": meta.get("versions", {}),
+        }
+        if not self.order_free:
+            description["input_requirement"] = (
+                f"exam setting: send exactly {self.n_points} points, the template's points in the "
+                "template's order, rigidly posed; other clouds are rejected with 422"
+            )
+            description["template"] = self.template.tolist()
+        return description
