@@ -255,6 +255,40 @@ def predict(
         )
 
 
+@app.command()
+def prune(
+    run: Annotated[Path, typer.Argument(help="Checkpoint file or run folder holding checkpoint.pt.")],
+    sparsity: Annotated[
+        list[float] | None, typer.Option(help="Fraction of weights to remove; repeat for several levels.")
+    ] = None,
+    scope: Annotated[
+        str, typer.Option(help="global (one threshold) or layer (same sparsity per layer).")
+    ] = "global",
+    finetune_steps: Annotated[int, typer.Option(min=0, help="Fine-tuning steps with the masks held.")] = 300,
+    count: Annotated[int, typer.Option(min=1, help="Held-out poses scored per level.")] = 2000,
+    out: Annotated[Path, typer.Option(help="Folder for one exported model per level.")] = Path(
+        "artifacts/pruned"
+    ),
+) -> None:
+    """Prune a model by weight magnitude, fine-tune, export each level; tabulate accuracy vs size."""
+    with expected_failures():
+        if scope not in ("global", "layer"):
+            typer.echo(f"error: --scope must be global or layer, got {scope!r}", err=True)
+            raise typer.Exit(1)
+        levels = sparsity or [0.5, 0.8, 0.9, 0.95]
+        if not all(0 <= level < 1 for level in levels):
+            typer.echo("error: --sparsity values must be in [0, 1)", err=True)
+            raise typer.Exit(1)
+        from pipeline.prune import format_prune_table, prune_model
+
+        checkpoint = run / "checkpoint.pt" if run.is_dir() else run
+        rows = prune_model(
+            checkpoint, levels, out, scope=scope, finetune_steps=finetune_steps, eval_count=count
+        )
+        typer.echo(format_prune_table(rows))
+        typer.echo(f"models in {out}/s<percent>/model.onnx; table in {out / 'prune.json'}")
+
+
 def _mount_exam_commands() -> None:
     from pipeline.cli_exam import exam, lenet_app, plot_app
 
