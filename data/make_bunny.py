@@ -35,7 +35,9 @@ def parse_index_js(text: str) -> tuple[np.ndarray, np.ndarray]:
 def surface_centroid(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted centroid of a triangle mesh's surface, shape (3,)."""
     corners = vertices[faces]  # (F, 3, 3)
-    areas = 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+    areas = 0.5 * np.linalg.norm(
+        np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1
+    )
     return (corners.mean(axis=1) * areas[:, None]).sum(axis=0) / areas.sum()
 
 

@@ -35,7 +35,9 @@ class Evaluation:
     rotation_errors_deg: np.ndarray
 
 
-def evaluate_model(model_path: str | Path, count: int = 10_000, seed: int = 0, chunk: int = 500) -> Evaluation:
+def evaluate_model(
+    model_path: str | Path, count: int = 10_000, seed: int = 0, chunk: int = 500
+) -> Evaluation:
     """Score an exported model on ``count`` held-out poses of its own template.
 
     Args:

@@ -55,7 +55,9 @@ class Mesh:
 def surface_centroid(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted centroid of the surface, shape (3,)."""
     corners = vertices[faces]  # (F, 3, 3)
-    areas = 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+    areas = 0.5 * np.linalg.norm(
+        np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1
+    )
     if not np.isfinite(areas).all() or areas.sum() <= 0:
         raise MeshError("mesh has no surface area")
     return (corners.mean(axis=1) * areas[:, None]).sum(axis=0) / areas.sum()

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.clouds import CloudError, as_cloud, read_cloud_file
-from service.inference import PoseEstimator
+from service.inference import Pose, PoseEstimator
 from service.settings import Settings
 
 JSON_BODY_EXAMPLE = {"points": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]}
@@ -75,16 +75,30 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-def get_estimator(request: Request) -> PoseEstimator:
+# Dependencies and cheap endpoints are ``async def``: FastAPI runs plain ``def`` ones in the
+# thread pool, a thread hop per call that costs more than the work they do.
+async def get_estimator(request: Request) -> PoseEstimator:
     return request.app.state.estimator
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 Estimator = Annotated[PoseEstimator, Depends(get_estimator)]
 ServiceSettings = Annotated[Settings, Depends(get_settings)]
+
+
+# Up to this many points in a request, inference (well under a millisecond) runs on the event
+# loop: a hop to the thread pool and back costs more than that. Larger requests go to the pool.
+INLINE_ESTIMATE_POINTS = 16_384
+
+
+async def estimate(estimator: PoseEstimator, clouds: list[np.ndarray]) -> list[Pose]:
+    """``estimator.estimate(clouds)``, in the thread pool only when the request is large."""
+    if sum(len(cloud) for cloud in clouds) <= INLINE_ESTIMATE_POINTS:
+        return estimator.estimate(clouds)
+    return await run_in_threadpool(estimator.estimate, clouds)
 
 
 def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
@@ -101,23 +115,32 @@ async def read_clouds(request: Request, settings: Settings, batch: bool) -> list
             raise
         except HTTPException as error:  # starlette's 400 for a broken body or a multipart limit
             if str(error.detail).startswith("Too many files"):
-                raise CloudError(413, f"too many clouds: more files than limit {settings.max_batch}") from error
+                raise CloudError(
+                    413, f"too many clouds: more files than limit {settings.max_batch}"
+                ) from error
             raise CloudError(400, "malformed multipart body") from error
         except Exception as error:  # starlette raises several types for broken multipart
             raise CloudError(400, "malformed multipart body") from error
-        uploads = [value for key, value in form.multi_items() if key in ("file", "files") and hasattr(value, "read")]
+        uploads = [
+            value for key, value in form.multi_items() if key in ("file", "files") and hasattr(value, "read")
+        ]
         if not uploads:
             raise CloudError(422, "multipart body has no file: upload the cloud in a field named 'file'")
         if not batch and len(uploads) > 1:
             raise CloudError(422, "send one file to /v1/pose, or several to /v1/pose/batch")
         if len(uploads) > settings.max_batch:
             raise CloudError(413, f"too many clouds: {len(uploads)} > limit {settings.max_batch}")
-        return [read_cloud_file(upload.filename or "", await upload.read(), settings.max_points) for upload in uploads]
+        return [
+            read_cloud_file(upload.filename or "", await upload.read(), settings.max_points)
+            for upload in uploads
+        ]
     if content_type not in ("application/json", ""):
-        raise CloudError(415, f"unsupported content type {content_type!r}; send application/json or multipart/form-data")
+        raise CloudError(
+            415, f"unsupported content type {content_type!r}; send application/json or multipart/form-data"
+        )
     body = await request.body()
     if not body:
-        raise CloudError(400, "empty request body: send JSON like {\"points\": [[x, y, z], ...]}")
+        raise CloudError(400, 'empty request body: send JSON like {"points": [[x, y, z], ...]}')
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -128,7 +151,9 @@ async def read_clouds(request: Request, settings: Settings, batch: bool) -> list
         return [as_cloud(payload["points"], settings.max_points)]
     clouds = payload.get("clouds") if isinstance(payload, dict) else None
     if not isinstance(clouds, list) or not clouds:
-        raise CloudError(422, "JSON body must be an object with a non-empty 'clouds' list of {\"points\": [...]} objects")
+        raise CloudError(
+            422, "JSON body must be an object with a non-empty 'clouds' list of {\"points\": [...]} objects"
+        )
     if len(clouds) > settings.max_batch:
         raise CloudError(413, f"too many clouds: {len(clouds)} > limit {settings.max_batch}")
     result = []
@@ -162,7 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return json_response({"detail": error.detail}, status_code=error.status)
 
     @app.get("/health")
-    def health(estimator: Estimator) -> dict[str, str]:
+    async def health(estimator: Estimator) -> dict[str, str]:
         """Liveness and the served model's id."""
         return {"status": "ok", "model_id": estimator.model_id}
 
@@ -182,7 +207,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "content": {
                 "application/json": {"example": JSON_BODY_EXAMPLE},
                 "multipart/form-data": {
-                    "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
                 },
             }
         }
@@ -194,7 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         started = time.perf_counter()
         (points,) = await read_clouds(request, settings, batch=False)
         estimator.check_cloud(points)
-        (result,) = await run_in_threadpool(estimator.estimate, [points])
+        (result,) = await estimate(estimator, [points])
         return json_response(
             {
                 **result.to_dict(),
@@ -211,7 +239,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                        "properties": {
+                            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                        },
                     }
                 },
             }
@@ -225,10 +255,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         clouds = await read_clouds(request, settings, batch=True)
         for index, points in enumerate(clouds):
             estimator.check_cloud(points, where=f"clouds[{index}]")
-        results = await run_in_threadpool(estimator.estimate, clouds)
+        results = await estimate(estimator, clouds)
         return json_response(
             {
-                "poses": [{**result.to_dict(), "n_points": int(points.shape[0])} for result, points in zip(results, clouds)],
+                "poses": [
+                    {**result.to_dict(), "n_points": int(points.shape[0])}
+                    for result, points in zip(results, clouds, strict=True)
+                ],
                 "model_id": estimator.model_id,
                 "server_time_ms": (time.perf_counter() - started) * 1000,
             }

@@ -38,11 +38,16 @@ def as_cloud(value: object, max_points: int, where: str = "points") -> np.ndarra
         if len(value) == 0:
             raise CloudError(422, f"{where} is empty: send at least one point")
         if len(value) > max_points:
-            raise CloudError(413, f"{where} has {len(value)} points; this service accepts at most {max_points}")
+            raise CloudError(
+                413, f"{where} has {len(value)} points; this service accepts at most {max_points}"
+            )
         try:
-            array = np.array(value, dtype=np.float64)
+            # No dtype here: numpy would turn "1.5", true and null into numbers; they are not JSON numbers.
+            array = np.array(value)
         except (ValueError, TypeError) as error:
             raise CloudError(422, f"{where} must be a list of [x, y, z] triples of numbers") from error
+        if array.dtype.kind not in "fiu":
+            raise CloudError(422, f"{where} must be a list of [x, y, z] triples of numbers")
     if array.dtype.kind not in "fiu":
         raise CloudError(422, f"{where} must hold numbers, got dtype {array.dtype}")
     if array.ndim != 2 or array.shape[1] != 3:
@@ -50,7 +55,9 @@ def as_cloud(value: object, max_points: int, where: str = "points") -> np.ndarra
     if array.shape[0] == 0:
         raise CloudError(422, f"{where} is empty: send at least one point")
     if array.shape[0] > max_points:
-        raise CloudError(413, f"{where} has {array.shape[0]} points; this service accepts at most {max_points}")
+        raise CloudError(
+            413, f"{where} has {array.shape[0]} points; this service accepts at most {max_points}"
+        )
     array = array.astype(np.float64, copy=False)
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
@@ -62,7 +69,9 @@ def read_cloud_file(filename: str, data: bytes, max_points: int) -> np.ndarray:
     """Parse an uploaded cloud file by its suffix: .ply, .pcd, .xyz (text) or .npy."""
     suffix = os.path.splitext(filename or "")[1].lower()
     if suffix not in CLOUD_SUFFIXES:
-        raise CloudError(415, f"unsupported file type {suffix or '(none)'!r}; send one of {', '.join(CLOUD_SUFFIXES)}")
+        raise CloudError(
+            415, f"unsupported file type {suffix or '(none)'!r}; send one of {', '.join(CLOUD_SUFFIXES)}"
+        )
     if not data:
         raise CloudError(422, f"the uploaded file {filename!r} is empty")
     reader = {".npy": _read_npy, ".xyz": _read_xyz, ".ply": _read_ply, ".pcd": _read_pcd}[suffix]
@@ -71,7 +80,9 @@ def read_cloud_file(filename: str, data: bytes, max_points: int) -> np.ndarray:
     except CloudError:
         raise
     except Exception as error:  # each parser fails in its own way on corrupt bytes
-        raise CloudError(422, f"could not read {filename!r} as {suffix}: the file is corrupt or not a point cloud") from error
+        raise CloudError(
+            422, f"could not read {filename!r} as {suffix}: the file is corrupt or not a point cloud"
+        ) from error
     if array.size == 0:
         raise CloudError(422, f"{filename!r} holds no points")
     return as_cloud(array, max_points, where=filename)

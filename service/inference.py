@@ -104,7 +104,9 @@ class PoseEstimator:
         if not model_path.is_file():
             raise ModelLoadError(f"model file not found: {model_path}")
         if not sidecar_path.is_file():
-            raise ModelLoadError(f"model sidecar not found: {sidecar_path} (export writes it beside the model)")
+            raise ModelLoadError(
+                f"model sidecar not found: {sidecar_path} (export writes it beside the model)"
+            )
         try:
             self.metadata: dict[str, Any] = json.loads(sidecar_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -126,7 +128,9 @@ class PoseEstimator:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         try:
-            self.session = onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(
+                model_bytes, options, providers=["CPUExecutionProvider"]
+            )
         except Exception as error:  # onnxruntime raises its own exception types
             raise ModelLoadError(f"onnxruntime could not load {model_path}: {error}") from error
         self.model_id: str = self.metadata["model_id"]

@@ -33,7 +33,10 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     from pipeline.train import train
 
     root = tmp_path_factory.mktemp("model")
-    cfg = load_config(None, {"n_points": SMALL_N, "steps": 600, "val_every": 100, "val_size": 500, "out_dir": str(root / "run")})
+    cfg = load_config(
+        None,
+        {"n_points": SMALL_N, "steps": 600, "val_every": 100, "val_size": 500, "out_dir": str(root / "run")},
+    )
     result = train(cfg)
     assert result.reached_target, result.validation
     exported = export_model(result.checkpoint, root / "export")

@@ -44,7 +44,9 @@ def test_random_rotation_angles_follow_the_haar_density() -> None:
 
 def test_the_haar_test_rejects_uniform_euler_angles() -> None:
     rng = np.random.default_rng(2)
-    angles = rng.uniform([-math.pi, -math.pi / 2, -math.pi], [math.pi, math.pi / 2, math.pi], size=(20_000, 3))
+    angles = rng.uniform(
+        [-math.pi, -math.pi / 2, -math.pi], [math.pi, math.pi / 2, math.pi], size=(20_000, 3)
+    )
     euler = Rotation.from_euler("zyx", angles).as_matrix()
     assert stats.kstest(rotation_angles(euler), haar_angle_cdf).pvalue < 1e-6
 

@@ -27,7 +27,9 @@ def test_train_export_eval_from_the_command_line(tmp_path: Path) -> None:
     trained = runner.invoke(app, ["train", "--config", str(config), "--out-dir", str(run), "--seed", "3"])
     assert trained.exit_code == 0, trained.output
     summary = json.loads(trained.stdout[trained.stdout.index("{") :])
-    assert summary["stopped_because"] in ("target reached", "step budget") and summary["device"].startswith("cpu")
+    assert summary["stopped_because"] in ("target reached", "step budget") and summary["device"].startswith(
+        "cpu"
+    )
     assert json.loads((run / "summary.json").read_text())["config"]["seed"] == 3  # the flag reached the run
 
     exported = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "model")])
@@ -45,7 +47,9 @@ def test_train_export_eval_from_the_command_line(tmp_path: Path) -> None:
 
 def test_synth_writes_a_dataset(tmp_path: Path) -> None:
     out = tmp_path / "set.npz"
-    result = runner.invoke(app, ["synth", "--out", str(out), "--count", "5", "--n-points", "30", "--seed", "2"])
+    result = runner.invoke(
+        app, ["synth", "--out", str(out), "--count", "5", "--n-points", "30", "--seed", "2"]
+    )
     assert result.exit_code == 0, result.output
     data = np.load(out)
     assert data["points"].shape == (5, 30, 3) and data["template"].shape == (30, 3)

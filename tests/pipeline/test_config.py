@@ -25,7 +25,12 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(None, {"n_points": 0, "lr": -1.0, "activation": "tanh", "device": "tpu"})
     message = str(raised.value)
-    for expected in ("n_points must be a positive integer", "lr must be a number > 0", "activation must be one of", "device must be"):
+    for expected in (
+        "n_points must be a positive integer",
+        "lr must be a number > 0",
+        "activation must be one of",
+        "device must be",
+    ):
         assert expected in message
 
 

@@ -13,7 +13,9 @@ from pipeline.train import load_checkpoint, model_from_checkpoint
 
 def test_export_folder_and_sidecar(exported_model) -> None:
     folder = exported_model.model_path.parent
-    assert {"model.onnx", "model.json", "template.npy", "example.xyz", "example.json"} <= {p.name for p in folder.iterdir()}
+    assert {"model.onnx", "model.json", "template.npy", "example.xyz", "example.json"} <= {
+        p.name for p in folder.iterdir()
+    }
     sidecar = json.loads((folder / "model.json").read_text())
     assert sidecar["n_points"] == exported_model.n_points
     assert sidecar["onnx_sha256"] == sha256_file(exported_model.model_path)
@@ -32,7 +34,9 @@ def test_onnx_checker_names_and_dynamic_batch(exported_model) -> None:
     assert [o.name for o in graph.graph.output] == ["rotation_raw", "translation"]
     session = onnxruntime.InferenceSession(str(exported_model.model_path), providers=["CPUExecutionProvider"])
     for batch in (1, 7):
-        rotation, translation = session.run(None, {"points": np.zeros((batch, exported_model.n_points, 3), np.float32)})
+        rotation, translation = session.run(
+            None, {"points": np.zeros((batch, exported_model.n_points, 3), np.float32)}
+        )
         assert rotation.shape == (batch, 3, 3) and translation.shape == (batch, 3)
 
 

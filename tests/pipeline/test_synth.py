@@ -16,7 +16,9 @@ def test_exam_batch_is_posed_copies_of_one_template() -> None:
     # Same points, same order: centred copies differ from the template by a rotation only.
     centred = batch.points - batch.points.mean(dim=1, keepdim=True)
     template_centred = template - template.mean(dim=0)
-    torch.testing.assert_close(centred.norm(dim=2), template_centred.norm(dim=1).expand(8, -1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        centred.norm(dim=2), template_centred.norm(dim=1).expand(8, -1), atol=1e-4, rtol=0
+    )
 
 
 def test_streams_are_reproducible_and_seed_dependent() -> None:
