@@ -13,7 +13,7 @@ from torch import nn
 
 from models.activations import make_activation
 
-MODEL_KINDS = ("flat_fc",)
+MODEL_KINDS = ("flat_fc", "pointnet")
 
 
 class FlatPoseRegressor(nn.Module):
@@ -41,7 +41,7 @@ class FlatPoseRegressor(nn.Module):
         self.n_points = n_points
         widths = [3 * n_points, *hidden, 12]
         layers: list[nn.Module] = []
-        for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             layers.append(nn.Linear(width_in, width_out))
             if index < len(widths) - 2:
                 layers.append(make_activation(activation))
@@ -62,4 +62,57 @@ def build_pose_model(kind: str, n_points: int, **kwargs) -> nn.Module:
     """Build a pose regressor from the arguments a checkpoint stores."""
     if kind == "flat_fc":
         return FlatPoseRegressor(n_points, **kwargs)
+    if kind == "pointnet":
+        return PointNetPoseRegressor(**kwargs)
     raise ValueError(f"unknown model kind {kind!r}; expected one of {MODEL_KINDS}")
+
+
+class PointNetPoseRegressor(nn.Module):
+    """Order-free regressor: a shared per-point MLP, max and mean pooling, then a pose head.
+
+    The output does not depend on the order of the points and accepts any N >= 1. The cloud is
+    centred on its own centroid first, so the network sees a translation-free shape; the head
+    predicts the rotation (9 numbers, projected onto SO(3) downstream, Levinson et al. 2020) and
+    the offset from the cloud's centroid to the object's, which differ for partial views.
+
+    Args:
+        widths: per-point MLP widths; the last is the global feature size.
+        head: hidden widths of the pose head.
+        activation: "relu", "elu" or "none".
+        scale: length unit (the mesh's bounding-box diagonal).
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (64, 128, 256),
+        head: Sequence[int] = (256, 128),
+        activation: str = "relu",
+        scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width_in = 3
+        for width in widths:
+            layers += [nn.Linear(width_in, width), make_activation(activation)]
+            width_in = width
+        self.point_mlp = nn.Sequential(*layers)
+        head_layers: list[nn.Module] = []
+        width_in = 2 * widths[-1]
+        for width in head:
+            head_layers += [nn.Linear(width_in, width), make_activation(activation)]
+            width_in = width
+        head_layers.append(nn.Linear(width_in, 12))
+        self.head = nn.Sequential(*head_layers)
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: points (B, N, 3). Returns: rotation_raw (B, 3, 3), translation (B, 3)."""
+        batch = points.shape[0]
+        centroid = points.mean(dim=1)  # (B, 3)
+        local = (points - centroid[:, None, :]) / self.scale  # (B, N, 3)
+        features = self.point_mlp(local)  # (B, N, C)
+        pooled = torch.cat([features.max(dim=1).values, features.mean(dim=1)], dim=-1)  # (B, 2C)
+        out = self.head(pooled)  # (B, 12)
+        rotation_raw = out[:, :9].reshape(batch, 3, 3)
+        translation = centroid + out[:, 9:] * self.scale
+        return rotation_raw, translation

@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DEFAULT_MODEL = Path("artifacts/default/model.onnx")
+DEFAULT_MODEL = Path("models/pretrained/bunny_pointnet/model.onnx")
 
 
 @contextmanager
@@ -140,9 +140,9 @@ def train(
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Checkpoint file or run folder holding checkpoint.pt.")],
-    out: Annotated[
-        Path, typer.Option(help="Folder for model.onnx, model.json, template.npy.")
-    ] = DEFAULT_MODEL.parent,
+    out: Annotated[Path, typer.Option(help="Folder for model.onnx, model.json, template.npy.")] = Path(
+        "artifacts/default"
+    ),
 ) -> None:
     """Export a checkpoint to ONNX with its sidecar JSON; checks it with onnx.checker and onnxruntime."""
     with expected_failures():
@@ -287,6 +287,46 @@ def prune(
         )
         typer.echo(format_prune_table(rows))
         typer.echo(f"models in {out}/s<percent>/model.onnx; table in {out / 'prune.json'}")
+
+
+@app.command("bench")
+def bench_command(
+    model: Annotated[Path, typer.Argument(help="Exported order-free model.onnx.")] = Path(
+        "models/pointnet/model.onnx"
+    ),
+    count: Annotated[int, typer.Option(min=1, help="Cases per set.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the sets and of RANSAC.")] = 0,
+    sets: Annotated[
+        str, typer.Option(help="Comma-separated sets.")
+    ] = "shuffled,resampled,small,noisy,partial",
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated methods.")
+    ] = "network,network+refine,fpfh_ransac_icp,pca_icp",
+    out: Annotated[Path, typer.Option(help="Folder for bench.json, bench.txt and plots.")] = Path(
+        "artifacts/bench"
+    ),
+    mesh: Annotated[Path | None, typer.Option(help="Object mesh; the bunny by default.")] = None,
+) -> None:
+    """Benchmark cloudpose against FPFH+RANSAC+ICP and PCA+ICP on seeded sensor-like sets."""
+    with expected_failures():
+        from pipeline.bench import format_table, write_results
+        from pipeline.bench_cli import bench
+
+        def report(line: str) -> None:
+            typer.echo(line, err=True)
+
+        results = bench(
+            model,
+            count=count,
+            seed=seed,
+            set_names=[name.strip() for name in sets.split(",") if name.strip()],
+            method_names=[name.strip() for name in methods.split(",") if name.strip()],
+            mesh_path=mesh,
+            progress=report,
+        )
+        typer.echo(format_table(results))
+        paths = write_results(results, out)
+        typer.echo("wrote " + ", ".join(str(path) for path in paths.values()))
 
 
 def _mount_exam_commands() -> None:

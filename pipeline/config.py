@@ -27,6 +27,13 @@ class TrainConfig:
         model_kind: pose regressor kind (``flat_fc``: the exam's flattened fully connected net).
         hidden: hidden layer widths; empty means one linear layer.
         activation: ``relu``, ``elu`` or ``none`` between hidden layers.
+        widths / head: order-free (``pointnet``) per-point MLP widths and pose-head widths.
+        points_min / points_max: order-free training clouds have N log-uniform in this range
+            (per step); the service resamples larger clouds to ``input_points`` first.
+        input_points: points the order-free network sees at inference.
+        partial_fraction: share of order-free training clouds that are single partial views.
+        noise_max / outlier_max: per-cloud noise sigma (diagonals) and outlier share ranges.
+        view_bank_size: partial views rendered on the CPU before training.
         translation_range: translations are uniform in ±range × bounding-box diagonal per axis.
         batch_size: clouds per step, synthesized on the training device.
         lr: peak learning rate (Adam; linear warm-up, then cosine decay over ``steps``).
@@ -51,6 +58,15 @@ class TrainConfig:
     model_kind: str = "flat_fc"
     hidden: list[int] = field(default_factory=list)
     activation: str = "none"
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256])
+    head: list[int] = field(default_factory=lambda: [256, 128])
+    points_min: int = 128
+    points_max: int = 512
+    input_points: int = 512
+    partial_fraction: float = 0.5
+    noise_max: float = 0.015
+    outlier_max: float = 0.08
+    view_bank_size: int = 1000
     translation_range: float = 0.5
     batch_size: int = 256
     lr: float = 3e-3
@@ -72,12 +88,31 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check every field; raise one ConfigError naming all problems."""
         problems = []
-        positive_ints = ("n_points", "batch_size", "steps", "val_size", "val_every")
+        positive_ints = (
+            "n_points",
+            "batch_size",
+            "steps",
+            "val_size",
+            "val_every",
+            "points_min",
+            "points_max",
+            "input_points",
+            "view_bank_size",
+        )
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
-        non_negative = ("lambda_orth", "translation_weight", "l1_lambda", "grad_clip", "translation_range")
+        non_negative = (
+            "lambda_orth",
+            "translation_weight",
+            "l1_lambda",
+            "grad_clip",
+            "translation_range",
+            "noise_max",
+            "outlier_max",
+            "partial_fraction",
+        )
         for name in non_negative:
             if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
                 problems.append(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
@@ -85,14 +120,26 @@ class TrainConfig:
         for name in positive:
             if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
                 problems.append(f"{name} must be a number > 0, got {getattr(self, name)!r}")
-        if self.model_kind not in ("flat_fc",):
-            problems.append(f"model_kind must be 'flat_fc', got {self.model_kind!r}")
+        if self.model_kind not in ("flat_fc", "pointnet"):
+            problems.append(f"model_kind must be 'flat_fc' or 'pointnet', got {self.model_kind!r}")
+        if _is_number(self.partial_fraction) and self.partial_fraction > 1:
+            problems.append(f"partial_fraction must be at most 1, got {self.partial_fraction!r}")
+        if (
+            isinstance(self.points_min, int)
+            and isinstance(self.points_max, int)
+            and self.points_min > self.points_max
+        ):
+            problems.append(f"points_min ({self.points_min}) must not exceed points_max ({self.points_max})")
         if self.activation not in ("relu", "elu", "none"):
             problems.append(f"activation must be one of relu, elu, none, got {self.activation!r}")
-        if not isinstance(self.hidden, list) or not all(
-            isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in self.hidden
-        ):
-            problems.append(f"hidden must be a list of positive integers, got {self.hidden!r}")
+        for name in ("hidden", "widths", "head"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(
+                isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in value
+            ):
+                problems.append(f"{name} must be a list of positive integers, got {value!r}")
+        if not self.widths:
+            problems.append("widths must name at least one layer")
         if self.device not in ("auto", "cpu", "cuda"):
             problems.append(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.mesh and not Path(self.mesh).is_file():

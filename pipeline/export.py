@@ -20,13 +20,17 @@ import numpy as np
 import torch
 
 from models.geometry import invert_pose
+from pipeline.config import ConfigError
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_bytes
-from pipeline.synth import HELD_OUT_OFFSET, held_out_batch
+from pipeline.mesh import load_mesh
+from pipeline.synth import HELD_OUT_OFFSET, held_out_batch, make_template
 from pipeline.train import load_checkpoint, model_from_checkpoint, template_of
+from service.refine import sample_surface_with_normals
 
 SIDECAR_FORMAT = "cloudpose-model/1"
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
+SURFACE_POINTS = 20_000
 CONVENTION = (
     "Row vectors. The network outputs the object pose (rotation_raw, translation): "
     "observed = canonical @ R + t, with R = rotation_raw projected onto SO(3). "
@@ -42,8 +46,15 @@ class ExportResult:
     sidecar: dict[str, Any]
 
 
-def onnx_bytes(model: torch.nn.Module, example: torch.Tensor) -> bytes:
-    """Trace ``model`` on ``example`` (B, N, 3) into ONNX with a dynamic batch axis."""
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, dynamic_points: bool = False) -> bytes:
+    """Trace ``model`` on ``example`` (B, N, 3) into ONNX with a dynamic batch (and point) axis."""
+    points_axes = {0: "batch", 1: "points"} if dynamic_points else {0: "batch"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of torch.export, but it handles these
@@ -56,7 +67,7 @@ def onnx_bytes(model: torch.nn.Module, example: torch.Tensor) -> bytes:
             dynamo=False,
             input_names=["points"],
             output_names=["rotation_raw", "translation"],
-            dynamic_axes={"points": {0: "batch"}, "rotation_raw": {0: "batch"}, "translation": {0: "batch"}},
+            dynamic_axes={"points": points_axes, "rotation_raw": {0: "batch"}, "translation": {0: "batch"}},
             opset_version=OPSET,
         )
     return buffer.getvalue()
@@ -94,40 +105,65 @@ def export_model(checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
     cfg = state["config"]
     diagonal = state["mesh"]["diagonal"]
     half_range = cfg["translation_range"] * diagonal
+    arguments = state["model_arguments"]
+    order_free = arguments["kind"] == "pointnet"
+    mesh = load_mesh(cfg["mesh"] or None)
+    if mesh.sha256 != state["mesh"]["sha256"]:
+        raise ConfigError(f"mesh {mesh.name} differs from the one the checkpoint was trained on")
+    if order_free:
+        # Any order-free cloud works for tracing and parity: a fresh surface sample of N points.
+        template = make_template(mesh, arguments["n_points"], seed=cfg["seed"] + HELD_OUT_OFFSET)
 
     example = held_out_batch(template, 4, half_range, seed=7).points
-    model_bytes = onnx_bytes(model, example)
+    model_bytes = onnx_bytes(model, example, dynamic_points=order_free)
     onnx.checker.check_model(onnx.load_from_string(model_bytes))
     parity_points = held_out_batch(template, 256, half_range, seed=cfg["seed"] + HELD_OUT_OFFSET + 1).points
     parity = parity_check(model, model_bytes, parity_points)
     if parity > PARITY_TOLERANCE:
         raise RuntimeError(f"onnxruntime differs from torch by {parity:.2e} (> {PARITY_TOLERANCE})")
 
-    template_buffer = io.BytesIO()
-    np.save(template_buffer, template)
-    template_bytes = template_buffer.getvalue()
+    template_bytes = _npy_bytes(template)
+    surface_bytes = _npy_bytes(
+        sample_surface_with_normals(mesh.vertices, mesh.faces, SURFACE_POINTS, np.random.default_rng(0))
+    )
     model_sha = sha256_bytes(model_bytes)
-    arguments = state["model_arguments"]
     sidecar = {
         "format": SIDECAR_FORMAT,
-        "model_id": f"{Path(state['mesh']['name']).stem}-{arguments['kind']}-n{arguments['n_points']}-{model_sha[:8]}",
+        "model_id": "-".join(
+            (Path(state["mesh"]["name"]).stem, arguments["kind"], f"n{arguments['n_points']}", model_sha[:8])
+        ),
         "kind": arguments["kind"],
-        "order_free": False,
+        "order_free": order_free,
         "n_points": arguments["n_points"],
-        "input": {"name": "points", "shape": ["batch", arguments["n_points"], 3], "dtype": "float32"},
+        "input": {
+            "name": "points",
+            "shape": ["batch", "points" if order_free else arguments["n_points"], 3],
+            "dtype": "float32",
+        },
         "outputs": {
-            "rotation_raw": {"shape": ["batch", 3, 3], "meaning": "object rotation before projection onto SO(3)"},
+            "rotation_raw": {
+                "shape": ["batch", 3, 3],
+                "meaning": "object rotation before projection onto SO(3)",
+            },
             "translation": {"shape": ["batch", 3], "meaning": "object translation"},
         },
         "convention": CONVENTION,
         "units": f"the mesh's own units; bounding-box diagonal {diagonal:.6f}",
         "mesh": state["mesh"],
-        "template": {
+        "template": None
+        if order_free
+        else {
             "file": "template.npy",
             "sha256": sha256_bytes(template_bytes),
             "seed": cfg["template_seed"],
             "n_points": int(template.shape[0]),
             "note": "exam setting: clouds must be this template's points, in this order, posed rigidly",
+        },
+        "surface": {
+            "file": "surface.npy",
+            "sha256": sha256_bytes(surface_bytes),
+            "count": SURFACE_POINTS,
+            "note": "surface points and outward normals of the canonical mesh, for refinement",
         },
         "model_arguments": arguments,
         "training": {
@@ -149,16 +185,25 @@ def export_model(checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
         },
     }
     model_path = atomic_write_bytes(out_dir / "model.onnx", model_bytes)
-    atomic_write_bytes(out_dir / "template.npy", template_bytes)
+    if not order_free:
+        atomic_write_bytes(out_dir / "template.npy", template_bytes)
+    atomic_write_bytes(out_dir / "surface.npy", surface_bytes)
     sidecar_path = atomic_write_json(out_dir / "model.json", sidecar)
+    if order_free:
+        # A realistic request: a fresh, shuffled surface sample of another size than the template.
+        template = make_template(mesh, 2048, seed=20261126)
     _write_example(out_dir, template, half_range, diagonal)
-    return ExportResult(model_path=model_path, sidecar_path=sidecar_path, parity_max_abs_diff=parity, sidecar=sidecar)
+    return ExportResult(
+        model_path=model_path, sidecar_path=sidecar_path, parity_max_abs_diff=parity, sidecar=sidecar
+    )
 
 
 def _write_example(out_dir: Path, template: np.ndarray, half_range: float, diagonal: float) -> None:
     """One posed copy of the template with its true pose, to try the service by hand."""
     example = held_out_batch(template, 1, half_range, seed=20261126)
-    inverse_rotation, inverse_translation = invert_pose(example.rotation.double(), example.translation.double())
+    inverse_rotation, inverse_translation = invert_pose(
+        example.rotation.double(), example.translation.double()
+    )
     lines = [" ".join(f"{value:.7g}" for value in point) for point in example.points[0].tolist()]
     atomic_write_text(out_dir / "example.xyz", "\n".join(lines) + "\n")
     atomic_write_text(

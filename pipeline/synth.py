@@ -74,9 +74,7 @@ def generator_for(seed: int, device: torch.device | str) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def held_out_batch(
-    template: np.ndarray, count: int, translation_half_range: float, seed: int
-) -> PoseBatch:
+def held_out_batch(template: np.ndarray, count: int, translation_half_range: float, seed: int) -> PoseBatch:
     """A reproducible set of poses, made on the CPU so it is the same on every machine.
 
     The seed space is disjoint from training (which seeds per step from the run seed), because
@@ -111,3 +109,87 @@ def write_dataset(path: str | Path, template: np.ndarray, data: PoseBatch, meta:
         meta=np.asarray(json.dumps(meta)),
     )
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+@dataclass
+class SensorSampler:
+    """Sensor-like clouds for order-free models, synthesized on the training device.
+
+    Full clouds are fresh samples of a dense surface bank (no point correspondence between
+    clouds); partial clouds are subsamples of a bank of single views rendered on the CPU
+    (:mod:`pipeline.views`). Both then get Gaussian noise, uniform outliers and a pose. The
+    ground truth is the pose of the whole object, also for partial views.
+
+    Attributes:
+        surface: (S, 3) dense surface sample, canonical frame, on the device.
+        view_points: (V_total, 3) all views' points, concatenated.
+        view_offsets: (V + 1,) start of each view in ``view_points`` (int64).
+        diagonal: bounding-box diagonal of the object.
+    """
+
+    surface: torch.Tensor
+    view_points: torch.Tensor
+    view_offsets: torch.Tensor
+    diagonal: float
+
+    @classmethod
+    def build(
+        cls,
+        mesh: Mesh,
+        views: list[np.ndarray],
+        device: torch.device | str,
+        seed: int,
+        surface_points: int = 200_000,
+    ) -> SensorSampler:
+        surface = sample_surface(mesh, surface_points, np.random.default_rng(seed))
+        lengths = np.array([len(view) for view in views], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        view_points = np.concatenate(views) if views else np.zeros((0, 3))
+        return cls(
+            surface=torch.as_tensor(surface, dtype=torch.float32, device=device),
+            view_points=torch.as_tensor(view_points, dtype=torch.float32, device=device),
+            view_offsets=torch.as_tensor(offsets, device=device),
+            diagonal=mesh.diagonal,
+        )
+
+    def batch(
+        self,
+        batch: int,
+        n_points: int,
+        generator: torch.Generator,
+        *,
+        translation_half_range: float,
+        partial_fraction: float,
+        noise_max: float,
+        outlier_max: float,
+    ) -> PoseBatch:
+        """``batch`` clouds of ``n_points`` points each.
+
+        Args:
+            partial_fraction: share of clouds that are single partial views.
+            noise_max: per-cloud Gaussian noise sigma is uniform in [0, noise_max] diagonals.
+            outlier_max: per-cloud outlier share is uniform in [0, outlier_max].
+        """
+        device = self.surface.device
+        uniform = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
+        canonical = self.surface[
+            torch.randint(len(self.surface), (batch, n_points), generator=generator, device=device)
+        ]  # (B, N, 3)
+        view_count = len(self.view_offsets) - 1
+        if view_count > 0 and partial_fraction > 0:
+            partial = uniform(batch) < partial_fraction  # (B,)
+            view = torch.randint(view_count, (batch,), generator=generator, device=device)
+            start, stop = self.view_offsets[view], self.view_offsets[view + 1]
+            index = start[:, None] + (uniform(batch, n_points) * (stop - start)[:, None]).long()  # (B, N)
+            canonical = torch.where(partial[:, None, None], self.view_points[index], canonical)
+        sigma = uniform(batch, 1, 1) * noise_max * self.diagonal
+        canonical = canonical + sigma * torch.randn(canonical.shape, generator=generator, device=device)
+        rotation, translation = sample_poses(batch, translation_half_range, generator, device)
+        points = apply_pose(canonical, rotation, translation)
+        if outlier_max > 0:
+            low = points.amin(dim=1, keepdim=True)
+            high = points.amax(dim=1, keepdim=True)
+            outliers = low + (high - low) * uniform(batch, n_points, 3)
+            is_outlier = uniform(batch, n_points, 1) < uniform(batch, 1, 1) * outlier_max
+            points = torch.where(is_outlier, outliers, points)
+        return PoseBatch(points=points, rotation=rotation, translation=translation)

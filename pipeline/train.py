@@ -26,11 +26,29 @@ from pipeline.config import ConfigError, TrainConfig
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipeline.mesh import Mesh, load_mesh
 from pipeline.metrics import pose_metrics
-from pipeline.synth import VALIDATION_OFFSET, PoseBatch, exam_batch, generator_for, held_out_batch, make_template
+from pipeline.synth import (
+    VALIDATION_OFFSET,
+    PoseBatch,
+    SensorSampler,
+    exam_batch,
+    generator_for,
+    held_out_batch,
+    make_template,
+)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # Fields that change what the model is; resuming with other values would mix two runs.
-MODEL_FIELDS = ("mesh", "n_points", "template_seed", "model_kind", "hidden", "activation", "translation_range")
+MODEL_FIELDS = (
+    "mesh",
+    "n_points",
+    "template_seed",
+    "model_kind",
+    "widths",
+    "head",
+    "hidden",
+    "activation",
+    "translation_range",
+)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -50,6 +68,15 @@ def describe_device(device: torch.device) -> str:
 
 def model_arguments(cfg: TrainConfig, mesh: Mesh) -> dict[str, Any]:
     """Keyword arguments of :func:`models.pose.build_pose_model`, stored with every checkpoint."""
+    if cfg.model_kind == "pointnet":
+        return {
+            "kind": "pointnet",
+            "n_points": cfg.input_points,
+            "widths": list(cfg.widths),
+            "head": list(cfg.head),
+            "activation": cfg.activation,
+            "scale": mesh.diagonal,
+        }
     return {
         "kind": cfg.model_kind,
         "n_points": cfg.n_points,
@@ -57,6 +84,67 @@ def model_arguments(cfg: TrainConfig, mesh: Mesh) -> dict[str, Any]:
         "activation": cfg.activation,
         "scale": mesh.diagonal,
     }
+
+
+class ExamData:
+    """Posed copies of one template (the exam setting)."""
+
+    def __init__(self, cfg: TrainConfig, mesh: Mesh, device: torch.device, out_dir: Path) -> None:
+        self.cfg = cfg
+        self.template = make_template(mesh, cfg.n_points, cfg.template_seed)
+        self.half_range = cfg.translation_range * mesh.diagonal
+        self.template_device = torch.as_tensor(self.template, device=device)
+        validation = held_out_batch(
+            self.template, cfg.val_size, self.half_range, cfg.seed + VALIDATION_OFFSET
+        )
+        self.validation = _to_device(validation, device)
+
+    def batch(self, generator: torch.Generator) -> PoseBatch:
+        return exam_batch(self.template_device, self.cfg.batch_size, self.half_range, generator)
+
+
+class SensorData:
+    """Sensor-like clouds (fresh samples, partial views, noise, outliers) for order-free models.
+
+    The view bank is rendered once on the CPU and kept in the run folder, so a resumed run
+    trains on the same views.
+    """
+
+    def __init__(self, cfg: TrainConfig, mesh: Mesh, device: torch.device, out_dir: Path) -> None:
+        from pipeline.views import load_view_bank, make_view_bank, save_view_bank
+
+        self.cfg = cfg
+        self.template = np.zeros((0, 3), dtype=np.float32)
+        bank_path = out_dir / "views.npz"
+        if bank_path.exists():
+            views = load_view_bank(bank_path)
+        else:
+            views = make_view_bank(
+                mesh, cfg.view_bank_size, np.random.default_rng(cfg.seed + VALIDATION_OFFSET)
+            )
+            save_view_bank(bank_path, views, {"seed": cfg.seed + VALIDATION_OFFSET, "mesh": mesh.sha256})
+        self.sampler = SensorSampler.build(mesh, views, device, seed=cfg.seed)
+        self.options = {
+            "translation_half_range": cfg.translation_range * mesh.diagonal,
+            "partial_fraction": cfg.partial_fraction,
+            "noise_max": cfg.noise_max,
+            "outlier_max": cfg.outlier_max,
+        }
+        validation_generator = generator_for(cfg.seed + VALIDATION_OFFSET, device)
+        self.validation = self.sampler.batch(
+            cfg.val_size, cfg.input_points, validation_generator, **self.options
+        )
+
+    def batch(self, generator: torch.Generator) -> PoseBatch:
+        # Log-uniform N per step: small clouds are as common as large ones in log terms.
+        low, high = math.log(self.cfg.points_min), math.log(self.cfg.points_max)
+        draw = torch.rand((), generator=generator, device=generator.device).item()
+        n_points = int(round(math.exp(low + (high - low) * draw)))
+        return self.sampler.batch(self.cfg.batch_size, n_points, generator, **self.options)
+
+
+def _to_device(batch: PoseBatch, device: torch.device) -> PoseBatch:
+    return PoseBatch(batch.points.to(device), batch.rotation.to(device), batch.translation.to(device))
 
 
 def train_step(
@@ -69,11 +157,18 @@ def train_step(
         objective, the others are its parts and the mean orthogonality error of raw outputs.
     """
     rotation_raw, translation = model(batch.points)
-    rotation_mse = ((rotation_raw - batch.rotation) ** 2).mean()
+    # Order-free models learn through the SVD projection (Levinson et al. 2020); the exam's
+    # linear model regresses the raw matrix, which it can match exactly.
+    rotation = project_to_so3(rotation_raw) if cfg.model_kind == "pointnet" else rotation_raw
+    rotation_mse = ((rotation - batch.rotation) ** 2).mean()
     translation_mse = (((translation - batch.translation) / scale) ** 2).mean()
     orthogonality = orthogonality_penalty(rotation_raw).mean()
     total = rotation_mse + cfg.translation_weight * translation_mse + cfg.lambda_orth * orthogonality
-    losses = {"rotation_mse": rotation_mse, "translation_mse": translation_mse, "orthogonality": orthogonality}
+    losses = {
+        "rotation_mse": rotation_mse,
+        "translation_mse": translation_mse,
+        "orthogonality": orthogonality,
+    }
     if cfg.l1_lambda > 0:
         l1 = sum(p.abs().sum() for name, p in model.named_parameters() if name.endswith("weight"))
         losses["l1"] = l1
@@ -94,13 +189,19 @@ def validate(model: torch.nn.Module, data: PoseBatch, diagonal: float, chunk: in
         translations.append(translation)
     model.train()
     metrics = pose_metrics(
-        torch.cat(rotations).cpu(), torch.cat(translations).cpu(), data.rotation.cpu(), data.translation.cpu(), diagonal
+        torch.cat(rotations).cpu(),
+        torch.cat(translations).cpu(),
+        data.rotation.cpu(),
+        data.translation.cpu(),
+        diagonal,
     )
     metrics["orthogonality_raw"] = float(torch.cat(raw_orthogonality).mean())
     return metrics
 
 
-def warmup_cosine(total_steps: int, warmup_fraction: float = 0.05, floor: float = 1e-4) -> Callable[[int], float]:
+def warmup_cosine(
+    total_steps: int, warmup_fraction: float = 0.05, floor: float = 1e-4
+) -> Callable[[int], float]:
     """LR multiplier: linear warm-up, then cosine decay to ``floor`` at ``total_steps``.
 
     The decay matters: the exam-setting problem has an exact solution, and a constant Adam step
@@ -115,6 +216,18 @@ def warmup_cosine(total_steps: int, warmup_fraction: float = 0.05, floor: float 
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+# The foundation's acceptance bar; runs report when validation first met it.
+BAR = {"rotation_median_deg": 0.05, "rotation_p99_deg": 0.5, "translation_median_pct": 0.1}
+
+
+def time_to_bar(history: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Step and seconds of the first validation at or under :data:`BAR`, or None."""
+    for row in history:
+        if all(row[key] <= limit for key, limit in BAR.items()):
+            return {"step": row["step"], "elapsed_s": row["elapsed_s"]}
+    return None
 
 
 def reached_target(metrics: dict[str, float], cfg: TrainConfig) -> bool:
@@ -183,7 +296,6 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
     out_dir = Path(cfg.out_dir)
     checkpoint_path = out_dir / CHECKPOINT_NAME
     mesh = load_mesh(cfg.mesh or None)
-    template = make_template(mesh, cfg.n_points, cfg.template_seed)
     arguments = model_arguments(cfg, mesh)
     with torch.random.fork_rng(devices=[]):
         # Seeded initial weights without touching the caller's global RNG.
@@ -207,10 +319,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
         schedule.load_state_dict(state["schedule"])
         step, elapsed_before, history = state["step"], state["elapsed_s"], state["history"]
 
-    half_range = cfg.translation_range * mesh.diagonal
-    validation_set = held_out_batch(template, cfg.val_size, half_range, cfg.seed + VALIDATION_OFFSET)
-    validation_set = PoseBatch(*(t.to(device) for t in (validation_set.points, validation_set.rotation, validation_set.translation)))
-    template_device = torch.as_tensor(template, device=device)
+    data = (SensorData if cfg.model_kind == "pointnet" else ExamData)(cfg, mesh, device, out_dir)
+    validation_set = data.validation
     generator = generator_for(cfg.seed, device)
 
     def snapshot(last_metrics: dict[str, float], reason: str) -> None:
@@ -223,7 +333,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
             "history": history,
             "config": cfg.to_dict(),
             "model_arguments": arguments,
-            "template": template,
+            "template": data.template,
             "mesh": {"name": mesh.name, "sha256": mesh.sha256, "diagonal": mesh.diagonal},
             "validation": last_metrics,
             "stopped_because": reason,
@@ -245,7 +355,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
                 break
             # Reseeding per step makes a resumed run draw the same batches as an uninterrupted one.
             generator.manual_seed(cfg.seed * 1_000_003 + step)
-            batch = exam_batch(template_device, cfg.batch_size, half_range, generator)
+            batch = data.batch(generator)
             _, losses = train_step(model, batch, cfg, mesh.diagonal)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
@@ -258,7 +368,15 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
             if step % cfg.val_every == 0 or step == cfg.steps:
                 metrics = validate(model, validation_set, mesh.diagonal)
                 elapsed = elapsed_before + (time.perf_counter() - started)
-                history.append({"step": step, "elapsed_s": round(elapsed, 3), "lr": schedule.get_last_lr()[0], **values, **metrics})
+                history.append(
+                    {
+                        "step": step,
+                        "elapsed_s": round(elapsed, 3),
+                        "lr": schedule.get_last_lr()[0],
+                        **values,
+                        **metrics,
+                    }
+                )
                 snapshot(metrics, "")
                 if reached_target(metrics, cfg):
                     reason = "target reached"
@@ -292,6 +410,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
             "samples_per_s": round(result.samples_per_s, 1),
             "stopped_because": result.stopped_because,
             "reached_target": result.reached_target,
+            "time_to_bar": time_to_bar(history),
             "validation": metrics,
             "config": cfg.to_dict(),
         },

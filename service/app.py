@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -85,6 +85,12 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+Refine = Annotated[
+    bool,
+    Query(
+        description="Register the cloud against the object's surface after the network (order-free models)."
+    ),
+]
 Estimator = Annotated[PoseEstimator, Depends(get_estimator)]
 ServiceSettings = Annotated[Settings, Depends(get_settings)]
 
@@ -94,11 +100,13 @@ ServiceSettings = Annotated[Settings, Depends(get_settings)]
 INLINE_ESTIMATE_POINTS = 16_384
 
 
-async def estimate(estimator: PoseEstimator, clouds: list[np.ndarray]) -> list[Pose]:
-    """``estimator.estimate(clouds)``, in the thread pool only when the request is large."""
-    if sum(len(cloud) for cloud in clouds) <= INLINE_ESTIMATE_POINTS:
-        return estimator.estimate(clouds)
-    return await run_in_threadpool(estimator.estimate, clouds)
+async def estimate(estimator: PoseEstimator, clouds: list[np.ndarray], refine: bool) -> list[Pose]:
+    """``estimator.estimate(clouds)``; in the thread pool when the work is large (big clouds or
+    refinement), inline otherwise, since a thread-pool hop costs more than a small inference."""
+    heavy = refine and estimator.order_free
+    if not heavy and sum(len(cloud) for cloud in clouds) <= INLINE_ESTIMATE_POINTS:
+        return estimator.estimate(clouds, refine)
+    return await run_in_threadpool(estimator.estimate, clouds, refine)
 
 
 def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
@@ -217,12 +225,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     }
 
     @app.post("/v1/pose", openapi_extra=body_doc)
-    async def pose(request: Request, estimator: Estimator, settings: ServiceSettings) -> Response:
+    async def pose(
+        request: Request, estimator: Estimator, settings: ServiceSettings, refine: Refine = True
+    ) -> Response:
         """Pose of one cloud: JSON ``{"points": [[x, y, z], ...]}`` or a file (.ply .pcd .xyz .npy)."""
         started = time.perf_counter()
         (points,) = await read_clouds(request, settings, batch=False)
         estimator.check_cloud(points)
-        (result,) = await estimate(estimator, [points])
+        (result,) = await estimate(estimator, [points], refine)
         return json_response(
             {
                 **result.to_dict(),
@@ -249,13 +259,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     }
 
     @app.post("/v1/pose/batch", openapi_extra=batch_doc)
-    async def pose_batch(request: Request, estimator: Estimator, settings: ServiceSettings) -> Response:
+    async def pose_batch(
+        request: Request, estimator: Estimator, settings: ServiceSettings, refine: Refine = True
+    ) -> Response:
         """Poses of several clouds: JSON ``{"clouds": [{"points": [...]}, ...]}`` or files."""
         started = time.perf_counter()
         clouds = await read_clouds(request, settings, batch=True)
         for index, points in enumerate(clouds):
             estimator.check_cloud(points, where=f"clouds[{index}]")
-        results = await estimate(estimator, clouds)
+        results = await estimate(estimator, clouds, refine)
         return json_response(
             {
                 "poses": [

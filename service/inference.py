@@ -19,6 +19,13 @@ import numpy as np
 from service.clouds import CloudError
 
 SIDECAR_FORMAT = "cloudpose-model/1"
+# Order-free models: fewest points accepted, and the points refinement uses at most.
+MIN_POINTS = 32
+REFINE_MAX_POINTS = 1024
+# Identity and half-turns about the three axes: the network's rotated second opinions.
+AUGMENT_ROTATIONS = np.stack(
+    [np.eye(3), np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])]
+)
 # Sidecar fields the service reads (GET /v1/model describes the model with them).
 SIDECAR_REQUIRED = ("model_id", "kind", "n_points", "convention", "units", "mesh", "template")
 
@@ -71,6 +78,7 @@ class Pose:
     translation: np.ndarray
     object_rotation: np.ndarray
     object_translation: np.ndarray
+    refinement: Any = None
 
     def pose_matrix(self) -> np.ndarray:
         """4x4 object pose for column vectors (as open3d and ROS use): ``[x_obs; 1] = M @ [x_can; 1]``."""
@@ -85,6 +93,8 @@ class Pose:
             "translation": self.translation.tolist(),
             "pose_matrix": self.pose_matrix().tolist(),
             "quaternion_xyzw": quaternion_xyzw(self.object_rotation.T).tolist(),
+            "refined": bool(self.refinement is not None and self.refinement.refined),
+            "confidence": None if self.refinement is None else self.refinement.summary(),
         }
 
 
@@ -119,11 +129,23 @@ class PoseEstimator:
         model_bytes = model_path.read_bytes()
         if hashlib.sha256(model_bytes).hexdigest() != self.metadata.get("onnx_sha256"):
             raise ModelLoadError(f"{model_path} does not match the hash in {sidecar_path.name}")
-        template_path = model_path.parent / self.metadata["template"]["file"]
-        try:
-            self.template = np.load(template_path, allow_pickle=False).astype(np.float32)
-        except (OSError, ValueError) as error:
-            raise ModelLoadError(f"template {template_path} is missing or corrupt") from error
+        self.order_free: bool = bool(self.metadata.get("order_free", False))
+        self.template = np.zeros((0, 3), dtype=np.float32)
+        if not self.order_free:
+            template_path = model_path.parent / self.metadata["template"]["file"]
+            try:
+                self.template = np.load(template_path, allow_pickle=False).astype(np.float32)
+            except (OSError, ValueError) as error:
+                raise ModelLoadError(f"template {template_path} is missing or corrupt") from error
+        self.surface = None
+        if self.order_free and self.metadata.get("surface"):
+            from service.refine import SurfaceModel  # open3d: only order-free models refine
+
+            surface_path = model_path.parent / self.metadata["surface"]["file"]
+            try:
+                self.surface = SurfaceModel.load(surface_path, float(self.metadata["mesh"]["diagonal"]))
+            except (OSError, ValueError) as error:
+                raise ModelLoadError(f"surface model {surface_path} is missing or corrupt") from error
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -135,11 +157,21 @@ class PoseEstimator:
             raise ModelLoadError(f"onnxruntime could not load {model_path}: {error}") from error
         self.model_id: str = self.metadata["model_id"]
         self.n_points: int = int(self.metadata["n_points"])
-        self.order_free: bool = bool(self.metadata.get("order_free", False))
 
     def check_cloud(self, points: np.ndarray, where: str = "points") -> None:
-        """Reject clouds this model cannot answer (an exam-setting model needs exactly N points)."""
-        if not self.order_free and points.shape[0] != self.n_points:
+        """Reject clouds this model cannot answer.
+
+        An exam-setting model needs exactly its template's N points; an order-free model at
+        least :data:`MIN_POINTS`.
+        """
+        if self.order_free:
+            if points.shape[0] < MIN_POINTS:
+                raise CloudError(
+                    422,
+                    f"{where} has {points.shape[0]} points; send at least {MIN_POINTS} points of the object",
+                )
+            return
+        if points.shape[0] != self.n_points:
             raise CloudError(
                 422,
                 f"{where} has {points.shape[0]} points, but this exam-setting model takes exactly "
@@ -147,10 +179,18 @@ class PoseEstimator:
                 "(GET /v1/model returns the template)",
             )
 
-    def estimate(self, clouds: list[np.ndarray]) -> list[Pose]:
-        """Poses of clouds, each (N, 3), already checked with :meth:`check_cloud`."""
+    def estimate(self, clouds: list[np.ndarray], refine: bool = True) -> list[Pose]:
+        """Poses of clouds, each (N, 3), already checked with :meth:`check_cloud`.
+
+        Args:
+            clouds: the observed clouds.
+            refine: for order-free models, register each cloud against the surface model after
+                the network (exam-setting models are exact without it and never refine).
+        """
         if not clouds:
             return []
+        if self.order_free:
+            return [self._estimate_order_free(cloud, refine) for cloud in clouds]
         batch = np.stack(clouds).astype(np.float32)  # (B, N, 3)
         rotation_raw, translation = self.session.run(None, {"points": batch})
         object_rotation = project_to_so3(rotation_raw)  # (B, 3, 3)
@@ -161,6 +201,44 @@ class PoseEstimator:
             Pose(back_rotation[i], back_translation[i], object_rotation[i], object_translation[i])
             for i in range(len(clouds))
         ]
+
+    def _estimate_order_free(self, cloud: np.ndarray, refine: bool) -> Pose:
+        """Network on a subsample (and rotated copies of it), then refinement against the surface."""
+        rng = np.random.default_rng(len(cloud))  # the same cloud always gets the same answer
+        sample = (
+            cloud
+            if len(cloud) <= self.n_points
+            else cloud[rng.choice(len(cloud), self.n_points, replace=False)]
+        )
+        centroid = sample.mean(axis=0)
+        # The network is not rotation-equivariant: copies turned by known half-turns give
+        # independent estimates, which refinement tries when the first one is doubtful.
+        copies = (sample - centroid) @ AUGMENT_ROTATIONS + centroid  # (K, M, 3)
+        rotation_raw, translation = self.session.run(None, {"points": copies.astype(np.float32)})
+        turned_rotation = project_to_so3(rotation_raw)  # (K, 3, 3)
+        # A copy is cloud' = (cloud - c) Q + c, so R = R' Q^T and t = (t' - c) Q^T + c.
+        undo = AUGMENT_ROTATIONS.transpose(0, 2, 1)
+        object_rotation = turned_rotation @ undo
+        object_translation = (
+            np.einsum("ki,kij->kj", translation.astype(np.float64) - centroid, undo) + centroid
+        )
+        refinement = None
+        rotation, translation_0 = object_rotation[0], object_translation[0]
+        if refine and self.surface is not None:
+            from service.refine import refine_pose
+
+            refinement = refine_pose(
+                cloud,
+                self.surface,
+                rotation,
+                translation_0,
+                alternatives=list(zip(object_rotation[1:], object_translation[1:], strict=True)),
+                max_points=REFINE_MAX_POINTS,
+                seed=len(cloud),
+            )
+            rotation, translation_0 = refinement.object_rotation, refinement.object_translation
+        back_rotation = rotation.T
+        return Pose(back_rotation, -translation_0 @ back_rotation, rotation, translation_0, refinement)
 
     def describe(self) -> dict[str, Any]:
         """Public metadata for ``GET /v1/model``."""
@@ -182,6 +260,13 @@ class PoseEstimator:
             "evaluation": meta.get("evaluation"),
             "versions": meta.get("versions", {}),
         }
+        if self.order_free:
+            description["input_requirement"] = (
+                f"any order and any size from {MIN_POINTS} points; larger clouds are subsampled to "
+                f"{self.n_points} points for the network, and to at most "
+                f"{REFINE_MAX_POINTS} for refinement"
+            )
+            description["refinement"] = self.surface is not None
         if not self.order_free:
             description["input_requirement"] = (
                 f"exam setting: send exactly {self.n_points} points, the template's points in the "

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL = Path("artifacts/default/model.onnx")
+DEFAULT_MODEL = Path("models/pretrained/bunny_pointnet/model.onnx")
 
 
 class Settings(BaseSettings):

@@ -41,3 +41,38 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     assert result.reached_target, result.validation
     exported = export_model(result.checkpoint, root / "export")
     return ExportedModel(run_dir=root / "run", model_path=exported.model_path, n_points=SMALL_N)
+
+
+@pytest.fixture(scope="session")
+def order_free_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
+    """A tiny order-free (PointNet) model, trained briefly for real and exported with its surface.
+
+    Its network is far from accurate; refinement and hypotheses carry the pose, which is what
+    the tests of the order-free path check.
+    """
+    from pipeline.config import load_config
+    from pipeline.export import export_model
+    from pipeline.train import train
+
+    root = tmp_path_factory.mktemp("order_free")
+    cfg = load_config(
+        None,
+        {
+            "model_kind": "pointnet",
+            "activation": "relu",
+            "widths": [16, 32],
+            "head": [32],
+            "points_min": 64,
+            "points_max": 128,
+            "input_points": 256,
+            "view_bank_size": 8,
+            "batch_size": 8,
+            "steps": 30,
+            "val_every": 15,
+            "val_size": 32,
+            "out_dir": str(root / "run"),
+        },
+    )
+    result = train(cfg)
+    exported = export_model(result.checkpoint, root / "export")
+    return ExportedModel(run_dir=root / "run", model_path=exported.model_path, n_points=256)

@@ -19,8 +19,17 @@ def test_exam_shapes_batch_8_points_100() -> None:
     assert rotation_raw.shape == (8, 3, 3) and translation.shape == (8, 3)
 
 
-@pytest.mark.parametrize(("hidden", "activation", "modules"), [([], "none", ["Linear"]), ([32, 16], "elu", ["Linear", "ELU", "Linear", "ELU", "Linear"]), ([32], "relu", ["Linear", "ReLU", "Linear"])])
-def test_depth_width_and_activation_are_configurable(hidden: list[int], activation: str, modules: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("hidden", "activation", "modules"),
+    [
+        ([], "none", ["Linear"]),
+        ([32, 16], "elu", ["Linear", "ELU", "Linear", "ELU", "Linear"]),
+        ([32], "relu", ["Linear", "ReLU", "Linear"]),
+    ],
+)
+def test_depth_width_and_activation_are_configurable(
+    hidden: list[int], activation: str, modules: list[str]
+) -> None:
     model = build_pose_model("flat_fc", 10, hidden=hidden, activation=activation)
     assert [type(module).__name__ for module in model.net] == modules
 
@@ -63,3 +72,28 @@ def test_scale_keeps_outputs_in_the_mesh_units() -> None:
     reference_rotation, reference_translation = reference(points)
     torch.testing.assert_close(rotation_raw, reference_rotation)
     torch.testing.assert_close(translation, reference_translation * 10)
+
+
+def test_pointnet_output_ignores_point_order_and_takes_any_n() -> None:
+    torch.manual_seed(0)
+    model = build_pose_model("pointnet", 0, widths=[16, 32], head=[32], activation="relu", scale=5.0).eval()
+    points = torch.randn(3, 200, 3) * 4 + 2
+    permuted = points[:, torch.randperm(200)]
+    rotation_raw, translation = model(points)
+    torch.testing.assert_close(model(permuted)[0], rotation_raw, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(permuted)[1], translation, atol=1e-5, rtol=1e-5)
+    for n_points in (1, 32, 5000):
+        rotation_raw, translation = model(torch.randn(2, n_points, 3))
+        assert rotation_raw.shape == (2, 3, 3) and translation.shape == (2, 3)
+
+
+def test_pointnet_translation_follows_the_cloud() -> None:
+    """The head predicts an offset from the cloud's centroid, so shifting the cloud shifts the answer."""
+    torch.manual_seed(1)
+    model = build_pose_model("pointnet", 0, widths=[16], head=[16], activation="elu", scale=1.0).eval()
+    points = torch.randn(1, 50, 3)
+    shift = torch.tensor([[3.0, -2.0, 0.5]])
+    rotation_shifted, translation_shifted = model(points + shift[:, None])
+    rotation, translation = model(points)
+    torch.testing.assert_close(rotation_shifted, rotation)
+    torch.testing.assert_close(translation_shifted, translation + shift)

@@ -1,0 +1,560 @@
+"""Pose refinement: register an observed cloud against the object's surface model.
+
+The network gives a coarse object pose ``observed = canonical @ R_obj + t_obj`` (row vectors, as in
+:mod:`models.geometry`). :func:`refine_pose` improves it by robust point-to-plane ICP from the
+observed cloud (source) to the canonical surface model (target): the observed points are a subset
+of the surface (partial views, any order, any size), so every observed point looks for its nearest
+model point and never the other way round.
+
+Schedule (the choice is measured by ``benchmarks/refine_choice.py``):
+
+* the observed cloud is randomly subsampled (seeded) to at most ``max_points`` points, and a
+  smaller ``coarse_points`` subset of those drives the coarse stages;
+* two coarse stages against a voxel-downsampled copy of the model, correspondences within 20%
+  then 5% of the object's diagonal, Tukey weights of the same scale (the wide first stage gives
+  a basin of convergence of about 45 degrees, also on partial views);
+* one fine stage against the full model: correspondences within 5% of the diagonal, Tukey weights
+  whose scale follows the residuals (4.685 robust sigmas, clipped to 1%-5% of the diagonal), so
+  clean clouds converge tightly and noisy ones keep their informative points;
+* when the first coarse result is doubtful (fitness below 0.9), the caller's alternatives, half
+  turns about the model's and the observed cloud's principal axes and 40-degree turns about the
+  model's axes are screened (first coarse stage on fewer points), and the best by fitness (then
+  RMSE) is finished.
+
+Nearest neighbours come from an index built once per model (``small_gicp.KdTree`` when that
+package is installed, else open3d's ``NearestNeighborSearch``); both are exact, so the results do
+not depend on which is used, only the speed does.
+
+Only numpy and open3d (optionally small_gicp) are used here: the service never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open3d as o3d
+
+try:  # optional: a faster exact nearest-neighbour index, same results
+    import small_gicp
+except ImportError:  # pragma: no cover - depends on the environment
+    small_gicp = None
+
+# Distances are fractions of the object's bounding-box diagonal.
+COARSE_SCHEDULE = (0.20, 0.05)
+# Doubtful starts are screened with the first stages only, on fewer points; the best is finished.
+SCREEN_STAGES = 1
+SCREEN_POINTS = 128
+SCREEN_ITERATIONS = 5
+COARSE_VOXEL = 0.015
+FINE_DISTANCE = 0.05
+FINE_KERNEL_RANGE = (0.01, 0.05)
+INLIER_DISTANCE = 0.025
+# Tukey's constant for 95% efficiency under Gaussian noise, and the MAD-to-sigma factor.
+TUKEY_C = 4.685
+MAD_SIGMA = 1.4826
+
+DEFAULT_MAX_POINTS = 1024
+DEFAULT_COARSE_POINTS = 256
+COARSE_ITERATIONS = 8
+FINE_ITERATIONS = 6
+# A stage stops when a step rotates less than this (degrees) and moves less than this (fraction of
+# the diagonal); noisy clouds jitter at about 0.01 degrees, clean ones converge geometrically.
+COARSE_TOLERANCE = (0.05, 2e-4)
+FINE_TOLERANCE = (0.005, 2e-5)
+DOUBT_FITNESS = 0.9
+# Doubtful starts also try turns of this many degrees either way about each model axis.
+NUDGE_DEGREES = 40.0
+# Fewer correspondences than this cannot fix 6 degrees of freedom robustly.
+MIN_CORRESPONDENCES = 8
+# Confidence: the fitness, discounted as the inlier RMSE grows towards this fraction of the diagonal.
+CONFIDENCE_RMSE = 0.03
+CONFIDENT = 0.5
+
+
+def sample_surface_with_normals(
+    vertices: np.ndarray, faces: np.ndarray, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Points uniformly distributed on a triangle mesh, each with its face's outward unit normal.
+
+    Faces are drawn with probability proportional to their area and points uniformly inside them.
+    Normals follow the face winding, ``(b - a) x (c - a)``; when the mesh's signed volume is
+    negative (a closed mesh wound inward), all of them are flipped, so for a closed, consistently
+    wound mesh they point outward.
+
+    Args:
+        vertices: (V, 3) mesh vertices.
+        faces: (F, 3) vertex indices.
+        count: number of points.
+        rng: seeded generator (global state is never touched).
+
+    Returns:
+        (count, 6) float32: x, y, z, nx, ny, nz.
+    """
+    vertices = np.asarray(vertices, dtype=np.float64)
+    corners = vertices[np.asarray(faces, dtype=np.int64)]  # (F, 3, 3)
+    cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    double_area = np.linalg.norm(cross, axis=1)
+    if not np.isfinite(double_area).all() or double_area.sum() <= 0:
+        raise ValueError("mesh has no surface area")
+    if (corners[:, 0] * cross).sum() < 0:  # six times the signed volume
+        cross = -cross
+    face_index = rng.choice(len(double_area), size=count, p=double_area / double_area.sum())
+    u, v = rng.random((2, count))
+    outside = u + v > 1
+    u[outside], v[outside] = 1 - u[outside], 1 - v[outside]
+    a, b, c = corners[face_index, 0], corners[face_index, 1], corners[face_index, 2]
+    points = a + u[:, None] * (b - a) + v[:, None] * (c - a)
+    normals = cross[face_index] / double_area[face_index, None]
+    return np.concatenate([points, normals], axis=1).astype(np.float32)
+
+
+INDEX_BACKENDS = ("small_gicp", "open3d")
+
+
+class _NearestIndex:
+    """Exact nearest model point for a batch of query points, built once."""
+
+    def __init__(self, points: np.ndarray, backend: str | None = None) -> None:
+        if backend is None:
+            backend = "small_gicp" if small_gicp is not None else "open3d"
+        if backend not in INDEX_BACKENDS:
+            raise ValueError(f"unknown nearest-neighbour backend {backend!r}; use one of {INDEX_BACKENDS}")
+        if backend == "small_gicp" and small_gicp is None:
+            raise ValueError("the small_gicp backend needs the small_gicp package")
+        self.backend = backend
+        if backend == "small_gicp":
+            self._tree = small_gicp.KdTree(np.ascontiguousarray(points, dtype=np.float64))
+        else:
+            self._tree = o3d.core.nns.NearestNeighborSearch(o3d.core.Tensor(points))
+            self._tree.knn_index()
+
+    def query(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index of and squared distance to the nearest model point, shapes (Q,) and (Q,)."""
+        if self.backend == "small_gicp":
+            index, squared = self._tree.batch_nearest_neighbor_search(np.ascontiguousarray(queries))
+            return np.asarray(index, dtype=np.int64), np.asarray(squared, dtype=np.float64)
+        index, squared = self._tree.knn_search(o3d.core.Tensor(np.ascontiguousarray(queries)), 1)
+        return index.numpy()[:, 0].astype(np.int64), squared.numpy()[:, 0].astype(np.float64)
+
+
+class SurfaceModel:
+    """The canonical object surface that observed clouds are registered against.
+
+    Built once (at service start) from points sampled on the mesh with their outward normals.
+
+    Attributes:
+        points: (M, 3) float64 surface points, canonical frame.
+        normals: (M, 3) float64 outward unit normals.
+        diagonal: the object's bounding-box diagonal, in mesh units; every distance threshold
+            of the refinement is a fraction of it.
+        cloud: open3d PointCloud of the points with their normals.
+        coarse_points, coarse_normals: voxel-downsampled copy for the coarse ICP stages.
+        axes: (3, 3) principal axes of the surface, one per row (canonical frame).
+    """
+
+    def __init__(
+        self, points: np.ndarray, normals: np.ndarray, diagonal: float, *, index_backend: str | None = None
+    ) -> None:
+        points = np.asarray(points, dtype=np.float64)
+        normals = np.asarray(normals, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 3 or normals.shape != points.shape or len(points) < 3:
+            raise ValueError(f"surface model needs (M, 3) points and normals, got {points.shape}")
+        if not (np.isfinite(points).all() and np.isfinite(normals).all()):
+            raise ValueError("surface model holds non-finite values")
+        length = np.linalg.norm(normals, axis=1, keepdims=True)
+        if (length < 1e-6).any():
+            raise ValueError("surface model has zero-length normals")
+        if not (np.isfinite(diagonal) and diagonal > 0):
+            raise ValueError(f"diagonal must be a positive number, got {diagonal}")
+        self.points = np.ascontiguousarray(points)
+        self.normals = np.ascontiguousarray(normals / length)
+        self.diagonal = float(diagonal)
+        self.cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(self.points))
+        self.cloud.normals = o3d.utility.Vector3dVector(self.normals)
+        coarse = self.cloud.voxel_down_sample(COARSE_VOXEL * self.diagonal)
+        coarse_normals = np.asarray(coarse.normals)
+        self.coarse_points = np.ascontiguousarray(np.asarray(coarse.points))
+        self.coarse_normals = np.ascontiguousarray(
+            coarse_normals / np.maximum(np.linalg.norm(coarse_normals, axis=1, keepdims=True), 1e-12)
+        )
+        self.index = _NearestIndex(self.points, index_backend)
+        self.coarse_index = _NearestIndex(self.coarse_points, index_backend)
+        self.axes = principal_axes(self.points)[1]
+
+    @classmethod
+    def from_array(
+        cls, array: np.ndarray, diagonal: float, *, index_backend: str | None = None
+    ) -> SurfaceModel:
+        """From an (M, 6) array of points and outward normals (``surface.npy``)."""
+        array = np.asarray(array)
+        if array.ndim != 2 or array.shape[1] != 6:
+            raise ValueError(f"surface array must have shape (M, 6), got {array.shape}")
+        return cls(array[:, :3], array[:, 3:], diagonal, index_backend=index_backend)
+
+    @classmethod
+    def load(cls, path: str | Path, diagonal: float, *, index_backend: str | None = None) -> SurfaceModel:
+        """Read ``surface.npy`` (written by the exporter beside the ONNX model)."""
+        return cls.from_array(np.load(path, allow_pickle=False), diagonal, index_backend=index_backend)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+@dataclass
+class Refinement:
+    """A refined object pose and how well the observed cloud fits the model in it.
+
+    Attributes:
+        object_rotation: (3, 3), ``observed = canonical @ object_rotation + object_translation``.
+        object_translation: (3,).
+        fitness: fraction of the (subsampled) observed points with a model point within the
+            inlier distance (``INLIER_DISTANCE`` of the diagonal).
+        inlier_rmse: RMS point-to-plane distance of those inliers, in mesh units.
+        inlier_rmse_percent: the same as a percentage of the object's diagonal.
+        hypotheses: starting poses refined (1 when the first was not doubtful).
+        refined: False when the cloud had too few usable points and the input pose is returned.
+        confidence: fitness discounted by the RMSE, in [0, 1]; high for the object, low for a
+            cloud of another shape or a wrong pose.
+    """
+
+    object_rotation: np.ndarray
+    object_translation: np.ndarray
+    fitness: float
+    inlier_rmse: float
+    inlier_rmse_percent: float
+    hypotheses: int
+    refined: bool
+    confidence: float
+
+    @property
+    def confident(self) -> bool:
+        """Whether the confidence reaches ``CONFIDENT``."""
+        return self.confidence >= CONFIDENT
+
+    def summary(self) -> dict[str, float | int | bool | None]:
+        """The confidence figures as plain JSON-ready values (None for an RMSE without inliers)."""
+        finite = np.isfinite(self.inlier_rmse)
+        return {
+            "confidence": round(self.confidence, 4),
+            "confident": self.confident,
+            "fitness": round(self.fitness, 4),
+            "inlier_rmse": float(self.inlier_rmse) if finite else None,
+            "inlier_rmse_percent": round(self.inlier_rmse_percent, 4) if finite else None,
+            "hypotheses": self.hypotheses,
+            "refined": self.refined,
+        }
+
+
+def principal_axes(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centroid (3,) and principal axes (3, 3), one unit axis per row, largest variance first."""
+    centroid = points.mean(axis=0)
+    centered = points - centroid
+    _, vectors = np.linalg.eigh(centered.T @ centered)
+    return centroid, vectors[:, ::-1].T
+
+
+def confidence_score(fitness: float, inlier_rmse_fraction: float) -> float:
+    """Fitness discounted linearly as the inlier RMSE grows to ``CONFIDENCE_RMSE`` of the diagonal."""
+    return float(fitness * np.clip(1.0 - inlier_rmse_fraction / CONFIDENCE_RMSE, 0.0, 1.0))
+
+
+def _back_matrix(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    """Column-vector 4x4 that maps observed points to the canonical frame for an object pose."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation
+    matrix[:3, 3] = -rotation @ translation
+    return matrix
+
+
+def _object_pose(back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Object pose (row vectors) of a back transform, the rotation re-orthonormalized."""
+    u, _, vh = np.linalg.svd(back[:3, :3])
+    rotation = u @ vh
+    return rotation, -back[:3, 3] @ rotation
+
+
+def _rotation_from_vector(vector: np.ndarray) -> np.ndarray:
+    angle = float(np.linalg.norm(vector))
+    if angle < 1e-15:
+        return np.eye(3)
+    x, y, z = vector / angle
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
+
+
+def _point_to_plane_step(
+    points: np.ndarray, normals: np.ndarray, residuals: np.ndarray, weights: np.ndarray
+) -> np.ndarray | None:
+    """One weighted Gauss-Newton step of point-to-plane ICP, as a column-vector 4x4 increment.
+
+    Minimizes ``sum w * ((x + omega cross x + v - target) . n)^2`` over the small rotation ``omega``
+    and translation ``v``, about the model's origin.
+    """
+    jacobian = np.empty((len(points), 6))
+    px, py, pz = points.T
+    nx, ny, nz = normals.T
+    jacobian[:, 0] = py * nz - pz * ny
+    jacobian[:, 1] = pz * nx - px * nz
+    jacobian[:, 2] = px * ny - py * nx
+    jacobian[:, 3:] = normals
+    weighted = jacobian.T * weights
+    hessian = weighted @ jacobian
+    try:
+        solution = np.linalg.solve(hessian + 1e-12 * np.trace(hessian) * np.eye(6), -(weighted @ residuals))
+    except np.linalg.LinAlgError:
+        return None
+    step = np.eye(4)
+    step[:3, :3] = _rotation_from_vector(solution[:3])
+    step[:3, 3] = solution[3:]
+    return step
+
+
+def _icp(
+    source: np.ndarray,
+    index: _NearestIndex,
+    model_points: np.ndarray,
+    model_normals: np.ndarray,
+    back: np.ndarray,
+    distance: float,
+    iterations: int,
+    kernel: float | tuple[float, float],
+    tolerance: tuple[float, float],
+    inlier_distance: float,
+) -> tuple[np.ndarray, float, float]:
+    """Robust point-to-plane ICP from ``source`` (observed points) to the model points.
+
+    Args:
+        back: column-vector 4x4 from the observed to the canonical frame, the starting pose.
+        distance: correspondences farther than this are ignored.
+        kernel: a fixed Tukey scale, or a (low, high) range for a scale re-estimated from the
+            residuals at each iteration (``TUKEY_C`` robust sigmas).
+        tolerance: stop when a step rotates less than this many radians and moves less than this
+            distance.
+        inlier_distance: threshold of the fitness (at most ``distance``).
+
+    Returns:
+        The new back transform, and the fitness and inlier RMSE (point-to-plane) measured with the
+        last correspondence search (the RMSE at the returned pose).
+    """
+    total = len(source)
+    fitness, rmse = 0.0, float("inf")
+    inlier_squared = inlier_distance * inlier_distance
+    for _ in range(iterations):
+        posed = source @ back[:3, :3].T + back[:3, 3]
+        nearest, squared = index.query(posed)
+        near = squared < distance * distance
+        if np.count_nonzero(near) < MIN_CORRESPONDENCES:
+            fitness, rmse = 0.0, float("inf")
+            break
+        if not near.all():
+            # Points this far away stay unmatched while the pose moves little: stop querying them.
+            keep = squared < 4 * distance * distance
+            source = source[keep]
+            posed, nearest, squared = posed[near], nearest[near], squared[near]
+        targets, normals = np.take(model_points, nearest, axis=0), np.take(model_normals, nearest, axis=0)
+        residuals = np.einsum("ij,ij->i", posed - targets, normals)
+        if isinstance(kernel, tuple):
+            middle = len(residuals) // 2
+            sigma = MAD_SIGMA * float(np.partition(np.abs(residuals), middle)[middle])
+            scale = float(np.clip(TUKEY_C * sigma, kernel[0], kernel[1]))
+        else:
+            scale = kernel
+        weights = np.square(1.0 - np.minimum(np.square(residuals / scale), 1.0))
+        step = None
+        if np.count_nonzero(weights) >= MIN_CORRESPONDENCES:
+            step = _point_to_plane_step(posed, normals, residuals, weights)
+        inlier = squared < inlier_squared
+        fitness = np.count_nonzero(inlier) / total
+        if step is None:
+            rmse = _rms(residuals[inlier])
+            break
+        back = step @ back
+        moved = posed[inlier] @ step[:3, :3].T + step[:3, 3]
+        rmse = _rms(np.einsum("ij,ij->i", moved - targets[inlier], normals[inlier]))
+        angle = np.arccos(np.clip((np.trace(step[:3, :3]) - 1.0) / 2.0, -1.0, 1.0))
+        if angle < tolerance[0] and np.linalg.norm(step[:3, 3]) < tolerance[1]:
+            break
+    return back, fitness, rmse
+
+
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(values)))) if len(values) else float("inf")
+
+
+def _measure(
+    source: np.ndarray, model: SurfaceModel, back: np.ndarray, inlier_distance: float
+) -> tuple[float, float]:
+    """Fitness and inlier RMSE (point-to-plane) of ``source`` posed by ``back``."""
+    posed = source @ back[:3, :3].T + back[:3, 3]
+    nearest, squared = model.index.query(posed)
+    inlier = squared < inlier_distance * inlier_distance
+    if not inlier.any():
+        return 0.0, float("inf")
+    residuals = ((posed[inlier] - model.points[nearest[inlier]]) * model.normals[nearest[inlier]]).sum(axis=1)
+    return float(inlier.mean()), float(np.sqrt(np.mean(np.square(residuals))))
+
+
+def _turn(axis: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotation matrix by ``degrees`` about the unit ``axis``."""
+    return _rotation_from_vector(np.radians(degrees) * axis)
+
+
+def _search_starts(back: np.ndarray, model: SurfaceModel, observed: np.ndarray) -> list[np.ndarray]:
+    """Starting poses near the given one that ICP alone would not reach.
+
+    Half turns about each principal axis of the model (canonical frame, about the object's centre)
+    and of the observed cloud (about its centroid), which undo the symmetric confusions of a
+    coarse estimate, and turns of ``NUDGE_DEGREES`` either way about each model axis, which reach
+    beyond the basin of convergence (partial views have the narrowest).
+    """
+    rotation, translation = _object_pose(back)
+    starts = []
+    for axis in model.axes:
+        flip = 2.0 * np.outer(axis, axis) - np.eye(3)
+        starts.append(_back_matrix(flip @ rotation, translation))
+    centroid, axes = principal_axes(observed)
+    for axis in axes:
+        flip = 2.0 * np.outer(axis, axis) - np.eye(3)
+        starts.append(_back_matrix(rotation @ flip, (translation - centroid) @ flip + centroid))
+    for axis in model.axes:
+        for sign in (1.0, -1.0):
+            starts.append(_back_matrix(_turn(axis, sign * NUDGE_DEGREES) @ rotation, translation))
+    return starts
+
+
+def refine_pose(
+    observed: np.ndarray,
+    model: SurfaceModel,
+    object_rotation: np.ndarray,
+    object_translation: np.ndarray,
+    *,
+    alternatives: Iterable[tuple[np.ndarray, np.ndarray]] = (),
+    max_points: int = DEFAULT_MAX_POINTS,
+    coarse_points: int = DEFAULT_COARSE_POINTS,
+    doubt_fitness: float | None = None,
+    search: bool = True,
+    seed: int = 0,
+) -> Refinement:
+    """Refine a coarse object pose by robust point-to-plane ICP against the surface model.
+
+    Args:
+        observed: (N, 3) cloud, any order and size; non-finite rows are ignored.
+        model: the canonical surface.
+        object_rotation: (3, 3) coarse pose, ``observed = canonical @ R + t``.
+        object_translation: (3,).
+        alternatives: other (rotation, translation) object poses to try when the first is doubtful.
+        max_points: the cloud is subsampled (seeded, uniformly at random) to at most this many
+            points for the fine stage and the fitness.
+        coarse_points: points (a subset of those) that drive the coarse stages.
+        doubt_fitness: the first pose is doubtful when its coarse fitness is below this
+            (``DOUBT_FITNESS`` when None; 0 never doubts); then the alternatives and (with
+            ``search``) twelve generated starts are screened as well.
+        search: whether doubtful poses also try the generated starts: half turns about the
+            model's and the cloud's principal axes, and ``NUDGE_DEGREES`` turns about the model's
+            axes.
+        seed: seed of the subsampling, so a cloud always gets the same answer.
+
+    Returns:
+        The refined pose and its fit; ``refined`` is False (and the input pose is returned) when
+        too few points have a model point nearby to fix the pose.
+    """
+    rotation = np.asarray(object_rotation, dtype=np.float64).reshape(3, 3)
+    translation = np.asarray(object_translation, dtype=np.float64).reshape(3)
+    points = np.asarray(observed, dtype=np.float64).reshape(-1, 3)
+    points = points[np.isfinite(points).all(axis=1)]
+    diagonal = model.diagonal
+    rng = np.random.default_rng(seed)
+    if len(points) > max_points:
+        points = points[rng.choice(len(points), size=max_points, replace=False)]
+    else:
+        points = points[rng.permutation(len(points))]
+    coarse = points[:coarse_points]
+
+    def unrefined(count: int) -> Refinement:
+        return Refinement(rotation, translation, 0.0, float("inf"), float("inf"), count, False, 0.0)
+
+    if len(points) < MIN_CORRESPONDENCES:
+        return unrefined(0)
+
+    coarse_tolerance = (np.radians(COARSE_TOLERANCE[0]), COARSE_TOLERANCE[1] * diagonal)
+    inlier_distance = INLIER_DISTANCE * diagonal
+
+    def coarse_stages(
+        back: np.ndarray, source: np.ndarray, schedule: Sequence[float], iterations: int = COARSE_ITERATIONS
+    ) -> np.ndarray:
+        for fraction in schedule:
+            distance = fraction * diagonal
+            back, _, _ = _icp(
+                source,
+                model.coarse_index,
+                model.coarse_points,
+                model.coarse_normals,
+                back,
+                distance,
+                iterations,
+                distance,
+                coarse_tolerance,
+                min(distance, inlier_distance),
+            )
+        return back
+
+    start = _back_matrix(rotation, translation)
+    best = coarse_stages(start, coarse, COARSE_SCHEDULE)
+    fitness, rmse = _measure(coarse, model, best, inlier_distance)
+    hypotheses = 1
+    if fitness < (DOUBT_FITNESS if doubt_fitness is None else doubt_fitness):
+        starts: list[np.ndarray] = [_back_matrix(*_as_pose(pose)) for pose in alternatives]
+        if search:
+            starts += _search_starts(start, model, points)
+        screen = coarse[:SCREEN_POINTS]
+        best_score = _screen_score(*_measure(screen, model, best, inlier_distance))
+        finished = True
+        for other in starts:
+            candidate = coarse_stages(other, screen, COARSE_SCHEDULE[:SCREEN_STAGES], SCREEN_ITERATIONS)
+            score = _screen_score(*_measure(screen, model, candidate, inlier_distance))
+            hypotheses += 1
+            if score > best_score:
+                best, best_score, finished = candidate, score, False
+        if not finished:
+            best = coarse_stages(best, coarse, COARSE_SCHEDULE[SCREEN_STAGES:])
+    final, fitness, rmse = _icp(
+        points,
+        model.index,
+        model.points,
+        model.normals,
+        best,
+        FINE_DISTANCE * diagonal,
+        FINE_ITERATIONS,
+        (FINE_KERNEL_RANGE[0] * diagonal, FINE_KERNEL_RANGE[1] * diagonal),
+        (np.radians(FINE_TOLERANCE[0]), FINE_TOLERANCE[1] * diagonal),
+        inlier_distance,
+    )
+    if fitness * len(points) < MIN_CORRESPONDENCES:
+        return unrefined(hypotheses)
+    refined_rotation, refined_translation = _object_pose(final)
+    return Refinement(
+        object_rotation=refined_rotation,
+        object_translation=refined_translation,
+        fitness=fitness,
+        inlier_rmse=rmse,
+        inlier_rmse_percent=100.0 * rmse / diagonal,
+        hypotheses=hypotheses,
+        refined=True,
+        confidence=confidence_score(fitness, rmse / diagonal),
+    )
+
+
+def _screen_score(fitness: float, rmse: float) -> tuple[float, float]:
+    """Order of hypotheses: fitness to two decimals, then the smaller RMSE."""
+    return round(fitness, 2), -rmse
+
+
+def _as_pose(pose: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    rotation, translation = pose
+    return (
+        np.asarray(rotation, dtype=np.float64).reshape(3, 3),
+        np.asarray(translation, dtype=np.float64).reshape(3),
+    )
