@@ -1,13 +1,14 @@
 """Latency of cloudpose: onnxruntime alone, the server's stages, and HTTP round trips.
 
 Runs ``cloudpose serve`` (uvicorn; uvloop and httptools when installed) on a free loopback port,
-sends pre-serialized bodies of a posed template copy through one keep-alive ``httpx.Client``, and
-prints p50/p90/p99 tables. The server is stopped at the end, also on errors and Ctrl-C.
+sends pre-serialized bodies of a posed cloud (a template copy for an exam-setting model, a shuffled
+surface sample of ``--points`` points for an order-free one) through one keep-alive
+``httpx.Client``, and prints p50/p90/p99 tables. The server is stopped at the end, also on errors and Ctrl-C.
 
 Usage::
 
-    .venv/bin/python benchmarks/latency.py [--model artifacts/default/model.onnx] [--requests 1000]
-        [--json-out latency.json]
+    .venv/bin/python benchmarks/latency.py [--model models/pretrained/bunny_pointnet/model.onnx]
+        [--points 2048] [--requests 1000] [--json-out latency.json]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from service.clouds import as_cloud, read_cloud_file  # noqa: E402
 from service.inference import PoseEstimator  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
-DEFAULT_MODEL = Path("artifacts/default/model.onnx")
+DEFAULT_MODEL = Path("models/pretrained/bunny_pointnet/model.onnx")
 READY_TIMEOUT_S = 60.0
 
 
@@ -155,7 +156,7 @@ def in_process(
     npy = npy_bytes(points)
     count, warmup, limit = args.estimate_calls, args.warmup, args.max_seconds
     return {
-        "estimate (onnxruntime + SO(3) projection)": measure(
+        "estimate (network, and refinement for order-free models)": measure(
             lambda: estimator.estimate([cloud]), count, warmup, limit
         ),
         "stage: orjson.loads(body)": measure(lambda: orjson.loads(body), count, warmup, limit),
@@ -327,14 +328,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=100, help="untimed in-process calls per stage first")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop a measurement after this long")
     parser.add_argument("--json-out", type=Path, help="also write the results here as JSON")
+    parser.add_argument("--points", type=int, default=2048, help="cloud size for an order-free model")
     args = parser.parse_args(argv)
 
     model = args.model if args.model.is_absolute() else REPO_ROOT / args.model
     estimator = PoseEstimator(model, threads=Settings().threads)
-    template = estimator.template.astype(np.float64)
+    if estimator.order_free:
+        # Any cloud of the object: a seeded sample of the model's surface, shuffled, then posed.
+        surface = np.load(model.parent / estimator.metadata["surface"]["file"])[:, :3].astype(np.float64)
+        template = surface[np.random.default_rng(1).choice(len(surface), args.points, replace=False)]
+    else:
+        template = estimator.template.astype(np.float64)
     points = posed_cloud(template)
     env = environment()
-    print(f"cloudpose latency: model {estimator.model_id}, N = {estimator.n_points}")
+    kind = "order-free, refined" if estimator.order_free else "exam setting"
+    print(f"cloudpose latency: model {estimator.model_id} ({kind}), cloud of {len(points)} points")
     print(", ".join(f"{key} {value}" for key, value in env.items()))
 
     local = in_process(estimator, points, args)
@@ -351,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         result = {
             "model_id": estimator.model_id,
-            "n_points": estimator.n_points,
+            "n_points": len(points),
             "environment": env,
             "in_process": local,
             **http,

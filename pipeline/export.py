@@ -171,6 +171,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
             "steps": state["step"],
             "elapsed_s": round(state["elapsed_s"], 3),
             "stopped_because": state.get("stopped_because", ""),
+            "device": state.get("device", ""),
             "validation": state["validation"],
         },
         "parity_max_abs_diff": parity,

@@ -337,6 +337,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
             "mesh": {"name": mesh.name, "sha256": mesh.sha256, "diagonal": mesh.diagonal},
             "validation": last_metrics,
             "stopped_because": reason,
+            "device": describe_device(device),
         }
         _save(checkpoint_path, state)
         _write_metrics_csv(out_dir / "metrics.csv", history)

@@ -63,6 +63,38 @@ def quaternion_xyzw(rotation_column: np.ndarray) -> np.ndarray:
     return np.array([wxyz[1], wxyz[2], wxyz[3], wxyz[0]])
 
 
+def drop_stray_points(points: np.ndarray, neighbours: int = 8, spread: float = 3.0) -> np.ndarray:
+    """Remove points far from their neighbours (stray returns, clutter) before the network.
+
+    Max pooling lets a few stray points dominate the network's features; refinement has its own
+    robust weights and sees the whole cloud. A point is stray when the mean distance to its
+    ``neighbours`` nearest points exceeds the median of that distance by ``spread`` robust sigmas.
+
+    Args:
+        points: (M, 3), the network's subsample (a few hundred points).
+
+    Returns:
+        The kept points, or all of them when too few would remain.
+    """
+    if len(points) <= 4 * neighbours:
+        return points
+    try:
+        import small_gicp
+
+        tree = small_gicp.KdTree(np.ascontiguousarray(points, dtype=np.float64))
+        _, distance2 = tree.batch_knn_search(np.ascontiguousarray(points, dtype=np.float64), neighbours + 1)
+        distance2 = np.asarray(distance2)[:, 1:]  # (M, k), the point itself dropped
+    except ImportError:  # the same neighbours from the full distance matrix, slower
+        squared = (points * points).sum(axis=1)
+        matrix = np.maximum(squared[:, None] + squared[None, :] - 2 * points @ points.T, 0)  # (M, M)
+        distance2 = np.partition(matrix, neighbours, axis=1)[:, 1 : neighbours + 1]
+    nearest = np.sqrt(distance2).mean(axis=1)
+    median = np.median(nearest)
+    sigma = 1.4826 * np.median(np.abs(nearest - median))
+    keep = nearest <= median + spread * max(sigma, 1e-12)
+    return points[keep] if keep.sum() >= MIN_POINTS else points
+
+
 @dataclass
 class Pose:
     """One cloud's pose.
@@ -210,6 +242,7 @@ class PoseEstimator:
             if len(cloud) <= self.n_points
             else cloud[rng.choice(len(cloud), self.n_points, replace=False)]
         )
+        sample = drop_stray_points(sample)
         centroid = sample.mean(axis=0)
         # The network is not rotation-equivariant: copies turned by known half-turns give
         # independent estimates, which refinement tries when the first one is doubtful.

@@ -236,15 +236,16 @@ class Refinement:
 
     def summary(self) -> dict[str, float | int | bool | None]:
         """The confidence figures as plain JSON-ready values (None for an RMSE without inliers)."""
-        finite = np.isfinite(self.inlier_rmse)
+        # Plain Python types: numpy scalars would not serialize as JSON.
+        finite = bool(np.isfinite(self.inlier_rmse))
         return {
-            "confidence": round(self.confidence, 4),
-            "confident": self.confident,
-            "fitness": round(self.fitness, 4),
+            "confidence": round(float(self.confidence), 4),
+            "confident": bool(self.confident),
+            "fitness": round(float(self.fitness), 4),
             "inlier_rmse": float(self.inlier_rmse) if finite else None,
-            "inlier_rmse_percent": round(self.inlier_rmse_percent, 4) if finite else None,
-            "hypotheses": self.hypotheses,
-            "refined": self.refined,
+            "inlier_rmse_percent": round(float(self.inlier_rmse_percent), 4) if finite else None,
+            "hypotheses": int(self.hypotheses),
+            "refined": bool(self.refined),
         }
 
 

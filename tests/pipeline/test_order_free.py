@@ -143,3 +143,38 @@ def test_bench_command_on_a_tiny_set(order_free_model, tmp_path) -> None:
     assert report  # rows for every method x set
     bad = CliRunner().invoke(app, ["bench", str(order_free_model.model_path), "--sets", "tiny"])
     assert bad.exit_code == 1 and "unknown sets tiny" in bad.stderr
+
+
+def test_the_service_answers_any_order_and_size_over_http() -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    with TestClient(create_app(Settings(model_path=PRETRAINED))) as client:
+        described = client.get("/v1/model").json()
+        assert described["order_free"] is True and "template" not in described
+        assert f"from {MIN_POINTS} points" in described["input_requirement"]
+        for count in (MIN_POINTS, 2048):
+            cloud, rotation, _ = posed_bunny(count, seed=count)
+            answer = client.post("/v1/pose", json={"points": cloud.tolist()})
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["refined"] is True and body["confidence"]["hypotheses"] >= 1
+            error = rotation_error_deg(np.asarray(body["rotation"]).T[None], rotation[None])[0]
+            assert error < (5.0 if count == MIN_POINTS else 1.0)
+        unrefined = client.post("/v1/pose?refine=false", json={"points": cloud.tolist()}).json()
+        assert unrefined["refined"] is False and unrefined["confidence"] is None
+        few = client.post("/v1/pose", json={"points": cloud[: MIN_POINTS - 1].tolist()})
+        assert few.status_code == 422
+        assert (
+            few.json()["detail"]
+            == f"points has {MIN_POINTS - 1} points; send at least {MIN_POINTS} points of the object"
+        )
+        batch = client.post(
+            "/v1/pose/batch", json={"clouds": [{"points": cloud[:500].tolist()}, {"points": cloud.tolist()}]}
+        )
+        assert batch.status_code == 200 and [pose["n_points"] for pose in batch.json()["poses"]] == [
+            500,
+            2048,
+        ]

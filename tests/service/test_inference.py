@@ -219,3 +219,20 @@ def test_service_import_alone_has_no_torch() -> None:
         [sys.executable, "-c", command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_stray_points_are_dropped_before_the_network() -> None:
+    from pipeline.mesh import load_mesh, sample_surface
+    from service.inference import drop_stray_points
+
+    mesh = load_mesh()
+    rng = np.random.default_rng(0)
+    surface = sample_surface(mesh, 480, rng)
+    low, high = surface.min(axis=0), surface.max(axis=0)
+    clutter = rng.uniform(low - 0.5 * (high - low), high + 0.5 * (high - low), size=(32, 3))
+    kept = drop_stray_points(np.concatenate([surface, clutter]))
+    kept_clutter = sum(any(np.array_equal(point, stray) for stray in clutter) for point in kept)
+    assert kept_clutter <= 3  # almost every stray point goes
+    assert len(kept) - kept_clutter >= 0.95 * len(surface)  # and almost every surface point stays
+    tiny = surface[:20]
+    np.testing.assert_array_equal(drop_stray_points(tiny), tiny)  # too few points to judge
