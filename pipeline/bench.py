@@ -14,7 +14,6 @@ median time per cloud with its ratio to the reference method (``fpfh_ransac_icp`
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.benchsets import Case
-from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text, figure_png
 
 Method = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 REFERENCE_METHOD = "fpfh_ransac_icp"
@@ -299,16 +298,6 @@ def results_json(results: BenchResults) -> dict:
     }
 
 
-def _png(figure) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 def write_results(results: BenchResults, out_dir: str | Path, stem: str = "bench") -> dict[str, Path]:
     """Write ``<stem>.json``, ``<stem>.txt`` (the table), ``<stem>_cdf.png`` (per set, the
     cumulative distribution of the rotation error of each method, log x axis) and
@@ -350,7 +339,7 @@ def write_results(results: BenchResults, out_dir: str | Path, stem: str = "bench
         axis.set_axis_off()
     if results.methods and results.sets:
         axes.ravel()[0].legend(fontsize=8, loc="upper left")
-    paths["cdf"] = atomic_write_bytes(out_dir / f"{stem}_cdf.png", _png(figure))
+    paths["cdf"] = atomic_write_bytes(out_dir / f"{stem}_cdf.png", figure_png(figure))
 
     figure, axis = plt.subplots(figsize=(max(5.0, 1.2 * len(results.sets) + 2), 3.5))
     width = 0.8 / max(1, len(results.methods))
@@ -363,5 +352,5 @@ def write_results(results: BenchResults, out_dir: str | Path, stem: str = "bench
     axis.set_ylabel("median ms per cloud")
     axis.legend(fontsize=8)
     axis.grid(True, axis="y", which="major", alpha=0.3)
-    paths["time"] = atomic_write_bytes(out_dir / f"{stem}_time.png", _png(figure))
+    paths["time"] = atomic_write_bytes(out_dir / f"{stem}_time.png", figure_png(figure))
     return paths

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.files import atomic_write_bytes, atomic_write_json
+from pipeline.config import ConfigError
+from pipeline.files import atomic_write_bytes, atomic_write_json, figure_png
 from pipeline.metrics import pose_metrics
 from pipeline.synth import HELD_OUT_OFFSET, held_out_batch
 from service.clouds import as_cloud
@@ -49,6 +50,8 @@ def evaluate_model(
     from models.geometry import rotation_error_deg
 
     estimator = PoseEstimator(model_path, threads=torch.get_num_threads())
+    if estimator.order_free:
+        raise ConfigError(f"{model_path} is an order-free model: score it with `cloudpose bench`")
     meta = estimator.metadata
     diagonal = float(meta["mesh"]["diagonal"])
     half_range = float(meta["training"]["config"]["translation_range"]) * diagonal
@@ -85,7 +88,6 @@ def _format_value(key: str, value: float) -> str:
 
 def write_report(evaluation: Evaluation, out_dir: str | Path, stem: str = "eval") -> tuple[Path, Path]:
     """Write ``<stem>.json`` and a histogram ``<stem>.png`` of rotation errors."""
-    import io
 
     import matplotlib
 
@@ -104,9 +106,5 @@ def write_report(evaluation: Evaluation, out_dir: str | Path, stem: str = "eval"
         f"n = {len(errors)}",
         fontsize=9,
     )
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    png_path = atomic_write_bytes(out_dir / f"{stem}.png", buffer.getvalue())
+    png_path = atomic_write_bytes(out_dir / f"{stem}.png", figure_png(figure, dpi=110))
     return json_path, png_path

@@ -18,7 +18,6 @@ differ, so a wrong derivation cannot reach the report. The examples:
 
 from __future__ import annotations
 
-import io
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -552,6 +551,7 @@ def elu_plot_png(alphas: Sequence[float] = (0.5, 1.0, 2.0)) -> bytes:
     import matplotlib.pyplot as plt
 
     from models.activations import elu
+    from pipeline.files import figure_png
 
     x = torch.linspace(-4, 3, 701, dtype=torch.float64)
     figure, (values_axes, derivative_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -572,12 +572,10 @@ def elu_plot_png(alphas: Sequence[float] = (0.5, 1.0, 2.0)) -> bytes:
             axes.set_xlabel("x")
             axes.legend()
             axes.grid(alpha=0.3)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=100)
-        return buffer.getvalue()
-    finally:
+    except BaseException:
         plt.close(figure)
+        raise
+    return figure_png(figure)
 
 
 def write_elu_plot(path: Path | str, alphas: Sequence[float] = (0.5, 1.0, 2.0)) -> Path:

@@ -39,3 +39,18 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: str | Path) -> str:
     return sha256_bytes(Path(path).read_bytes())
+
+
+def figure_png(figure: Any, dpi: int = 100) -> bytes:
+    """Render a matplotlib figure to PNG bytes (for an atomic write) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    try:
+        buffer = io.BytesIO()
+        figure.tight_layout()
+        figure.savefig(buffer, format="png", dpi=dpi)
+        return buffer.getvalue()
+    finally:
+        plt.close(figure)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from models.lenet import LENET_INPUT_SIZE, NUM_DIGIT_CLASSES, LeNet5
-from pipeline.files import atomic_write_bytes, atomic_write_text
+from pipeline.files import atomic_write_bytes, atomic_write_text, figure_png
 
 SKLEARN_DIGITS_SOURCE = "sklearn-digits"
 MNIST_SOURCE = "mnist"
@@ -453,7 +453,6 @@ def confusion_matrix_png(confusion: np.ndarray, title: str = "LeNet-5 confusion 
     import matplotlib
 
     matplotlib.use("Agg")
-    import io
 
     import matplotlib.pyplot as plt
 
@@ -474,12 +473,10 @@ def confusion_matrix_png(confusion: np.ndarray, title: str = "LeNet-5 confusion 
                 if count:
                     color = "white" if count > threshold else "black"
                     axes.text(column, row, str(count), ha="center", va="center", color=color, fontsize=8)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=100)
-        return buffer.getvalue()
-    finally:
+    except BaseException:
         plt.close(figure)
+        raise
+    return figure_png(figure)
 
 
 def export_onnx(model: nn.Module, path: Path | str, opset: int = 17) -> Path:

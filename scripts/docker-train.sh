@@ -1,7 +1,8 @@
 #!/usr/bin/env sh
-# Train on the reserved GPU (or the CPU), export and evaluate into the shared volume.
+# Train on the reserved GPU (CUDA when available, else the CPU), export into the shared volume,
+# and benchmark the result there.
 set -eu
-config=${CLOUDPOSE_TRAIN_CONFIG:-configs/default.yaml}
+config=${CLOUDPOSE_TRAIN_CONFIG:-configs/pointnet.yaml}
 cloudpose train --config "$config" --out-dir /models/runs/default
 cloudpose export /models/runs/default --out /models/default
-cloudpose eval /models/default/model.onnx
+cloudpose bench /models/default/model.onnx --count 100 --methods network,network+refine --out /models/default/bench

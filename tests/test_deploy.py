@@ -33,11 +33,13 @@ def test_trainer_reserves_a_gpu_behind_a_profile() -> None:
 def test_dockerfile_stages_use_the_install_script() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     stages = {line.split(" AS ")[1].strip() for line in dockerfile.splitlines() if line.startswith("FROM ")}
-    assert {"api", "trainer", "bundler"} <= stages
+    assert {"api", "trainer"} <= stages
     api_stage = dockerfile.split("AS api")[1]
     assert "scripts/install.sh serve" in api_stage  # the serving image installs no torch
     assert "scripts/install.sh train" in dockerfile.split("AS trainer")[1]
-    assert "COPY --from=bundler /bundled/default" in api_stage
+    assert "COPY models ./models" in dockerfile  # bundles the shipped model
+    bundled = (ROOT / "scripts" / "docker-api.sh").read_text().split("else model=")[1].split(";")[0]
+    assert (ROOT / bundled.removeprefix("/app/")).is_file()
     for script in ("docker-api.sh", "docker-train.sh", "install.sh"):
         assert (ROOT / "scripts" / script).stat().st_mode & 0o111
 
