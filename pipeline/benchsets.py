@@ -11,8 +11,12 @@ resampled  N drawn uniformly from 256–4096, fresh surface sample
 small      N = 100 fresh surface sample
 noisy      N = 1024: Gaussian noise σ = 1 % of the diagonal per axis; 5 % of the points are
            uniform outliers in the posed object's bounding box enlarged by 10 % per side
-partial    one depth view (:func:`pipeline.views.render_view`) covering 30–70 % of the surface
-           (:func:`pipeline.views.visible_fraction`), points shuffled, then posed
+partial    one depth view (:func:`pipeline.views.render_view`: self-occlusion, density falling
+           off with distance and incidence) covering 30–70 % of the surface
+           (:func:`pipeline.views.visible_fraction`), without depth noise (noise is the noisy
+           set's axis), points shuffled, then posed
+partial_noisy  the same views with the camera's depth noise (σ grows with depth², 0.2–1.6 %
+           of the diagonal at 1.5–4 diagonals away)
 =========  ==================================================================================
 
 Case ``i`` of a set depends only on ``(seed, set name, i)``: a small set is a prefix of a large
@@ -28,9 +32,9 @@ from typing import NamedTuple
 import numpy as np
 
 from pipeline.mesh import Mesh, sample_surface
-from pipeline.views import random_viewpoint, render_view, visible_fraction
+from pipeline.views import DEFAULT_DEPTH_NOISE, random_viewpoint, render_view, visible_fraction
 
-SET_NAMES = ("shuffled", "resampled", "small", "noisy", "partial")
+SET_NAMES = ("shuffled", "resampled", "small", "noisy", "partial", "partial_noisy")
 DEFAULT_COUNT = 500
 
 TRANSLATION_HALF_RANGE = 0.5  # diagonals, per axis
@@ -101,10 +105,10 @@ def _noisy(mesh: Mesh, rng: np.random.Generator) -> Case:
     return Case(observed[rng.permutation(len(observed))], rotation, translation)
 
 
-def _partial(mesh: Mesh, rng: np.random.Generator) -> Case:
+def _partial(mesh: Mesh, rng: np.random.Generator, depth_noise: float = 0.0) -> Case:
     low, high = PARTIAL_VISIBLE_RANGE
     for _ in range(PARTIAL_MAX_ATTEMPTS):
-        view = render_view(mesh, random_viewpoint(rng, mesh.diagonal), rng)
+        view = render_view(mesh, random_viewpoint(rng, mesh.diagonal), rng, depth_noise=depth_noise)
         if len(view) >= PARTIAL_MIN_POINTS and low <= visible_fraction(view, mesh) <= high:
             return _pose(view[rng.permutation(len(view))], rng, mesh.diagonal)
     raise RuntimeError(f"no view of {mesh.name} covers {low:.0%}–{high:.0%} of its surface")
@@ -116,6 +120,7 @@ _MAKERS: dict[str, Callable[[Mesh, np.random.Generator], Case]] = {
     "small": _small,
     "noisy": _noisy,
     "partial": _partial,
+    "partial_noisy": lambda mesh, rng: _partial(mesh, rng, depth_noise=DEFAULT_DEPTH_NOISE),
 }
 
 

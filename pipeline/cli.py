@@ -298,7 +298,7 @@ def bench_command(
     seed: Annotated[int, typer.Option(help="Seed of the sets and of RANSAC.")] = 0,
     sets: Annotated[
         str, typer.Option(help="Comma-separated sets.")
-    ] = "shuffled,resampled,small,noisy,partial",
+    ] = "shuffled,resampled,small,noisy,partial,partial_noisy",
     methods: Annotated[
         str, typer.Option(help="Comma-separated methods.")
     ] = "network,network+refine,fpfh_ransac_icp,pca_icp",
