@@ -22,10 +22,25 @@ SIDECAR_FORMAT = "cloudpose-model/1"
 # Order-free models: fewest points accepted, and the points refinement uses at most.
 MIN_POINTS = 32
 REFINE_MAX_POINTS = 1024
-# Identity and half-turns about the three axes: the network's rotated second opinions.
-AUGMENT_ROTATIONS = np.stack(
-    [np.eye(3), np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])]
-)
+
+
+def _cube_rotations() -> np.ndarray:
+    """The 24 rotations of the cube (signed permutation matrices with det +1), identity first."""
+    import itertools
+
+    rotations = []
+    for order in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            matrix = np.zeros((3, 3))
+            matrix[range(3), order] = signs
+            if np.linalg.det(matrix) > 0:
+                rotations.append(matrix)
+    return np.stack(rotations)
+
+
+# Starting poses for doubtful clouds: the cube's rotations (identity first) and half-turns.
+CUBE_ROTATIONS = _cube_rotations()
+HALF_TURNS = np.stack([np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])])
 # Sidecar fields the service reads (GET /v1/model describes the model with them).
 SIDECAR_REQUIRED = ("model_id", "kind", "n_points", "convention", "units", "mesh", "template")
 
@@ -234,8 +249,29 @@ class PoseEstimator:
             for i in range(len(clouds))
         ]
 
+    def _network(self, sample: np.ndarray, centroid: np.ndarray, turns: np.ndarray) -> list[tuple]:
+        """Object poses the network gives for copies of ``sample`` turned about ``centroid``.
+
+        A copy is cloud' = (cloud - c) Q + c, so its pose (R', t') gives R = R' Q^T and
+        t = (t' - c) Q^T + c. The network is not rotation-equivariant, so the copies give
+        independent estimates.
+        """
+        copies = (sample - centroid) @ turns + centroid  # (K, M, 3)
+        rotation_raw, translation = self.session.run(None, {"points": copies.astype(np.float32)})
+        undo = turns.transpose(0, 2, 1)
+        rotation = project_to_so3(rotation_raw) @ undo  # (K, 3, 3)
+        translation = np.einsum("ki,kij->kj", translation.astype(np.float64) - centroid, undo) + centroid
+        return list(zip(rotation, translation, strict=True))
+
     def _estimate_order_free(self, cloud: np.ndarray, refine: bool) -> Pose:
-        """Network on a subsample (and rotated copies of it), then refinement against the surface."""
+        """Network on a subsample, then refinement against the surface, escalating when doubtful.
+
+        Refinement tries more starting poses only when the fit is doubtful: first the network's
+        estimates on three half-turned copies (computed lazily), flips and turns; if the fit is
+        still poor, the network on the 24 rotations of the cube and the cube's rotations of the
+        first estimate. A correct pose fits with fitness near 1, a wrong one clearly lower, so
+        easy clouds pay for one network pass and one registration.
+        """
         rng = np.random.default_rng(len(cloud))  # the same cloud always gets the same answer
         sample = (
             cloud
@@ -244,34 +280,40 @@ class PoseEstimator:
         )
         sample = drop_stray_points(sample)
         centroid = sample.mean(axis=0)
-        # The network is not rotation-equivariant: copies turned by known half-turns give
-        # independent estimates, which refinement tries when the first one is doubtful.
-        copies = (sample - centroid) @ AUGMENT_ROTATIONS + centroid  # (K, M, 3)
-        rotation_raw, translation = self.session.run(None, {"points": copies.astype(np.float32)})
-        turned_rotation = project_to_so3(rotation_raw)  # (K, 3, 3)
-        # A copy is cloud' = (cloud - c) Q + c, so R = R' Q^T and t = (t' - c) Q^T + c.
-        undo = AUGMENT_ROTATIONS.transpose(0, 2, 1)
-        object_rotation = turned_rotation @ undo
-        object_translation = (
-            np.einsum("ki,kij->kj", translation.astype(np.float64) - centroid, undo) + centroid
-        )
+        ((rotation, translation),) = self._network(sample, centroid, CUBE_ROTATIONS[:1])
         refinement = None
-        rotation, translation_0 = object_rotation[0], object_translation[0]
         if refine and self.surface is not None:
-            from service.refine import refine_pose
+            from service.refine import DOUBT_FITNESS, refine_pose
 
+            def half_turns():  # a generator: runs only if refinement asks for alternatives
+                yield from self._network(sample, centroid, HALF_TURNS)
+
+            options = {"max_points": REFINE_MAX_POINTS, "seed": len(cloud)}
             refinement = refine_pose(
-                cloud,
-                self.surface,
-                rotation,
-                translation_0,
-                alternatives=list(zip(object_rotation[1:], object_translation[1:], strict=True)),
-                max_points=REFINE_MAX_POINTS,
-                seed=len(cloud),
+                cloud, self.surface, rotation, translation, alternatives=half_turns(), **options
             )
-            rotation, translation_0 = refinement.object_rotation, refinement.object_translation
+            if refinement.fitness < DOUBT_FITNESS:
+                wider = self._network(sample, centroid, CUBE_ROTATIONS[1:])
+                # The cube's rotations about the object's axes and about the sensor's axes.
+                wider += [(turn @ rotation, translation) for turn in CUBE_ROTATIONS[1:]]
+                wider += [(rotation @ turn, translation) for turn in CUBE_ROTATIONS[1:]]
+                second = refine_pose(
+                    cloud,
+                    self.surface,
+                    refinement.object_rotation,
+                    refinement.object_translation,
+                    alternatives=wider,
+                    search=False,
+                    **options,
+                )
+                second.hypotheses += refinement.hypotheses
+                if (second.fitness, -second.inlier_rmse) > (refinement.fitness, -refinement.inlier_rmse):
+                    refinement = second
+                else:
+                    refinement.hypotheses = second.hypotheses
+            rotation, translation = refinement.object_rotation, refinement.object_translation
         back_rotation = rotation.T
-        return Pose(back_rotation, -translation_0 @ back_rotation, rotation, translation_0, refinement)
+        return Pose(back_rotation, -translation @ back_rotation, rotation, translation, refinement)
 
     def describe(self) -> dict[str, Any]:
         """Public metadata for ``GET /v1/model``."""
