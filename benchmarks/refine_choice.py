@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from pipeline import baselines  # noqa: E402
 from pipeline.mesh import load_mesh  # noqa: E402
 from service import refine  # noqa: E402
+from service.refine import back_matrix, object_pose  # noqa: E402
 
 registration = o3d.pipelines.registration
 SURFACE_POINTS = 20_000
@@ -111,18 +112,6 @@ def perturb(
     shift = rng.normal(size=3)
     shift *= rng.uniform(0, args.max_shift) * diagonal / np.linalg.norm(shift)
     return start, translation + shift
-
-
-def back_matrix(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
-    matrix = np.eye(4)
-    matrix[:3, :3] = rotation
-    matrix[:3, 3] = -rotation @ translation
-    return matrix
-
-
-def object_pose(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    rotation = np.asarray(matrix)[:3, :3].copy()
-    return rotation, -np.asarray(matrix)[:3, 3] @ rotation
 
 
 def subsample(points: np.ndarray, count: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
-from service.refine import SurfaceModel, principal_axes
+from service.refine import SurfaceModel, back_matrix, object_pose, principal_axes
 
 registration = o3d.pipelines.registration
 
@@ -55,21 +55,6 @@ class _Features:
 # Per-model preprocessing, computed once per SurfaceModel and dropped with it.
 _MODEL_FEATURES: weakref.WeakKeyDictionary[SurfaceModel, _Features] = weakref.WeakKeyDictionary()
 _MODEL_TARGETS: weakref.WeakKeyDictionary[SurfaceModel, o3d.geometry.PointCloud] = weakref.WeakKeyDictionary()
-
-
-def _pose_from_back(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Object pose (row vectors) from a column-vector 4x4 that maps observed to canonical."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    rotation = matrix[:3, :3].copy()
-    return rotation, -matrix[:3, 3] @ rotation
-
-
-def _back_from_pose(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
-    """Column-vector 4x4 that maps observed to canonical points for an object pose (row vectors)."""
-    matrix = np.eye(4)
-    matrix[:3, :3] = rotation
-    matrix[:3, 3] = -rotation @ translation
-    return matrix
 
 
 def _as_cloud(points: np.ndarray) -> o3d.geometry.PointCloud:
@@ -165,7 +150,7 @@ def fpfh_ransac_icp(
         coarse.transformation,
         registration.TransformationEstimationPointToPlane(),
     )
-    return _pose_from_back(fine.transformation)
+    return object_pose(fine.transformation)
 
 
 def pca_icp(observed: np.ndarray, model: SurfaceModel, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +185,7 @@ def pca_icp(observed: np.ndarray, model: SurfaceModel, seed: int = 0) -> tuple[n
         if np.linalg.det(rotation) < 0:  # eigenvector frames of opposite handedness
             rotation = model_axes.T @ (-np.asarray(signs, dtype=np.float64)[:, None] * observed_axes)
         translation = observed_centroid - model_centroid @ rotation
-        matrix = _back_from_pose(rotation, translation)
+        matrix = back_matrix(rotation, translation)
         result = None
         for fraction in PCA_ICP_SCHEDULE:
             result = registration.registration_icp(
@@ -217,4 +202,4 @@ def pca_icp(observed: np.ndarray, model: SurfaceModel, seed: int = 0) -> tuple[n
         if best is None or key > best[:2]:
             best = (result.fitness, -result.inlier_rmse, np.asarray(matrix))
     assert best is not None
-    return _pose_from_back(best[2])
+    return object_pose(best[2])

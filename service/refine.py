@@ -262,7 +262,7 @@ def confidence_score(fitness: float, inlier_rmse_fraction: float) -> float:
     return float(fitness * np.clip(1.0 - inlier_rmse_fraction / CONFIDENCE_RMSE, 0.0, 1.0))
 
 
-def _back_matrix(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+def back_matrix(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
     """Column-vector 4x4 that maps observed points to the canonical frame for an object pose."""
     matrix = np.eye(4)
     matrix[:3, :3] = rotation
@@ -270,7 +270,7 @@ def _back_matrix(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def _object_pose(back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def object_pose(back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Object pose (row vectors) of a back transform, the rotation re-orthonormalized."""
     u, _, vh = np.linalg.svd(back[:3, :3])
     rotation = u @ vh
@@ -411,18 +411,18 @@ def _search_starts(back: np.ndarray, model: SurfaceModel, observed: np.ndarray) 
     coarse estimate, and turns of ``NUDGE_DEGREES`` either way about each model axis, which reach
     beyond the basin of convergence (partial views have the narrowest).
     """
-    rotation, translation = _object_pose(back)
+    rotation, translation = object_pose(back)
     starts = []
     for axis in model.axes:
         flip = 2.0 * np.outer(axis, axis) - np.eye(3)
-        starts.append(_back_matrix(flip @ rotation, translation))
+        starts.append(back_matrix(flip @ rotation, translation))
     centroid, axes = principal_axes(observed)
     for axis in axes:
         flip = 2.0 * np.outer(axis, axis) - np.eye(3)
-        starts.append(_back_matrix(rotation @ flip, (translation - centroid) @ flip + centroid))
+        starts.append(back_matrix(rotation @ flip, (translation - centroid) @ flip + centroid))
     for axis in model.axes:
         for sign in (1.0, -1.0):
-            starts.append(_back_matrix(_turn(axis, sign * NUDGE_DEGREES) @ rotation, translation))
+            starts.append(back_matrix(_turn(axis, sign * NUDGE_DEGREES) @ rotation, translation))
     return starts
 
 
@@ -502,12 +502,12 @@ def refine_pose(
             )
         return back
 
-    start = _back_matrix(rotation, translation)
+    start = back_matrix(rotation, translation)
     best = coarse_stages(start, coarse, COARSE_SCHEDULE)
     fitness, rmse = _measure(coarse, model, best, inlier_distance)
     hypotheses = 1
     if fitness < (DOUBT_FITNESS if doubt_fitness is None else doubt_fitness):
-        starts: list[np.ndarray] = [_back_matrix(*_as_pose(pose)) for pose in alternatives]
+        starts: list[np.ndarray] = [back_matrix(*_as_pose(pose)) for pose in alternatives]
         if search:
             starts += _search_starts(start, model, points)
         screen = coarse[:SCREEN_POINTS]
@@ -535,7 +535,7 @@ def refine_pose(
     )
     if fitness * len(points) < MIN_CORRESPONDENCES:
         return unrefined(hypotheses)
-    refined_rotation, refined_translation = _object_pose(final)
+    refined_rotation, refined_translation = object_pose(final)
     return Refinement(
         object_rotation=refined_rotation,
         object_translation=refined_translation,
