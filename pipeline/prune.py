@@ -21,14 +21,13 @@ from pipeline.evaluate import evaluate_model
 from pipeline.export import export_model
 from pipeline.files import atomic_write_json
 from pipeline.mesh import load_mesh
+from pipeline.synth import generator_for
 from pipeline.train import (
-    ExamData,
-    SensorData,
-    _save,
-    generator_for,
     load_checkpoint,
     model_from_checkpoint,
+    save_checkpoint,
     train_step,
+    training_data,
     warmup_cosine,
 )
 
@@ -90,9 +89,9 @@ def prune_model(
         masks = prune_magnitude(model, target, scope=scope)
         if finetune_steps > 0:
             if data is None:
-                mesh = load_mesh(cfg.mesh or None)
-                kind = SensorData if cfg.model_kind == "pointnet" else ExamData
-                data = kind(cfg, mesh, torch.device("cpu"), Path(checkpoint).parent)
+                data = training_data(
+                    cfg, load_mesh(cfg.mesh or None), torch.device("cpu"), Path(checkpoint).parent
+                )
             finetune(model, masks, cfg, data, finetune_steps, seed)
         level_dir = out_dir / f"s{round(target * 100):02d}"
         pruned_state = copy.copy(state)
@@ -100,7 +99,7 @@ def prune_model(
         pruned_state["stopped_because"] = (
             f"pruned to {target:.0%} ({scope}), fine-tuned {finetune_steps} steps"
         )
-        _save(level_dir / "checkpoint.pt", pruned_state)
+        save_checkpoint(level_dir / "checkpoint.pt", pruned_state)
         exported = export_model(level_dir / "checkpoint.pt", level_dir)
         evaluation = evaluate_model(exported.model_path, count=eval_count, seed=seed)
         storage = storage_report(model)

@@ -143,6 +143,12 @@ class SensorData:
         return self.sampler.batch(self.cfg.batch_size, n_points, generator, **self.options)
 
 
+def training_data(cfg: TrainConfig, mesh: Mesh, device: torch.device, out_dir: Path) -> ExamData | SensorData:
+    """The data source a model kind trains on: template copies, or sensor-like clouds."""
+    kind = SensorData if cfg.model_kind == "pointnet" else ExamData
+    return kind(cfg, mesh, device, out_dir)
+
+
 def _to_device(batch: PoseBatch, device: torch.device) -> PoseBatch:
     return PoseBatch(batch.points.to(device), batch.rotation.to(device), batch.translation.to(device))
 
@@ -277,7 +283,8 @@ def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
     return model.eval()
 
 
-def _save(path: Path, state: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (a crash mid-write never leaves a torn file)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -319,7 +326,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
         schedule.load_state_dict(state["schedule"])
         step, elapsed_before, history = state["step"], state["elapsed_s"], state["history"]
 
-    data = (SensorData if cfg.model_kind == "pointnet" else ExamData)(cfg, mesh, device, out_dir)
+    data = training_data(cfg, mesh, device, out_dir)
     validation_set = data.validation
     generator = generator_for(cfg.seed, device)
 
@@ -339,7 +346,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
             "stopped_because": reason,
             "device": describe_device(device),
         }
-        _save(checkpoint_path, state)
+        save_checkpoint(checkpoint_path, state)
         _write_metrics_csv(out_dir / "metrics.csv", history)
 
     started = time.perf_counter()
