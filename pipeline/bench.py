@@ -139,35 +139,42 @@ def _valid_pose(result: object) -> tuple[np.ndarray, np.ndarray]:
     return rotation, translation
 
 
+def _run_case(method: Method, case: Case, diagonal: float) -> tuple[float, float, float, str | None]:
+    """One timed call: rotation error (deg), translation error (%), ms, and the failure if any."""
+    observed, gt_rotation, gt_translation = case
+    start = time.perf_counter()
+    try:
+        result = method(observed)
+        elapsed = time.perf_counter() - start
+        rotation, translation = _valid_pose(result)
+    except Exception as error:  # any failure of the method counts against it, never the bench
+        elapsed = time.perf_counter() - start
+        return FAILED_ROTATION_DEG, math.inf, elapsed * 1e3, f"{type(error).__name__}: {error}"
+    rotation_error = float(rotation_error_deg(rotation, gt_rotation))
+    translation_error = back_translation_error_pct(rotation, translation, gt_rotation, gt_translation, diagonal)
+    return rotation_error, translation_error, elapsed * 1e3, None
+
+
+def _cell(name: str, set_name: str, outcomes: Sequence[tuple[float, float, float, str | None]]) -> CellResult:
+    errors = [outcome[3] for outcome in outcomes if outcome[3] is not None]
+    cell = CellResult(
+        name,
+        set_name,
+        np.array([outcome[0] for outcome in outcomes], dtype=np.float64),
+        np.array([outcome[1] for outcome in outcomes], dtype=np.float64),
+        np.array([outcome[2] for outcome in outcomes], dtype=np.float64),
+        len(errors),
+        errors[0] if errors else None,
+    )
+    cell.metrics = summarize(cell)
+    return cell
+
+
 def run_method(
     method: Method, cases: Sequence[Case], diagonal: float, name: str = "", set_name: str = ""
 ) -> CellResult:
     """Run one method over one set; returns its :class:`CellResult` (metrics included)."""
-    rotation_error = np.empty(len(cases))
-    translation_error = np.empty(len(cases))
-    ms = np.empty(len(cases))
-    failures = 0
-    first_error = None
-    for index, (observed, gt_rotation, gt_translation) in enumerate(cases):
-        start = time.perf_counter()
-        try:
-            result = method(observed)
-            elapsed = time.perf_counter() - start
-            rotation, translation = _valid_pose(result)
-        except Exception as error:  # any failure of the method counts against it, never the bench
-            elapsed = time.perf_counter() - start
-            failures += 1
-            first_error = first_error or f"{type(error).__name__}: {error}"
-            rotation_error[index], translation_error[index] = FAILED_ROTATION_DEG, math.inf
-        else:
-            rotation_error[index] = rotation_error_deg(rotation, gt_rotation)
-            translation_error[index] = back_translation_error_pct(
-                rotation, translation, gt_rotation, gt_translation, diagonal
-            )
-        ms[index] = elapsed * 1e3
-    cell = CellResult(name, set_name, rotation_error, translation_error, ms, failures, first_error)
-    cell.metrics = summarize(cell)
-    return cell
+    return _cell(name, set_name, [_run_case(method, case, diagonal) for case in cases])
 
 
 def run_bench(
@@ -181,6 +188,10 @@ def run_bench(
 ) -> BenchResults:
     """Run every method on every set.
 
+    The methods take turns case by case (case 1 with every method, then case 2, ...), so a
+    machine that slows down or speeds up during the run affects all of them alike and the time
+    ratios compare like with like.
+
     Args:
         methods: name -> callable ``observed (N, 3) -> (object_rotation (3, 3), object_translation (3,))``.
         sets: name -> cases from :func:`pipeline.benchsets.make_set`.
@@ -189,18 +200,23 @@ def run_bench(
             absent from ``methods`` -> no ratios.
         warmup: untimed calls of each method on the first case of the first set before timing
             (loads lazily built state such as inference sessions); their failures are ignored.
-        progress: called with a line after each method × set.
+        progress: called with a line per method after each set.
     """
     first_case = next((cases[0] for cases in sets.values() if len(cases)), None)
-    cells: dict[tuple[str, str], CellResult] = {}
-    for method_name, method in methods.items():
+    for method in methods.values():
         for _ in range(warmup if first_case is not None else 0):
             try:
                 method(first_case.observed)
             except Exception:  # counted when timed
                 pass
-        for set_name, cases in sets.items():
-            cell = run_method(method, cases, diagonal, method_name, set_name)
+    cells: dict[tuple[str, str], CellResult] = {}
+    for set_name, cases in sets.items():
+        outcomes: dict[str, list] = {name: [] for name in methods}
+        for case in cases:
+            for method_name, method in methods.items():
+                outcomes[method_name].append(_run_case(method, case, diagonal))
+        for method_name in methods:
+            cell = _cell(method_name, set_name, outcomes[method_name])
             cells[method_name, set_name] = cell
             if progress is not None:
                 progress(_progress_line(cell))

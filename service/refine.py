@@ -12,7 +12,10 @@ Schedule (the choice is measured by ``benchmarks/refine_choice.py``):
   smaller ``coarse_points`` subset of those drives the coarse stages;
 * two coarse stages against a voxel-downsampled copy of the model, correspondences within 20%
   then 5% of the object's diagonal, Tukey weights of the same scale (the wide first stage gives
-  a basin of convergence of about 45 degrees, also on partial views);
+  a basin of convergence of about 45 degrees, also on partial views); their nearest points come
+  from a lookup table (one array access per point, within about a cell of 1% of the diagonal of
+  the true nearest point), and their fitness decides whether the start is doubtful, confirmed
+  with exact distances when it looks so;
 * one fine stage against the full model: correspondences within 5% of the diagonal, Tukey weights
   whose scale follows the residuals (4.685 robust sigmas, clipped to 1%-5% of the diagonal), so
   clean clouds converge tightly and noisy ones keep their informative points;
@@ -21,11 +24,12 @@ Schedule (the choice is measured by ``benchmarks/refine_choice.py``):
   model's axes are screened (first coarse stage on fewer points), and the best by fitness (then
   RMSE) is finished.
 
-Nearest neighbours come from an index built once per model (``small_gicp.KdTree`` when that
-package is installed, else open3d's ``NearestNeighborSearch``); both are exact, so the results do
-not depend on which is used, only the speed does.
+The fine stage's nearest neighbours and the fitness come from an exact index built once per model
+(``small_gicp.KdTree`` when that package is installed, else open3d's ``NearestNeighborSearch``);
+the results do not depend on which is used, only the speed does.
 
-Only numpy and open3d (optionally small_gicp) are used here: the service never imports torch.
+Only numpy, scipy (the lookup table's distance transform) and open3d (optionally small_gicp) are
+used here: the service never imports torch.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ SCREEN_STAGES = 1
 SCREEN_POINTS = 128
 SCREEN_ITERATIONS = 5
 COARSE_VOXEL = 0.015
+# Cell of the coarse model's nearest-point lookup table.
+COARSE_GRID_CELL = 0.01
 FINE_DISTANCE = 0.05
 FINE_KERNEL_RANGE = (0.01, 0.05)
 INLIER_DISTANCE = 0.025
@@ -61,9 +67,13 @@ DEFAULT_COARSE_POINTS = 256
 COARSE_ITERATIONS = 8
 FINE_ITERATIONS = 6
 # A stage stops when a step rotates less than this (degrees) and moves less than this (fraction of
-# the diagonal); noisy clouds jitter at about 0.01 degrees, clean ones converge geometrically.
-COARSE_TOLERANCE = (0.05, 2e-4)
-FINE_TOLERANCE = (0.005, 2e-5)
+# the diagonal). The step that meets it is still applied, and point-to-plane ICP converges fast,
+# so the pose ends much closer than this to the stage's optimum (the fine stage's answers on clean
+# clouds stay within about 0.01 degrees). The first (widest) stage only has to bring the pose into
+# the next stage's basin, so it stops sooner.
+COARSE_TOLERANCE = (0.2, 1e-3)
+WIDE_TOLERANCE = (0.5, 2e-3)
+FINE_TOLERANCE = (0.05, 3e-4)
 DOUBT_FITNESS = 0.9
 # Doubtful starts also try turns of this many degrees either way about each model axis.
 NUDGE_DEGREES = 40.0
@@ -135,9 +145,53 @@ class _NearestIndex:
         """Index of and squared distance to the nearest model point, shapes (Q,) and (Q,)."""
         if self.backend == "small_gicp":
             index, squared = self._tree.batch_nearest_neighbor_search(np.ascontiguousarray(queries))
-            return np.asarray(index, dtype=np.int64), np.asarray(squared, dtype=np.float64)
+            # Indices come as uint64 below 2**63: reinterpret them instead of copying.
+            return np.asarray(index).view(np.int64), np.asarray(squared)
         index, squared = self._tree.knn_search(o3d.core.Tensor(np.ascontiguousarray(queries)), 1)
         return index.numpy()[:, 0].astype(np.int64), squared.numpy()[:, 0].astype(np.float64)
+
+
+class _GridIndex:
+    """Approximate nearest model point from a lookup table, for the coarse stages.
+
+    The box around the model (enlarged by ``margin`` on every side) is cut into cubic cells of
+    side ``cell``. Each cell holding model points keeps the one nearest its centre; every other
+    cell keeps the point of the nearest such cell (an exact Euclidean distance transform over the
+    cells). A query costs one table lookup, however far it is from the surface, and the point
+    found lies within about one cell of the true nearest point, which is all the coarse stages
+    need; the fine stage and the fitness use the exact index. Queries outside the box have no
+    model point (infinite distance).
+    """
+
+    def __init__(self, points: np.ndarray, cell: float, margin: float) -> None:
+        from scipy import ndimage
+
+        self.points = np.ascontiguousarray(points, dtype=np.float64)
+        self.low = self.points.min(axis=0) - margin
+        self.inverse_cell = 1.0 / cell
+        self.shape = np.ceil((self.points.max(axis=0) + margin - self.low) * self.inverse_cell).astype(np.int64) + 1
+        cells = np.floor((self.points - self.low) * self.inverse_cell).astype(np.int64)
+        flat = np.ravel_multi_index(cells.T, self.shape)
+        offset = np.square(self.points - (self.low + (cells + 0.5) * cell)).sum(axis=1)
+        order = np.lexsort((offset, flat))  # by cell, then nearest to the cell's centre first
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = flat[order][1:] != flat[order][:-1]
+        table = np.full(int(np.prod(self.shape)), -1, dtype=np.int32)
+        table[flat[order][first]] = order[first]
+        occupied = (table >= 0).reshape(tuple(self.shape))
+        nearest_cell = ndimage.distance_transform_edt(~occupied, return_distances=False, return_indices=True)
+        self.table = table[np.ravel_multi_index(tuple(nearest_cell), self.shape).ravel()]
+        self.strides = np.array([self.shape[1] * self.shape[2], self.shape[2], 1], dtype=np.int64)
+
+    def query(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index of and squared distance to a near model point, shapes (Q,) and (Q,)."""
+        cells = np.floor((queries - self.low) * self.inverse_cell).astype(np.int64)
+        inside = ((cells >= 0) & (cells < self.shape)).all(axis=1)
+        np.clip(cells, 0, self.shape - 1, out=cells)
+        index = self.table[cells @ self.strides].astype(np.int64)
+        squared = np.square(queries - self.points[index]).sum(axis=1)
+        squared[~inside] = np.inf
+        return index, squared
 
 
 class SurfaceModel:
@@ -181,7 +235,9 @@ class SurfaceModel:
             coarse_normals / np.maximum(np.linalg.norm(coarse_normals, axis=1, keepdims=True), 1e-12)
         )
         self.index = _NearestIndex(self.points, index_backend)
-        self.coarse_index = _NearestIndex(self.coarse_points, index_backend)
+        self.coarse_index = _GridIndex(
+            self.coarse_points, COARSE_GRID_CELL * self.diagonal, COARSE_SCHEDULE[0] * self.diagonal
+        )
         self.axes = principal_axes(self.points)[1]
 
     @classmethod
@@ -294,17 +350,22 @@ def _point_to_plane_step(
     Minimizes ``sum w * ((x + omega cross x + v - target) . n)^2`` over the small rotation ``omega``
     and translation ``v``, about the model's origin.
     """
-    jacobian = np.empty((len(points), 6))
+    # The Jacobian's rows are (x cross n, n); built transposed, (6, K), for contiguous writes.
     px, py, pz = points.T
     nx, ny, nz = normals.T
-    jacobian[:, 0] = py * nz - pz * ny
-    jacobian[:, 1] = pz * nx - px * nz
-    jacobian[:, 2] = px * ny - py * nx
-    jacobian[:, 3:] = normals
-    weighted = jacobian.T * weights
-    hessian = weighted @ jacobian
+    jacobian = np.empty((6, len(points)))
+    np.multiply(py, nz, out=jacobian[0])
+    jacobian[0] -= pz * ny
+    np.multiply(pz, nx, out=jacobian[1])
+    jacobian[1] -= px * nz
+    np.multiply(px, ny, out=jacobian[2])
+    jacobian[2] -= py * nx
+    jacobian[3:] = normals.T
+    weighted = jacobian * weights
+    hessian = weighted @ jacobian.T
+    hessian[np.diag_indices(6)] += 1e-12 * hessian.trace()
     try:
-        solution = np.linalg.solve(hessian + 1e-12 * np.trace(hessian) * np.eye(6), -(weighted @ residuals))
+        solution = np.linalg.solve(hessian, -(weighted @ residuals))
     except np.linalg.LinAlgError:
         return None
     step = np.eye(4)
@@ -332,8 +393,8 @@ def _icp(
         distance: correspondences farther than this are ignored.
         kernel: a fixed Tukey scale, or a (low, high) range for a scale re-estimated from the
             residuals at each iteration (``TUKEY_C`` robust sigmas).
-        tolerance: stop when a step rotates less than this many radians and moves less than this
-            distance.
+        tolerance: stop after a step that rotates less than this many radians and moves less
+            than this distance (the step is applied).
         inlier_distance: threshold of the fitness (at most ``distance``).
 
     Returns:
@@ -343,7 +404,7 @@ def _icp(
     total = len(source)
     fitness, rmse = 0.0, float("inf")
     inlier_squared = inlier_distance * inlier_distance
-    for _ in range(iterations):
+    for iteration in range(iterations):
         posed = source @ back[:3, :3].T + back[:3, 3]
         nearest, squared = index.query(posed)
         near = squared < distance * distance
@@ -373,10 +434,12 @@ def _icp(
             rmse = _rms(residuals[inlier])
             break
         back = step @ back
-        moved = posed[inlier] @ step[:3, :3].T + step[:3, 3]
-        rmse = _rms(np.einsum("ij,ij->i", moved - targets[inlier], normals[inlier]))
         angle = np.arccos(np.clip((np.trace(step[:3, :3]) - 1.0) / 2.0, -1.0, 1.0))
-        if angle < tolerance[0] and np.linalg.norm(step[:3, 3]) < tolerance[1]:
+        done = angle < tolerance[0] and np.linalg.norm(step[:3, 3]) < tolerance[1]
+        if done or iteration == iterations - 1:
+            # The inliers' RMSE after the last step (point-to-plane, same correspondences).
+            moved = posed[inlier] @ step[:3, :3].T + step[:3, 3]
+            rmse = _rms(np.einsum("ij,ij->i", moved - targets[inlier], normals[inlier]))
             break
     return back, fitness, rmse
 
@@ -481,14 +544,17 @@ def refine_pose(
         return unrefined(0)
 
     coarse_tolerance = (np.radians(COARSE_TOLERANCE[0]), COARSE_TOLERANCE[1] * diagonal)
+    wide_tolerance = (np.radians(WIDE_TOLERANCE[0]), WIDE_TOLERANCE[1] * diagonal)
     inlier_distance = INLIER_DISTANCE * diagonal
 
     def coarse_stages(
         back: np.ndarray, source: np.ndarray, schedule: Sequence[float], iterations: int = COARSE_ITERATIONS
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, float]:
+        """The pose after the coarse stages, and the last stage's fitness (lookup-table distances)."""
+        fitness = 0.0
         for fraction in schedule:
             distance = fraction * diagonal
-            back, _, _ = _icp(
+            back, fitness, _ = _icp(
                 source,
                 model.coarse_index,
                 model.coarse_points,
@@ -497,16 +563,18 @@ def refine_pose(
                 distance,
                 iterations,
                 distance,
-                coarse_tolerance,
+                wide_tolerance if fraction == COARSE_SCHEDULE[0] else coarse_tolerance,
                 min(distance, inlier_distance),
             )
-        return back
+        return back, fitness
 
+    doubt = DOUBT_FITNESS if doubt_fitness is None else doubt_fitness
     start = back_matrix(rotation, translation)
-    best = coarse_stages(start, coarse, COARSE_SCHEDULE)
-    fitness, rmse = _measure(coarse, model, best, inlier_distance)
+    best, fitness = coarse_stages(start, coarse, COARSE_SCHEDULE)
+    if fitness < doubt:  # the lookup table's distances are approximate: confirm with exact ones
+        fitness, _ = _measure(coarse, model, best, inlier_distance)
     hypotheses = 1
-    if fitness < (DOUBT_FITNESS if doubt_fitness is None else doubt_fitness):
+    if fitness < doubt:
         starts: list[np.ndarray] = [back_matrix(*_as_pose(pose)) for pose in alternatives]
         if search:
             starts += _search_starts(start, model, points)
@@ -514,13 +582,13 @@ def refine_pose(
         best_score = _screen_score(*_measure(screen, model, best, inlier_distance))
         finished = True
         for other in starts:
-            candidate = coarse_stages(other, screen, COARSE_SCHEDULE[:SCREEN_STAGES], SCREEN_ITERATIONS)
+            candidate, _ = coarse_stages(other, screen, COARSE_SCHEDULE[:SCREEN_STAGES], SCREEN_ITERATIONS)
             score = _screen_score(*_measure(screen, model, candidate, inlier_distance))
             hypotheses += 1
             if score > best_score:
                 best, best_score, finished = candidate, score, False
         if not finished:
-            best = coarse_stages(best, coarse, COARSE_SCHEDULE[SCREEN_STAGES:])
+            best, _ = coarse_stages(best, coarse, COARSE_SCHEDULE[SCREEN_STAGES:])
     final, fitness, rmse = _icp(
         points,
         model.index,

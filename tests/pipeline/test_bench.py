@@ -157,3 +157,19 @@ def test_failures_survive_the_json(bunny: Mesh, sets, tmp_path: Path) -> None:
     assert row["failures"] == 3 and row["translation_median_pct"] is None
     assert stored["cases"]["broken"]["small"]["translation_error_pct"] == [None, None, None]
     assert "inf" in format_table(results)
+
+
+def test_methods_take_turns_case_by_case(bunny: Mesh, sets) -> None:
+    calls: list[tuple[str, int]] = []
+
+    def recording(name: str):
+        def method(observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            calls.append((name, len(observed)))
+            return identity(observed)
+
+        return method
+
+    cases = {"shuffled": sets["shuffled"][:3]}
+    run_bench({"a": recording("a"), "b": recording("b")}, cases, bunny.diagonal, warmup=0)
+    # Each case goes to every method before the next case, so both see the same machine state.
+    assert [name for name, _ in calls] == ["a", "b"] * 3

@@ -236,3 +236,31 @@ def test_stray_points_are_dropped_before_the_network() -> None:
     assert len(kept) - kept_clutter >= 0.95 * len(surface)  # and almost every surface point stays
     tiny = surface[:20]
     np.testing.assert_array_equal(drop_stray_points(tiny), tiny)  # too few points to judge
+
+
+def test_spread_rotations_cover_all_rotations() -> None:
+    from pipeline.bench import rotation_error_deg
+    from service.inference import SPREAD_ROTATIONS
+
+    identity = np.broadcast_to(np.eye(3), SPREAD_ROTATIONS.shape)
+    np.testing.assert_allclose(SPREAD_ROTATIONS @ SPREAD_ROTATIONS.transpose(0, 2, 1), identity, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(SPREAD_ROTATIONS), 1.0)
+    probes = Rotation.random(2000, random_state=0).as_matrix()
+    nearest = rotation_error_deg(probes[:, None], SPREAD_ROTATIONS[None]).min(axis=1)  # (2000,)
+    # 120 spread rotations leave no rotation much farther than 43 degrees; 120 random ones do.
+    assert nearest.max() < 45.0
+    random_set = Rotation.random(len(SPREAD_ROTATIONS), random_state=1).as_matrix()
+    assert rotation_error_deg(probes[:, None], random_set[None]).min(axis=1).max() > 50.0
+
+
+def test_spread_starts_place_the_object_around_the_cloud() -> None:
+    from service.inference import SPREAD_ROTATIONS, VIEW_OFFSET, spread_starts
+
+    rng = np.random.default_rng(0)
+    cloud = rng.normal(size=(500, 3)) * [3.0, 2.0, 0.2] + [10.0, -4.0, 1.0]  # thinnest along z
+    starts = spread_starts(cloud, diagonal=20.0)
+    assert len(starts) == 3 * len(SPREAD_ROTATIONS)
+    centers = np.unique(np.round([center for _, center in starts], 9), axis=0)
+    assert len(centers) == 3
+    offsets = np.sort(np.abs(centers - cloud.mean(axis=0))[:, 2])
+    np.testing.assert_allclose(offsets, [0.0, VIEW_OFFSET * 20.0, VIEW_OFFSET * 20.0], atol=0.05)

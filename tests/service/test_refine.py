@@ -254,3 +254,46 @@ def test_both_nearest_neighbour_backends_agree(mesh, surface) -> None:
     ]
     np.testing.assert_allclose(results[0].object_rotation, results[1].object_rotation, atol=1e-9)
     assert results[0].fitness == results[1].fitness
+
+
+# ---------------------------------------------------------------------------------------------
+# the coarse stages' lookup table
+
+
+def test_lookup_table_finds_a_point_within_a_few_cells_of_the_nearest(model) -> None:
+    grid = model.coarse_index
+    exact = refine._NearestIndex(model.coarse_points)
+    rng = np.random.default_rng(0)
+    queries = model.coarse_points[rng.choice(len(model.coarse_points), 3000)]
+    queries = queries + rng.normal(scale=0.05 * model.diagonal, size=queries.shape)
+    index, squared = grid.query(queries)
+    _, exact_squared = exact.query(queries)
+    np.testing.assert_allclose(squared, np.square(queries - model.coarse_points[index]).sum(axis=1))
+    assert (squared >= exact_squared - 1e-9).all()
+    # The representative of the nearest occupied cell: at most two cell diagonals farther.
+    cell = 1.0 / grid.inverse_cell
+    assert (np.sqrt(squared) <= np.sqrt(exact_squared) + 2 * np.sqrt(3) * cell + 1e-9).all()
+    assert np.mean(np.sqrt(squared) - np.sqrt(exact_squared) < 0.5 * cell) > 0.8
+
+
+def test_lookup_table_has_no_points_beyond_its_margin(model) -> None:
+    far = model.coarse_points.max(axis=0) + refine.COARSE_SCHEDULE[0] * model.diagonal * 1.5
+    near = model.coarse_points.max(axis=0) + 0.5 * refine.COARSE_SCHEDULE[0] * model.diagonal
+    _, squared = model.coarse_index.query(np.stack([far, near]))
+    assert np.isinf(squared[0]) and np.isfinite(squared[1])
+
+
+def test_spread_starts_find_a_view_that_no_nearby_guess_fits(mesh, model) -> None:
+    from pipeline.benchsets import make_set
+    from service.inference import spread_starts
+
+    observed, rotation, translation = make_set("partial", mesh, 6, seed=3)[5]  # a rendered view
+    wrong = perturbed(rotation, translation, 150.0, 0.0, seed=5)
+    # The right rotation, 20 degrees off, at the view's centroid: too far from the object's centre.
+    guess = (perturbed(rotation, translation, 20.0, 0.0, seed=105)[0], observed.mean(axis=0))
+    missed = refine_pose(observed, model, *wrong, alternatives=[guess], search=False)
+    assert rotation_error_deg(missed.object_rotation, rotation) > 30
+    starts = spread_starts(observed, mesh.diagonal)
+    found = refine_pose(observed, model, *wrong, alternatives=starts, search=False)
+    assert rotation_error_deg(found.object_rotation, rotation) < 0.1
+    assert found.fitness > 0.99 and found.hypotheses == 1 + len(starts)
