@@ -151,7 +151,9 @@ def _run_case(method: Method, case: Case, diagonal: float) -> tuple[float, float
         elapsed = time.perf_counter() - start
         return FAILED_ROTATION_DEG, math.inf, elapsed * 1e3, f"{type(error).__name__}: {error}"
     rotation_error = float(rotation_error_deg(rotation, gt_rotation))
-    translation_error = back_translation_error_pct(rotation, translation, gt_rotation, gt_translation, diagonal)
+    translation_error = back_translation_error_pct(
+        rotation, translation, gt_rotation, gt_translation, diagonal
+    )
     return rotation_error, translation_error, elapsed * 1e3, None
 
 

@@ -80,6 +80,8 @@ def spread_starts(cloud: np.ndarray, diagonal: float) -> list[tuple[np.ndarray, 
         for center in (centroid, centroid + offset, centroid - offset)
         for rotation in SPREAD_ROTATIONS
     ]
+
+
 HALF_TURNS = np.stack([np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])])
 # Sidecar fields the service reads (GET /v1/model describes the model with them).
 SIDECAR_REQUIRED = ("model_id", "kind", "n_points", "convention", "units", "mesh", "template")

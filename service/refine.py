@@ -169,7 +169,9 @@ class _GridIndex:
         self.points = np.ascontiguousarray(points, dtype=np.float64)
         self.low = self.points.min(axis=0) - margin
         self.inverse_cell = 1.0 / cell
-        self.shape = np.ceil((self.points.max(axis=0) + margin - self.low) * self.inverse_cell).astype(np.int64) + 1
+        self.shape = (
+            np.ceil((self.points.max(axis=0) + margin - self.low) * self.inverse_cell).astype(np.int64) + 1
+        )
         cells = np.floor((self.points - self.low) * self.inverse_cell).astype(np.int64)
         flat = np.ravel_multi_index(cells.T, self.shape)
         offset = np.square(self.points - (self.low + (cells + 0.5) * cell)).sum(axis=1)
