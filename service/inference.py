@@ -120,7 +120,7 @@ def quaternion_xyzw(rotation_column: np.ndarray) -> np.ndarray:
     return np.array([wxyz[1], wxyz[2], wxyz[3], wxyz[0]])
 
 
-def drop_stray_points(points: np.ndarray, neighbours: int = 8, spread: float = 3.0) -> np.ndarray:
+def drop_stray_points(points: np.ndarray, neighbours: int = 4, spread: float = 3.0) -> np.ndarray:
     """Remove points far from their neighbours (stray returns, clutter) before the network.
 
     Max pooling lets a few stray points dominate the network's features; refinement has its own

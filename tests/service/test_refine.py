@@ -276,11 +276,13 @@ def test_lookup_table_finds_a_point_within_a_few_cells_of_the_nearest(model) -> 
     assert np.mean(np.sqrt(squared) - np.sqrt(exact_squared) < 0.5 * cell) > 0.8
 
 
-def test_lookup_table_has_no_points_beyond_its_margin(model) -> None:
-    far = model.coarse_points.max(axis=0) + refine.COARSE_SCHEDULE[0] * model.diagonal * 1.5
-    near = model.coarse_points.max(axis=0) + 0.5 * refine.COARSE_SCHEDULE[0] * model.diagonal
-    _, squared = model.coarse_index.query(np.stack([far, near]))
-    assert np.isinf(squared[0]) and np.isfinite(squared[1])
+def test_lookup_table_queries_beyond_its_box_are_beyond_every_coarse_distance(model) -> None:
+    margin = refine.COARSE_SCHEDULE[0] * model.diagonal
+    low, high = model.coarse_points.min(axis=0), model.coarse_points.max(axis=0)
+    outside = np.array([high + 1.5 * margin, low - 3.0 * margin, [high[0] + 1.01 * margin, 0.0, 0.0]])
+    index, squared = model.coarse_index.query(outside)
+    np.testing.assert_allclose(squared, np.square(outside - model.coarse_points[index]).sum(axis=1))
+    assert (np.sqrt(squared) > margin).all()
 
 
 def test_spread_starts_find_a_view_that_no_nearby_guess_fits(mesh, model) -> None:
