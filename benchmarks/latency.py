@@ -1,14 +1,23 @@
 """Latency of cloudpose: onnxruntime alone, the server's stages, and HTTP round trips.
 
 Runs ``cloudpose serve`` (uvicorn; uvloop and httptools when installed) on a free loopback port,
-sends pre-serialized bodies of a posed cloud (a template copy for an exam-setting model, a shuffled
-surface sample of ``--points`` points for an order-free one) through one keep-alive
+sends pre-serialized bodies of a posed cloud (a template copy for an exam-setting model; for an
+order-free one, ``--points`` points of the object chosen by ``--cloud``) through one keep-alive
 ``httpx.Client``, and prints p50/p90/p99 tables. The server is stopped at the end, also on errors and Ctrl-C.
+
+Order-free clouds (``--cloud``):
+
+* ``fresh`` (default): a new uniform sample of the mesh's surface, as a sensor would see all of it;
+* ``noisy``: the same with Gaussian noise of 1% of the diagonal and 5% uniform outliers (the
+  benchmark's noisy set);
+* ``surface``: points of the model's own surface sample (refinement then converges exactly).
+
+The pose error is reported on the clean points: ``max |clean @ rotation + translation - canonical|``.
 
 Usage::
 
     .venv/bin/python benchmarks/latency.py [--model models/pretrained/bunny_pointnet/model.onnx]
-        [--points 2048] [--requests 1000] [--json-out latency.json]
+        [--points 2048] [--cloud fresh|noisy|surface] [--requests 1000] [--json-out latency.json]
 """
 
 from __future__ import annotations
@@ -84,6 +93,34 @@ def posed_cloud(template: np.ndarray, seed: int = 0) -> np.ndarray:
     return template.astype(np.float64) @ column.T + rng.uniform(-0.5, 0.5, size=3) * extent
 
 
+CLOUD_KINDS = ("fresh", "noisy", "surface")
+NOISE_SIGMA = 0.01  # of the diagonal
+OUTLIER_FRACTION = 0.05
+
+
+def object_cloud(estimator: PoseEstimator, model: Path, kind: str, count: int) -> np.ndarray:
+    """``count`` canonical points of an order-free model's object, shuffled (see ``--cloud``)."""
+    rng = np.random.default_rng(1)
+    if kind == "surface":
+        surface = np.load(model.parent / estimator.metadata["surface"]["file"])[:, :3].astype(np.float64)
+        return surface[rng.choice(len(surface), count, replace=False)]
+    from pipeline.mesh import load_mesh, sample_surface
+
+    mesh = load_mesh(REPO_ROOT / "data" / estimator.metadata["mesh"]["name"])
+    return sample_surface(mesh, count, rng).astype(np.float64)
+
+
+def with_noise(points: np.ndarray, estimator: PoseEstimator, seed: int) -> np.ndarray:
+    """Gaussian noise (1% of the diagonal) on 95% of the points; the rest uniform outliers."""
+    rng = np.random.default_rng(seed)
+    diagonal = float(estimator.metadata["mesh"]["diagonal"])
+    noisy = points + rng.normal(0.0, NOISE_SIGMA * diagonal, points.shape)
+    outliers = rng.choice(len(points), round(OUTLIER_FRACTION * len(points)), replace=False)
+    low, high = points.min(axis=0), points.max(axis=0)
+    noisy[outliers] = rng.uniform(low - 0.1 * (high - low), high + 0.1 * (high - low), (len(outliers), 3))
+    return noisy
+
+
 def npy_bytes(points: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, points)
@@ -138,7 +175,7 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 def check_pose(answer: dict[str, Any], points: np.ndarray, template: np.ndarray) -> float:
-    """Largest |points @ rotation + translation - template|."""
+    """Largest |points @ rotation + translation - template| (``points``: the posed template)."""
     recovered = points @ np.asarray(answer["rotation"]) + np.asarray(answer["translation"])
     return float(np.abs(recovered - template).max())
 
@@ -206,7 +243,7 @@ class RawClient:
 
 
 def over_http(
-    model: Path, points: np.ndarray, template: np.ndarray, args: argparse.Namespace
+    model: Path, points: np.ndarray, clean: np.ndarray, template: np.ndarray, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Round trips against a real server over one keep-alive connection."""
     import httpx
@@ -232,7 +269,7 @@ def over_http(
                     response = call()
                     response.raise_for_status()
                     if name != "GET /health":
-                        errors[name] = check_pose(response.json(), points, template)
+                        errors[name] = check_pose(response.json(), clean, template)
                 rows = {}
                 for name, call in requests.items():
                     responses: list[httpx.Response] = []
@@ -329,37 +366,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop a measurement after this long")
     parser.add_argument("--json-out", type=Path, help="also write the results here as JSON")
     parser.add_argument("--points", type=int, default=2048, help="cloud size for an order-free model")
+    parser.add_argument(
+        "--cloud",
+        choices=CLOUD_KINDS,
+        default="fresh",
+        help="which cloud of the object an order-free model gets",
+    )
     args = parser.parse_args(argv)
 
     model = args.model if args.model.is_absolute() else REPO_ROOT / args.model
     estimator = PoseEstimator(model, threads=Settings().threads)
     if estimator.order_free:
-        # Any cloud of the object: a seeded sample of the model's surface, shuffled, then posed.
-        surface = np.load(model.parent / estimator.metadata["surface"]["file"])[:, :3].astype(np.float64)
-        template = surface[np.random.default_rng(1).choice(len(surface), args.points, replace=False)]
+        template = object_cloud(estimator, model, args.cloud, args.points)
     else:
         template = estimator.template.astype(np.float64)
-    points = posed_cloud(template)
+    clean = posed_cloud(template)
+    points = with_noise(clean, estimator, seed=2) if estimator.order_free and args.cloud == "noisy" else clean
     env = environment()
-    kind = "order-free, refined" if estimator.order_free else "exam setting"
+    kind = f"order-free, refined, {args.cloud} cloud" if estimator.order_free else "exam setting"
     print(f"cloudpose latency: model {estimator.model_id} ({kind}), cloud of {len(points)} points")
     print(", ".join(f"{key} {value}" for key, value in env.items()))
 
     local = in_process(estimator, points, args)
     print_table("in process (one cloud)", local)
-    http = over_http(model, points, template, args)
+    http = over_http(model, points, clean, template, args)
     print_table("HTTP round trip, keep-alive httpx.Client, loopback (one cloud)", http["round_trip"])
     print_table(
         "HTTP round trip, minimal keep-alive socket client (no client library)", http["round_trip_raw_socket"]
     )
     print_table("server_time_ms reported by the service (parse -> respond)", http["server_time"])
     for name, error in http["max_abs_error"].items():
-        print(f"{name}: max |points @ rotation + translation - template| = {error:.2e}")
+        print(f"{name}: max |clean @ rotation + translation - canonical| = {error:.2e}")
 
     if args.json_out:
         result = {
             "model_id": estimator.model_id,
             "n_points": len(points),
+            "cloud": args.cloud if estimator.order_free else "template",
             "environment": env,
             "in_process": local,
             **http,
