@@ -291,9 +291,9 @@ def prune(
 
 @app.command("bench")
 def bench_command(
-    model: Annotated[Path, typer.Argument(help="Exported order-free model.onnx.")] = Path(
-        "models/pointnet/model.onnx"
-    ),
+    model: Annotated[
+        Path, typer.Argument(help="Exported order-free model.onnx (default: the shipped model).")
+    ] = Path("models/pretrained/bunny_pointnet/model.onnx"),
     count: Annotated[int, typer.Option(min=1, help="Cases per set.")] = 500,
     seed: Annotated[int, typer.Option(help="Seed of the sets and of RANSAC.")] = 0,
     sets: Annotated[
