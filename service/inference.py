@@ -152,6 +152,28 @@ def drop_stray_points(points: np.ndarray, neighbours: int = 4, spread: float = 3
     return points[keep] if keep.sum() >= MIN_POINTS else points
 
 
+# A cloud of the object (whole or one view, a few stray points aside) spans between about this
+# fraction and this multiple of the object's bounding-box diagonal.
+PLAUSIBLE_SPAN = (0.2, 3.0)
+
+
+def size_warnings(cloud: np.ndarray, diagonal: float) -> list[str] | None:
+    """A warning when the cloud's size does not fit the object's (points in other units?).
+
+    The span is the diagonal of the box holding the middle 96 % of the points on each axis, so a
+    few stray points do not count.
+    """
+    low, high = np.percentile(np.asarray(cloud, dtype=np.float64), [2.0, 98.0], axis=0)
+    span = float(np.linalg.norm(high - low))
+    if PLAUSIBLE_SPAN[0] * diagonal <= span <= PLAUSIBLE_SPAN[1] * diagonal:
+        return None
+    return [
+        f"the cloud spans {span:.4g} units across, but the object spans {diagonal:.4g} "
+        "(GET /v1/model, units): if the points are in other units (metres, millimetres), "
+        "convert them to the model's units"
+    ]
+
+
 def _better(first: Any, second: Any) -> Any:
     """The better of two refinements (fitness, then RMSE), counting the hypotheses of both."""
     total = first.hypotheses + second.hypotheses
@@ -176,6 +198,7 @@ class Pose:
     object_rotation: np.ndarray
     object_translation: np.ndarray
     refinement: Any = None
+    warnings: list[str] | None = None
 
     def pose_matrix(self) -> np.ndarray:
         """4x4 object pose for column vectors (as open3d and ROS use): ``[x_obs; 1] = M @ [x_can; 1]``."""
@@ -192,6 +215,7 @@ class Pose:
             "quaternion_xyzw": quaternion_xyzw(self.object_rotation.T).tolist(),
             "refined": bool(self.refinement is not None and self.refinement.refined),
             "confidence": None if self.refinement is None else self.refinement.summary(),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
 
 
@@ -372,7 +396,10 @@ class PoseEstimator:
                 refinement = _better(refinement, third)
             rotation, translation = refinement.object_rotation, refinement.object_translation
         back_rotation = rotation.T
-        return Pose(back_rotation, -translation @ back_rotation, rotation, translation, refinement)
+        warnings = None
+        if refinement is not None and not refinement.confident:
+            warnings = size_warnings(cloud, float(self.metadata["mesh"]["diagonal"]))
+        return Pose(back_rotation, -translation @ back_rotation, rotation, translation, refinement, warnings)
 
     def describe(self) -> dict[str, Any]:
         """Public metadata for ``GET /v1/model``."""

@@ -113,6 +113,19 @@ def test_another_object_gets_low_confidence() -> None:
         assert confidence["confidence"] < bunny_confidence["confidence"] - 0.3
 
 
+def test_clouds_in_other_units_get_a_warning() -> None:
+    estimator = PoseEstimator(PRETRAINED)
+    bunny, _, _ = posed_bunny(1500, seed=6)
+    in_metres = bunny * 0.0159  # the npm bunny's unit is about 16 mm
+    in_millimetres = bunny * 15.9
+    answers = [pose.to_dict() for pose in estimator.estimate([bunny, in_metres, in_millimetres])]
+    assert answers[0]["confidence"]["confident"] and "warnings" not in answers[0]
+    for answer in answers[1:]:
+        assert not answer["confidence"]["confident"]
+        (warning,) = answer["warnings"]
+        assert "other units" in warning and "15.76" in warning
+
+
 def test_order_free_models_need_a_minimum_of_points(order_free_model) -> None:
     estimator = PoseEstimator(order_free_model.model_path)
     with pytest.raises(CloudError) as raised:
