@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -139,8 +140,17 @@ def _valid_pose(result: object) -> tuple[np.ndarray, np.ndarray]:
     return rotation, translation
 
 
-def _run_case(method: Method, case: Case, diagonal: float) -> tuple[float, float, float, str | None]:
-    """One timed call: rotation error (deg), translation error (%), ms, and the failure if any."""
+class _Outcome(NamedTuple):
+    """One timed call of a method on one case."""
+
+    rotation_error_deg: float
+    translation_error_pct: float
+    ms: float
+    error: str | None
+
+
+def _run_case(method: Method, case: Case, diagonal: float) -> _Outcome:
+    """Time one call and score its answer; a failure scores 180° and an infinite translation."""
     observed, gt_rotation, gt_translation = case
     start = time.perf_counter()
     try:
@@ -149,22 +159,22 @@ def _run_case(method: Method, case: Case, diagonal: float) -> tuple[float, float
         rotation, translation = _valid_pose(result)
     except Exception as error:  # any failure of the method counts against it, never the bench
         elapsed = time.perf_counter() - start
-        return FAILED_ROTATION_DEG, math.inf, elapsed * 1e3, f"{type(error).__name__}: {error}"
+        return _Outcome(FAILED_ROTATION_DEG, math.inf, elapsed * 1e3, f"{type(error).__name__}: {error}")
     rotation_error = float(rotation_error_deg(rotation, gt_rotation))
     translation_error = back_translation_error_pct(
         rotation, translation, gt_rotation, gt_translation, diagonal
     )
-    return rotation_error, translation_error, elapsed * 1e3, None
+    return _Outcome(rotation_error, translation_error, elapsed * 1e3, None)
 
 
-def _cell(name: str, set_name: str, outcomes: Sequence[tuple[float, float, float, str | None]]) -> CellResult:
-    errors = [outcome[3] for outcome in outcomes if outcome[3] is not None]
+def _cell(name: str, set_name: str, outcomes: Sequence[_Outcome]) -> CellResult:
+    errors = [outcome.error for outcome in outcomes if outcome.error is not None]
     cell = CellResult(
         name,
         set_name,
-        np.array([outcome[0] for outcome in outcomes], dtype=np.float64),
-        np.array([outcome[1] for outcome in outcomes], dtype=np.float64),
-        np.array([outcome[2] for outcome in outcomes], dtype=np.float64),
+        np.array([outcome.rotation_error_deg for outcome in outcomes], dtype=np.float64),
+        np.array([outcome.translation_error_pct for outcome in outcomes], dtype=np.float64),
+        np.array([outcome.ms for outcome in outcomes], dtype=np.float64),
         len(errors),
         errors[0] if errors else None,
     )
@@ -213,7 +223,7 @@ def run_bench(
                 pass
     cells: dict[tuple[str, str], CellResult] = {}
     for set_name, cases in sets.items():
-        outcomes: dict[str, list] = {name: [] for name in methods}
+        outcomes: dict[str, list[_Outcome]] = {name: [] for name in methods}
         for case in cases:
             for method_name, method in methods.items():
                 outcomes[method_name].append(_run_case(method, case, diagonal))

@@ -97,9 +97,8 @@ ServiceSettings = Annotated[Settings, Depends(get_settings)]
 
 # Up to this many points in a request, inference runs on the event loop: an exam model answers
 # in well under a millisecond and a refined order-free pose in a few, while a hop to the thread
-# pool and back measured about 2 ms on a 2-core machine (benchmarks/latency.py: HTTP p50 at
-# N = 2048 with refinement went from 14.1 to 9.2 ms inline). Larger requests go to the pool so
-# the event loop keeps answering meanwhile.
+# pool and back cost about 2 ms on a 2-core machine (benchmarks/latency.py, N = 2048 with
+# refinement). Larger requests go to the pool so the event loop keeps answering meanwhile.
 INLINE_ESTIMATE_POINTS = 16_384
 
 

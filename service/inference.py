@@ -71,10 +71,10 @@ def spread_starts(cloud: np.ndarray, diagonal: float) -> list[tuple[np.ndarray, 
     ``VIEW_OFFSET`` in front of and behind it along the cloud's thinnest principal axis (a
     single view is thinnest along the line of sight).
     """
-    points = np.asarray(cloud, dtype=np.float64)
-    centroid = points.mean(axis=0)
-    _, vectors = np.linalg.eigh(np.cov(points.T))  # ascending variance: the thinnest axis first
-    offset = VIEW_OFFSET * diagonal * vectors[:, 0]
+    from service.refine import principal_axes  # open3d: only refinement searches
+
+    centroid, axes = principal_axes(np.asarray(cloud, dtype=np.float64))
+    offset = VIEW_OFFSET * diagonal * axes[2]  # the axis of least variance
     return [
         (rotation, center)
         for center in (centroid, centroid + offset, centroid - offset)
@@ -366,39 +366,35 @@ class PoseEstimator:
             refinement = refine_pose(
                 cloud, self.surface, rotation, translation, alternatives=half_turns(), **options
             )
-            if refinement.fitness < DOUBT_FITNESS:
-                wider = self._network(sample, centroid, CUBE_ROTATIONS[1:])
-                # The cube's rotations about the object's axes and about the sensor's axes.
-                wider += [(turn @ rotation, translation) for turn in CUBE_ROTATIONS[1:]]
-                wider += [(rotation @ turn, translation) for turn in CUBE_ROTATIONS[1:]]
-                second = refine_pose(
+
+            def wider() -> list[tuple]:
+                # The network on the cube's rotations of the cloud, and the cube's rotations of
+                # its estimate about the object's axes and about the sensor's axes.
+                starts = self._network(sample, centroid, CUBE_ROTATIONS[1:])
+                starts += [(turn @ rotation, translation) for turn in CUBE_ROTATIONS[1:]]
+                starts += [(rotation @ turn, translation) for turn in CUBE_ROTATIONS[1:]]
+                return starts
+
+            # Still doubtful: wider rounds of starts, the last one over all of SO(3) (every guess
+            # near the network's can miss on views that show little of the object).
+            for starts in (wider, lambda: spread_starts(cloud, self.surface.diagonal)):
+                if refinement.fitness >= DOUBT_FITNESS:
+                    break
+                again = refine_pose(
                     cloud,
                     self.surface,
                     refinement.object_rotation,
                     refinement.object_translation,
-                    alternatives=wider,
+                    alternatives=starts(),
                     search=False,
                     **options,
                 )
-                refinement = _better(refinement, second)
-            if refinement.fitness < DOUBT_FITNESS:
-                # Still no good fit: every guess near the network's missed (it happens on views
-                # that show little of the object). Search all of SO(3).
-                third = refine_pose(
-                    cloud,
-                    self.surface,
-                    refinement.object_rotation,
-                    refinement.object_translation,
-                    alternatives=spread_starts(cloud, self.surface.diagonal),
-                    search=False,
-                    **options,
-                )
-                refinement = _better(refinement, third)
+                refinement = _better(refinement, again)
             rotation, translation = refinement.object_rotation, refinement.object_translation
         back_rotation = rotation.T
         warnings = None
         if refinement is not None and not refinement.confident:
-            warnings = size_warnings(cloud, float(self.metadata["mesh"]["diagonal"]))
+            warnings = size_warnings(cloud, self.surface.diagonal)
         return Pose(back_rotation, -translation @ back_rotation, rotation, translation, refinement, warnings)
 
     def describe(self) -> dict[str, Any]:
