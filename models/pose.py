@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from models.activations import make_activation
+from models.exam.activations import make_activation
 
 MODEL_KINDS = ("flat_fc", "pointnet")
 

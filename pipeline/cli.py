@@ -279,7 +279,7 @@ def prune(
         if not all(0 <= level < 1 for level in levels):
             typer.echo("error: --sparsity values must be in [0, 1)", err=True)
             raise typer.Exit(1)
-        from pipeline.prune import format_prune_table, prune_model
+        from pipeline.exam.prune import format_prune_table, prune_model
 
         checkpoint = run / "checkpoint.pt" if run.is_dir() else run
         rows = prune_model(
@@ -330,7 +330,7 @@ def bench_command(
 
 
 def _mount_exam_commands() -> None:
-    from pipeline.cli_exam import exam, lenet_app, plot_app
+    from pipeline.exam.cli import exam, lenet_app, plot_app
 
     app.add_typer(lenet_app, name="lenet")
     app.add_typer(plot_app, name="plot")

@@ -550,7 +550,7 @@ def elu_plot_png(alphas: Sequence[float] = (0.5, 1.0, 2.0)) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from models.activations import elu
+    from models.exam.activations import elu
     from pipeline.files import figure_png
 
     x = torch.linspace(-4, 3, 701, dtype=torch.float64)
@@ -608,7 +608,7 @@ def build_report(include_dimred: bool = False, dimred_epochs: int = 100) -> str:
     Returns:
         The report.
     """
-    from models.lenet import (
+    from models.exam.lenet import (
         EXAM_PROBABILITIES,
         EXAM_TRUE_CLASS,
         EvenOddLeNet5,
@@ -700,7 +700,7 @@ def build_report(include_dimred: bool = False, dimred_epochs: int = 100) -> str:
     lines += ["", _matrix_block(p5.input_gradient)]
 
     if include_dimred:
-        from models.dimred import compare_dimensionality_reduction, format_dimred_table
+        from models.exam.dimred import compare_dimensionality_reduction, format_dimred_table
 
         lines += ["", "## 7.2: PCA versus autoencoder (scikit-learn digits, 64-dim, held-out MSE)", ""]
         lines.append(format_dimred_table(compare_dimensionality_reduction(epochs=dimred_epochs)))

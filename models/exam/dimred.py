@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.activations import make_activation
+from models.exam.activations import make_activation
 
 
 class PCA:
@@ -81,7 +81,7 @@ class Autoencoder(nn.Module):
         input_size: Data dimension D.
         code_size: Bottleneck size.
         hidden_size: Width of the hidden layers.
-        activation: Activation name for :func:`models.activations.make_activation`.
+        activation: Activation name for :func:`models.exam.activations.make_activation`.
     """
 
     def __init__(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.lenet import (
+from models.exam.lenet import (
     EXAM_PROBABILITIES,
     EXAM_TRUE_CLASS,
     AdaptivePoolLeNet5,

@@ -12,11 +12,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.cli_exam import exam, lenet_app, plot_app
-from pipeline.lenet_train import write_idx
+from pipeline.exam.cli import exam, lenet_app, plot_app
+from pipeline.exam.lenet_train import write_idx
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def runner() -> CliRunner:
 
 
 def test_import_does_not_load_torch() -> None:
-    code = "import sys, pipeline.cli_exam; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
+    code = "import sys, pipeline.exam.cli; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
     completed = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60
     )

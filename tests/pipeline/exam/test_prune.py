@@ -4,7 +4,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.prune import format_prune_table, prune_model
+from pipeline.exam.prune import format_prune_table, prune_model
 from service.inference import PoseEstimator
 
 

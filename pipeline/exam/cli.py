@@ -67,7 +67,7 @@ def lenet_train(
         if value is not None and not 0 <= value <= 9:
             raise _fail(f"{name} must be a digit 0-9, got {value}")
 
-    from pipeline.lenet_train import TrainConfig, format_per_class, run_lenet_training
+    from pipeline.exam.lenet_train import TrainConfig, format_per_class, run_lenet_training
 
     config = TrainConfig(
         epochs=epochs,
@@ -106,7 +106,7 @@ def plot_elu(
     exponential makes it slower to compute, and it saturates for very negative
     inputs instead of giving ReLU's exact zeros.
     """
-    from pipeline.exam import write_elu_plot
+    from pipeline.exam.worked import write_elu_plot
 
     typer.echo(f"wrote {write_elu_plot(out)}")
 
@@ -118,7 +118,7 @@ def exam(
     ] = False,
 ) -> None:
     """Print the worked deep-learning examples, each answer computed and checked by autograd."""
-    from pipeline.exam import ExamCheckError, build_report
+    from pipeline.exam.worked import ExamCheckError, build_report
     from pipeline.files import atomic_write_text
 
     try:

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.lenet import LeNet5
-from pipeline.lenet_train import (
+from models.exam.lenet import LeNet5
+from pipeline.exam.lenet_train import (
     DigitData,
     TrainConfig,
     check_class_index,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.activations import make_activation
+from models.exam.activations import make_activation
 
 LENET_INPUT_SIZE = 32
 NUM_DIGIT_CLASSES = 10
@@ -47,7 +47,7 @@ class LeNet5(nn.Module):
         num_classes: Number of output scores.
         in_channels: Number of image channels.
         activation: Activation name understood by
-            :func:`models.activations.make_activation`; ReLU trains faster than
+            :func:`models.exam.activations.make_activation`; ReLU trains faster than
             the original tanh.
     """
 

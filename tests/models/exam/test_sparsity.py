@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.sparsity import (
+from models.exam.sparsity import (
     CsrWeight,
     apply_masks,
     csr_bytes,

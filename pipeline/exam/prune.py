@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from models.sparsity import hold_masks, prune_magnitude, sparsity_of, storage_report
+from models.exam.sparsity import hold_masks, prune_magnitude, sparsity_of, storage_report
 from pipeline.config import TrainConfig
 from pipeline.evaluate import evaluate_model
 from pipeline.export import export_model

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.exam import (
+from pipeline.exam.worked import (
     ExamCheckError,
     agree,
     attention_permutation_statement,

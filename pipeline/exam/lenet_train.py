@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.lenet import LENET_INPUT_SIZE, NUM_DIGIT_CLASSES, LeNet5
+from models.exam.lenet import LENET_INPUT_SIZE, NUM_DIGIT_CLASSES, LeNet5
 from pipeline.files import atomic_write_bytes, atomic_write_text, figure_png
 
 SKLEARN_DIGITS_SOURCE = "sklearn-digits"

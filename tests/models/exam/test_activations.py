@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.activations import ELU, EluFunction, elu, elu_derivative_from_output, make_activation
+from models.exam.activations import ELU, EluFunction, elu, elu_derivative_from_output, make_activation
 
 
 def _inputs_without_zero(count: int = 200, seed: int = 0) -> torch.Tensor:

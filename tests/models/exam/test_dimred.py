@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.dimred import (
+from models.exam.dimred import (
     PCA,
     Autoencoder,
     DimRedRow,
