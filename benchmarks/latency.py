@@ -16,7 +16,7 @@ The pose error is reported on the clean points: ``max |clean @ rotation + transl
 
 Usage::
 
-    .venv/bin/python benchmarks/latency.py [--model models/pretrained/bunny_pointnet/model.onnx]
+    .venv/bin/python benchmarks/latency.py [--model models/objects/bunny/model.onnx]
         [--points 2048] [--cloud fresh|noisy|surface] [--requests 1000] [--json-out latency.json]
 """
 
@@ -46,7 +46,7 @@ from service.clouds import as_cloud, read_cloud_file  # noqa: E402
 from service.inference import PoseEstimator  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
-DEFAULT_MODEL = Path("models/pretrained/bunny_pointnet/model.onnx")
+DEFAULT_MODEL = Path("models/objects/bunny/model.onnx")
 READY_TIMEOUT_S = 60.0
 
 

@@ -86,6 +86,8 @@ class CellResult:
     failures: int = 0
     first_error: str | None = None
     metrics: dict[str, float | int | None] = field(default_factory=dict)
+    found: np.ndarray | None = None
+    add_s_pct: np.ndarray | None = None
 
 
 @dataclass
@@ -126,6 +128,14 @@ def summarize(cell: CellResult) -> dict[str, float | int | None]:
         "success_1deg": float(np.mean(rotation < 1.0)),
         "median_ms": float(np.median(cell.ms)),
         "time_ratio": None,
+        # Answers marked found, and wrong answers (>= 5°) marked found, as fractions of all.
+        "found_rate": None if cell.found is None else float(np.mean(cell.found)),
+        "found_wrong": None if cell.found is None else float(np.mean(cell.found & (rotation >= 5.0))),
+        "add_s_median_pct": (
+            None
+            if cell.add_s_pct is None or not np.isfinite(cell.add_s_pct).any()
+            else float(np.nanmedian(np.where(np.isfinite(cell.add_s_pct), cell.add_s_pct, np.inf)))
+        ),
     }
 
 
@@ -147,24 +157,62 @@ class _Outcome(NamedTuple):
     translation_error_pct: float
     ms: float
     error: str | None
+    found: bool | None = None
+    add_s_pct: float = math.nan
 
 
-def _run_case(method: Method, case: Case, diagonal: float) -> _Outcome:
-    """Time one call and score its answer; a failure scores 180° and an infinite translation."""
+@dataclass
+class Scoring:
+    """How answers are scored for one object.
+
+    Attributes:
+        diagonal: translation errors are in % of it.
+        symmetry: the object's symmetries (:class:`service.symmetry.Symmetry`); errors are to the
+            nearest equivalent pose. None scores against the one true pose.
+        model_points: (M, 3) canonical points for ADD-S; None skips it.
+        diameter: the object's diameter, the unit of ADD-S.
+    """
+
+    diagonal: float
+    symmetry: object | None = None
+    model_points: np.ndarray | None = None
+    diameter: float | None = None
+
+
+def _run_case(method: Method, case: Case, scoring: Scoring | float) -> _Outcome:
+    """Time one call and score its answer; a failure scores 180° and an infinite translation.
+
+    A method may return ``(rotation, translation)`` or ``(rotation, translation, found)``.
+    """
+    if not isinstance(scoring, Scoring):
+        scoring = Scoring(float(scoring))
     observed, gt_rotation, gt_translation = case
     start = time.perf_counter()
     try:
         result = method(observed)
         elapsed = time.perf_counter() - start
+        found = None
+        if isinstance(result, tuple) and len(result) == 3:
+            found = bool(result[2])
+            result = result[:2]
         rotation, translation = _valid_pose(result)
     except Exception as error:  # any failure of the method counts against it, never the bench
         elapsed = time.perf_counter() - start
         return _Outcome(FAILED_ROTATION_DEG, math.inf, elapsed * 1e3, f"{type(error).__name__}: {error}")
+    if scoring.symmetry is not None:
+        gt_rotation = scoring.symmetry.nearest_equivalent(rotation, gt_rotation)
     rotation_error = float(rotation_error_deg(rotation, gt_rotation))
     translation_error = back_translation_error_pct(
-        rotation, translation, gt_rotation, gt_translation, diagonal
+        rotation, translation, gt_rotation, gt_translation, scoring.diagonal
     )
-    return _Outcome(rotation_error, translation_error, elapsed * 1e3, None)
+    add_s = math.nan
+    if scoring.model_points is not None and scoring.diameter:
+        from pipeline.symmetry import add_s_percent
+
+        add_s = add_s_percent(
+            scoring.model_points, rotation, translation, gt_rotation, gt_translation, scoring.diameter
+        )
+    return _Outcome(rotation_error, translation_error, elapsed * 1e3, None, found, add_s)
 
 
 def _cell(name: str, set_name: str, outcomes: Sequence[_Outcome]) -> CellResult:
@@ -178,21 +226,24 @@ def _cell(name: str, set_name: str, outcomes: Sequence[_Outcome]) -> CellResult:
         len(errors),
         errors[0] if errors else None,
     )
+    if any(outcome.found is not None for outcome in outcomes):
+        cell.found = np.array([bool(outcome.found) for outcome in outcomes])
+    cell.add_s_pct = np.array([outcome.add_s_pct for outcome in outcomes], dtype=np.float64)
     cell.metrics = summarize(cell)
     return cell
 
 
 def run_method(
-    method: Method, cases: Sequence[Case], diagonal: float, name: str = "", set_name: str = ""
+    method: Method, cases: Sequence[Case], scoring: Scoring | float, name: str = "", set_name: str = ""
 ) -> CellResult:
     """Run one method over one set; returns its :class:`CellResult` (metrics included)."""
-    return _cell(name, set_name, [_run_case(method, case, diagonal) for case in cases])
+    return _cell(name, set_name, [_run_case(method, case, scoring) for case in cases])
 
 
 def run_bench(
     methods: Mapping[str, Method],
     sets: Mapping[str, Sequence[Case]],
-    diagonal: float,
+    diagonal: float | Scoring,
     *,
     reference: str = REFERENCE_METHOD,
     warmup: int = 1,
@@ -207,13 +258,15 @@ def run_bench(
     Args:
         methods: name -> callable ``observed (N, 3) -> (object_rotation (3, 3), object_translation (3,))``.
         sets: name -> cases from :func:`pipeline.benchsets.make_set`.
-        diagonal: the object's bounding-box diagonal (translation errors are in % of it).
+        diagonal: the object's bounding-box diagonal (translation errors are in % of it), or a
+            :class:`Scoring` with the object's symmetries and points for ADD-S.
         reference: method whose median time the others' is divided by, per set (``time_ratio``);
             absent from ``methods`` -> no ratios.
         warmup: untimed calls of each method on the first case of the first set before timing
             (loads lazily built state such as inference sessions); their failures are ignored.
         progress: called with a line per method after each set.
     """
+    scoring = diagonal if isinstance(diagonal, Scoring) else Scoring(float(diagonal))
     first_case = next((cases[0] for cases in sets.values() if len(cases)), None)
     for method in methods.values():
         for _ in range(warmup if first_case is not None else 0):
@@ -226,7 +279,7 @@ def run_bench(
         outcomes: dict[str, list[_Outcome]] = {name: [] for name in methods}
         for case in cases:
             for method_name, method in methods.items():
-                outcomes[method_name].append(_run_case(method, case, diagonal))
+                outcomes[method_name].append(_run_case(method, case, scoring))
         for method_name in methods:
             cell = _cell(method_name, set_name, outcomes[method_name])
             cells[method_name, set_name] = cell
@@ -236,7 +289,7 @@ def run_bench(
         base = cells.get((reference, set_name))
         if base is not None and cell.metrics.get("median_ms") and base.metrics.get("median_ms"):
             cell.metrics["time_ratio"] = cell.metrics["median_ms"] / base.metrics["median_ms"]
-    return BenchResults(float(diagonal), list(methods), list(sets), cells, reference)
+    return BenchResults(scoring.diagonal, list(methods), list(sets), cells, reference)
 
 
 def _progress_line(cell: CellResult) -> str:
@@ -260,6 +313,9 @@ COLUMNS = (
     ("translation_median_pct", "trans med %", "{:.3f}"),
     ("success_5deg", "<5° %", "{:.1%}"),
     ("success_1deg", "<1° %", "{:.1%}"),
+    ("found_rate", "found %", "{:.1%}"),
+    ("found_wrong", "wrong+found %", "{:.1%}"),
+    ("add_s_median_pct", "ADD-S med %", "{:.3f}"),
     ("median_ms", "ms med", "{:.2f}"),
     ("time_ratio", "× ref", "{:.2f}"),
 )

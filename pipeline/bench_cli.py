@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from pipeline.config import ConfigError
 from pipeline.mesh import load_mesh
 
 METHOD_NAMES = ("network", "network+refine", "fpfh_ransac_icp", "pca_icp")
+ADD_S_POINTS = 1000
 Method = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
@@ -55,6 +57,68 @@ def build_methods(
     if unknown:
         raise ConfigError(f"unknown methods {', '.join(unknown)}; choose from {', '.join(METHOD_NAMES)}")
     return {name: available[name] for name in names}, surface.diagonal
+
+
+def object_methods(package: Any, names: Sequence[str], seed: int = 0) -> dict[str, Method]:
+    """The benchmark's methods for a store package, through the service's own answering code.
+
+    ``network`` and ``network+refine`` return the internal-frame pose and ``found``; a package
+    without a network answers ``network+refine`` by the registration search alone.
+    """
+    from pipeline.baselines import fpfh_ransac_icp, pca_icp
+    from service.objects import ServedObject
+
+    served = ServedObject.from_package(package)
+    surface = served.estimator.surface
+
+    def answer(refine: bool) -> Method:
+        def run(observed: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+            (pose,) = served.estimate([observed], refine=refine)
+            rotation = pose.object_rotation
+            # The answer is in the file's frame; the sets are posed in the internal one.
+            return rotation, pose.object_translation * pose.scale + served.centroid @ rotation, pose.found
+
+        return run
+
+    available: dict[str, Method] = {
+        "network": answer(False),
+        "network+refine": answer(True),
+        "fpfh_ransac_icp": lambda observed: fpfh_ransac_icp(observed, surface, seed=seed),
+        "pca_icp": lambda observed: pca_icp(observed, surface, seed=seed),
+    }
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ConfigError(f"unknown methods {', '.join(unknown)}; choose from {', '.join(METHOD_NAMES)}")
+    return {name: available[name] for name in names}
+
+
+def bench_object(
+    package: Any,
+    *,
+    count: int = 500,
+    seed: int = 0,
+    set_names: Sequence[str] = SET_NAMES,
+    method_names: Sequence[str] = METHOD_NAMES,
+    progress: Callable[[str], None] | None = None,
+) -> BenchResults:
+    """Bench one object of the store: its mesh's seeded sets, symmetry-aware errors, ADD-S."""
+    from pipeline.bench import Scoring
+    from service.symmetry import Symmetry
+
+    unknown = [name for name in set_names if name not in SET_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown sets {', '.join(unknown)}; choose from {', '.join(SET_NAMES)}")
+    methods = object_methods(package, method_names, seed)
+    mesh = load_mesh(package.mesh_path)
+    surface = package.surface()
+    scoring = Scoring(
+        diagonal=package.diagonal,
+        symmetry=Symmetry.from_dict(package.meta["symmetry"]),
+        model_points=surface[np.random.default_rng(0).choice(len(surface), ADD_S_POINTS, replace=False), :3],
+        diameter=float(package.meta["mesh"].get("diameter") or package.diagonal),
+    )
+    sets = make_sets(mesh, count=count, seed=seed, names=tuple(set_names))
+    return run_bench(methods, sets, scoring, progress=progress)
 
 
 def bench(

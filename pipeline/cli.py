@@ -7,6 +7,7 @@ Expected failures print one line to stderr and exit 1.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DEFAULT_MODEL = Path("models/pretrained/bunny_pointnet/model.onnx")
+DEFAULT_MODEL = Path("models/objects/bunny/model.onnx")
+DEFAULT_STORE = Path("models/objects")
+StoreOption = Annotated[Path, typer.Option("--store", help="Object store folder.")]
 
 
 @contextmanager
@@ -31,8 +34,15 @@ def expected_failures() -> Iterator[None]:
     from pipeline.config import ConfigError
     from pipeline.mesh import MeshError
     from service.clouds import CloudError
+    from service.store import StoreError
 
-    handled: tuple[type[BaseException], ...] = (ConfigError, MeshError, CloudError, FileNotFoundError)
+    handled: tuple[type[BaseException], ...] = (
+        ConfigError,
+        MeshError,
+        CloudError,
+        StoreError,
+        FileNotFoundError,
+    )
     try:
         from service.inference import ModelLoadError
 
@@ -217,41 +227,73 @@ def synth(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    store: Annotated[
+        Path | None, typer.Option(help="Object store to serve (CLOUDPOSE_STORE or models/objects otherwise).")
+    ] = None,
+    default_object: Annotated[
+        str | None, typer.Option(help="Object /v1/pose answers for (CLOUDPOSE_DEFAULT_OBJECT, bunny).")
+    ] = None,
     model: Annotated[
-        Path | None,
-        typer.Option(help="Exported model.onnx; CLOUDPOSE_MODEL_PATH or the default otherwise."),
+        Path | None, typer.Option(help="Serve this bare exported model.onnx instead of the store.")
     ] = None,
 ) -> None:
-    """Serve the HTTP API with uvicorn."""
+    """Serve the HTTP API with uvicorn: every object of the store, or one exported model."""
     with expected_failures():
         import uvicorn
 
-        from service.app import create_app
-        from service.inference import PoseEstimator
+        from service.app import ObjectRegistry, create_app
         from service.settings import Settings
 
-        settings = Settings(model_path=model) if model else Settings()
-        PoseEstimator(settings.model_path)  # fail here, with one line, rather than inside the server
+        overrides = {"store": store, "default_object": default_object, "model_path": model}
+        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+        ObjectRegistry.load(settings)  # fail here, with one line, rather than inside the server
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
 @app.command()
 def predict(
     cloud: Annotated[Path, typer.Argument(help="Cloud file: .ply, .pcd, .xyz or .npy.")],
-    model: Annotated[Path, typer.Option(help="Exported model.onnx.")] = DEFAULT_MODEL,
+    object_name: Annotated[
+        str | None, typer.Option("--object", help="Object of the store (default: the default object).")
+    ] = None,
+    store: StoreOption = DEFAULT_STORE,
+    model: Annotated[
+        Path | None, typer.Option(help="A bare exported model.onnx instead of the store.")
+    ] = None,
+    units: Annotated[str | None, typer.Option(help="What the points are in (mm, m, in, ...).")] = None,
+    refine: Annotated[
+        bool, typer.Option("--refine/--no-refine", help="Register against the surface.")
+    ] = True,
 ) -> None:
     """Estimate a cloud's pose locally, with the service's code but no server; prints JSON."""
     with expected_failures():
+        from service.app import ObjectRegistry
         from service.clouds import read_cloud_file
-        from service.inference import PoseEstimator
         from service.settings import Settings
 
-        estimator = PoseEstimator(model)
-        points = read_cloud_file(cloud.name, cloud.read_bytes(), Settings().max_points)
-        estimator.check_cloud(points, where=cloud.name)
-        (pose,) = estimator.estimate([points])
+        settings = Settings(store=store, model_path=model)
+        if object_name is None and model is None:
+            served = ObjectRegistry.load(settings).get(None)
+        elif model is not None:
+            served = ObjectRegistry.load(settings).get(None)
+        else:
+            from service.objects import ServedObject
+            from service.store import ObjectStore
+
+            served = ServedObject.from_package(ObjectStore(store).get(object_name))
+        points = read_cloud_file(cloud.name, cloud.read_bytes(), settings.max_points)
+        served.check_cloud(points, where=cloud.name)
+        (pose,) = served.estimate([points], refine, units)
         typer.echo(
-            json.dumps({**pose.to_dict(), "model_id": estimator.model_id, "n_points": len(points)}, indent=2)
+            json.dumps(
+                {
+                    **pose.to_dict(),
+                    "object": served.name,
+                    "model_id": served.model_id,
+                    "n_points": len(points),
+                },
+                indent=2,
+            )
         )
 
 
@@ -293,7 +335,7 @@ def prune(
 def bench_command(
     model: Annotated[
         Path, typer.Argument(help="Exported order-free model.onnx (default: the shipped model).")
-    ] = Path("models/pretrained/bunny_pointnet/model.onnx"),
+    ] = DEFAULT_MODEL,
     count: Annotated[int, typer.Option(min=1, help="Cases per set.")] = 500,
     seed: Annotated[int, typer.Option(help="Seed of the sets and of RANSAC.")] = 0,
     sets: Annotated[
@@ -306,27 +348,170 @@ def bench_command(
         "artifacts/bench"
     ),
     mesh: Annotated[Path | None, typer.Option(help="Object mesh; the bunny by default.")] = None,
+    object_name: Annotated[
+        str | None, typer.Option("--object", help="Bench an object of the store (instead of MODEL).")
+    ] = None,
+    store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Benchmark cloudpose against FPFH+RANSAC+ICP and PCA+ICP on seeded sensor-like sets."""
     with expected_failures():
         from pipeline.bench import format_table, write_results
-        from pipeline.bench_cli import bench
+        from pipeline.bench_cli import bench, bench_object
 
         def report(line: str) -> None:
             typer.echo(line, err=True)
 
-        results = bench(
-            model,
-            count=count,
-            seed=seed,
-            set_names=[name.strip() for name in sets.split(",") if name.strip()],
-            method_names=[name.strip() for name in methods.split(",") if name.strip()],
-            mesh_path=mesh,
-            progress=report,
+        set_names = [name.strip() for name in sets.split(",") if name.strip()]
+        method_names = [name.strip() for name in methods.split(",") if name.strip()]
+        typer.echo(
+            f"{len(set_names)} sets of {count} clouds, {len(method_names)} methods "
+            f"(the classical baselines take 50-300 ms a cloud)",
+            err=True,
         )
+        if object_name is not None:
+            from service.store import ObjectStore
+
+            results = bench_object(
+                ObjectStore(store).get(object_name),
+                count=count,
+                seed=seed,
+                set_names=set_names,
+                method_names=method_names,
+                progress=report,
+            )
+        else:
+            results = bench(
+                model,
+                count=count,
+                seed=seed,
+                set_names=set_names,
+                method_names=method_names,
+                mesh_path=mesh,
+                progress=report,
+            )
         typer.echo(format_table(results))
         paths = write_results(results, out)
         typer.echo("wrote " + ", ".join(str(path) for path in paths.values()))
+
+
+object_app = typer.Typer(
+    help="The object store: add a mesh as a served object, list, show, remove.", no_args_is_help=True
+)
+app.add_typer(object_app, name="object")
+
+
+@object_app.command("add")
+def object_add(
+    name: Annotated[str, typer.Argument(help="Object name (lower-case letters, digits, - and _).")],
+    mesh_file: Annotated[Path, typer.Argument(help="Mesh file: PLY, OBJ, STL, OFF or GLB.")],
+    units: Annotated[
+        str | None,
+        typer.Option(help="What the file's numbers are in: mm, cm, m, in, ... (default: unnamed)."),
+    ] = None,
+    metres_per_unit: Annotated[
+        float | None, typer.Option(min=0.0, help="One file unit in metres, for files in no named unit.")
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="Package this exported model.onnx (of the same mesh) instead of training."),
+    ] = None,
+    time_budget_s: Annotated[float, typer.Option(min=1.0, help="Training budget in seconds.")] = 600.0,
+    no_train: Annotated[
+        bool, typer.Option("--no-train", help="Package only: the registration search alone answers.")
+    ] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the object's training run.")] = False,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Train the object again from scratch.")] = False,
+    bench_count: Annotated[
+        int, typer.Option(min=0, help="Clouds per set in the closing bench (0 skips it).")
+    ] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of sampling, training and the bench.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    store: StoreOption = DEFAULT_STORE,
+    runs_dir: Annotated[Path, typer.Option(help="Where training runs go (one folder per object).")] = Path(
+        "runs/objects"
+    ),
+) -> None:
+    """Add a mesh to the object store: check it, find its symmetries, train, export, bench, package."""
+    with expected_failures():
+        from pipeline.objects import add_object
+        from service.store import ObjectStore
+
+        if resume and retrain:
+            typer.echo("error: choose one of --resume and --retrain", err=True)
+            raise typer.Exit(1)
+        if not no_train and model is None:
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                typer.echo(
+                    "error: training needs torch: run `scripts/install.sh all`, or add with --no-train",
+                    err=True,
+                )
+                raise typer.Exit(1) from None
+        command = "cloudpose " + shlex.join(sys.argv[1:])
+        result = add_object(
+            name,
+            mesh_file,
+            store=ObjectStore(store),
+            units=units,
+            metres_per_unit_value=metres_per_unit,
+            model_path=model,
+            time_budget_s=time_budget_s,
+            train=not no_train,
+            mode="resume" if resume else "retrain" if retrain else "new",
+            seed=seed,
+            device=device,
+            runs_dir=runs_dir,
+            bench_count=bench_count,
+            command=command,
+            progress=lambda line: typer.echo(line, err=True),
+        )
+        summary = {
+            "object": result.package.name,
+            "package": str(result.package.path),
+            "symmetry": result.package.meta["symmetry"]["kind"],
+            "timings_s": {key: round(value, 1) for key, value in result.timings_s.items()},
+            "training": result.training,
+            "bench": result.bench,
+        }
+        typer.echo(json.dumps(summary, indent=2))
+
+
+@object_app.command("list")
+def object_list(store: StoreOption = DEFAULT_STORE) -> None:
+    """List the objects of the store: name, units, size, symmetry, model."""
+    with expected_failures():
+        from service.store import ObjectStore
+
+        packages = ObjectStore(store).packages()
+        if not packages:
+            typer.echo(f"no objects in {store}")
+            return
+        for package in packages:
+            info = package.describe()
+            typer.echo(
+                f"{info['name']:<16} units {info['units'] or '-':<4} diagonal {info['size']['diagonal']:<10.4g} "
+                f"symmetry {info['symmetry']['kind']:<10} model {info['model_id'] or '(search only)'}"
+            )
+
+
+@object_app.command("show")
+def object_show(name: str, store: StoreOption = DEFAULT_STORE) -> None:
+    """Everything the store knows of one object, as JSON."""
+    with expected_failures():
+        from service.store import ObjectStore
+
+        typer.echo(json.dumps(ObjectStore(store).get(name).describe(), indent=2))
+
+
+@object_app.command("remove")
+def object_remove(name: str, store: StoreOption = DEFAULT_STORE) -> None:
+    """Delete an object's package from the store (its training run stays in runs/objects)."""
+    with expected_failures():
+        from service.store import ObjectStore
+
+        ObjectStore(store).remove(name)
+        typer.echo(f"removed {name} from {store}")
 
 
 def _mount_exam_commands() -> None:

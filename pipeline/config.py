@@ -39,6 +39,9 @@ class TrainConfig:
         lr: peak learning rate (Adam; linear warm-up, then cosine decay over ``steps``).
         steps: step budget; the schedule spans it.
         time_budget_s: wall-clock budget; training stops when it runs out.
+        schedule_by: ``steps`` (the LR schedule spans ``steps``; reproducible) or ``time`` (it
+            spans ``time_budget_s``, so a budgeted run ends with a decayed rate wherever the
+            budget ends; ``steps`` is then a cap).
         lambda_orth: weight of the orthogonality penalty ||R^T R - I||^2 (exam 8.4).
         translation_weight: weight of the translation MSE (in diagonal units).
         l1_lambda: weight of an L1 penalty on the weights (0 disables it).
@@ -72,6 +75,7 @@ class TrainConfig:
     lr: float = 3e-3
     steps: int = 1000
     time_budget_s: float = 300.0
+    schedule_by: str = "steps"
     lambda_orth: float = 0.1
     translation_weight: float = 1.0
     l1_lambda: float = 0.0
@@ -140,6 +144,8 @@ class TrainConfig:
                 problems.append(f"{name} must be a list of positive integers, got {value!r}")
         if not self.widths:
             problems.append("widths must name at least one layer")
+        if self.schedule_by not in ("steps", "time"):
+            problems.append(f"schedule_by must be steps or time, got {self.schedule_by!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             problems.append(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.mesh and not Path(self.mesh).is_file():

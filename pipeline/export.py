@@ -26,8 +26,8 @@ from pipeline.mesh import load_mesh
 from pipeline.synth import HELD_OUT_OFFSET, held_out_batch, make_template
 from pipeline.train import load_checkpoint, model_from_checkpoint, template_of
 from service.refine import sample_surface_with_normals
+from service.store import MODEL_FORMAT
 
-SIDECAR_FORMAT = "cloudpose-model/1"
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
 SURFACE_POINTS = 20_000
@@ -128,7 +128,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
     )
     model_sha = sha256_bytes(model_bytes)
     sidecar = {
-        "format": SIDECAR_FORMAT,
+        "format": MODEL_FORMAT,
         "model_id": "-".join(
             (Path(state["mesh"]["name"]).stem, arguments["kind"], f"n{arguments['n_points']}", model_sha[:8])
         ),

@@ -1,4 +1,4 @@
-"""Meshes: load any rigid object (PLY/OBJ/STL/OFF), fix its canonical frame, sample its surface.
+"""Meshes: load any rigid object (PLY/OBJ/STL/OFF/GLB), fix its canonical frame, sample its surface.
 
 The canonical frame of an object is its mesh's own axes and units, shifted so that the surface
 centroid (area-weighted) is at the origin. Everything here is numpy; sampling takes a seeded
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_MESH = Path(__file__).resolve().parent.parent / "data" / "bunny.ply"
-MESH_SUFFIXES = (".ply", ".obj", ".stl", ".off")
+MESH_SUFFIXES = (".ply", ".obj", ".stl", ".off", ".glb")
 
 
 class MeshError(ValueError):
@@ -77,6 +77,11 @@ def load_mesh(path: str | Path | None = None) -> Mesh:
     path = Path(path) if path is not None else DEFAULT_MESH
     if not path.is_file():
         raise MeshError(f"mesh file not found: {path}")
+    if path.suffix.lower() in (".step", ".stp", ".iges", ".igs"):
+        raise MeshError(
+            f"{path.name} is a CAD (B-rep) file: export it from your CAD tool as STL, OBJ, PLY or GLB "
+            "(a fine tessellation, in the units you will declare with --units)"
+        )
     if path.suffix.lower() not in MESH_SUFFIXES:
         raise MeshError(f"unsupported mesh format {path.suffix!r}; use one of {', '.join(MESH_SUFFIXES)}")
     data = path.read_bytes()

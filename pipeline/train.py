@@ -224,6 +224,15 @@ def warmup_cosine(
     return factor
 
 
+def warmup_cosine_at(fraction: float, warmup_fraction: float = 0.05, floor: float = 1e-4) -> float:
+    """The same multiplier at a fraction of the budget (time-budgeted runs)."""
+    fraction = min(1.0, max(0.0, fraction))
+    if fraction < warmup_fraction:
+        return 0.04 + 0.96 * fraction / warmup_fraction
+    progress = (fraction - warmup_fraction) / (1.0 - warmup_fraction)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 # The foundation's acceptance bar; runs report when validation first met it.
 BAR = {"rotation_median_deg": 0.05, "rotation_p99_deg": 0.5, "translation_median_pct": 0.1}
 
@@ -369,6 +378,11 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
             losses["total"].backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if cfg.schedule_by == "time":
+                # The schedule spans the time budget: the step budget is only a cap.
+                fraction = (elapsed_before + time.perf_counter() - started) / cfg.time_budget_s
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * warmup_cosine_at(fraction)
             optimizer.step()
             schedule.step()
             step += 1

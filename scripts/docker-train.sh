@@ -1,8 +1,13 @@
 #!/usr/bin/env sh
-# Train on the reserved GPU (CUDA when available, else the CPU), export into the shared volume,
-# and benchmark the result there.
+# Add an object to the shared store on the reserved GPU (CUDA when available, else the CPU):
+# check the mesh, find its symmetries, train within the budget, export, bench, package.
+#   CLOUDPOSE_OBJECT=part CLOUDPOSE_MESH=/models/part.stl CLOUDPOSE_UNITS=mm docker compose --profile train run --rm trainer
 set -eu
-config=${CLOUDPOSE_TRAIN_CONFIG:-configs/pointnet.yaml}
-cloudpose train --config "$config" --out-dir /models/runs/default
-cloudpose export /models/runs/default --out /models/default
-cloudpose bench /models/default/model.onnx --count 100 --methods network,network+refine --out /models/default/bench
+name=${CLOUDPOSE_OBJECT:-bunny}
+mesh=${CLOUDPOSE_MESH:-data/bunny.ply}
+mkdir -p /models/objects
+[ -d /models/objects/bunny ] || cp -r /app/models/objects/bunny /models/objects/  # keep serving the bunny
+mode=""
+if [ -d "/models/objects/$name" ] || [ -d "/models/runs/$name" ]; then mode=--retrain; fi
+exec cloudpose object add "$name" "$mesh" ${CLOUDPOSE_UNITS:+--units "$CLOUDPOSE_UNITS"} $mode \
+  --time-budget-s "${CLOUDPOSE_TIME_BUDGET_S:-600}" --store /models/objects --runs-dir /models/runs

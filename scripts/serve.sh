@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
-# The main job: install, then serve the shipped order-free bunny model on :8000 (no training).
+# The main job: install, then serve every object of the store (models/objects: the shipped
+# bunny, and whatever `cloudpose object add` put there) on :8000, without training.
 # With CLOUDPOSE_MODEL_PATH pointing at a model that does not exist yet, it trains the
-# exam-setting default (about a minute on 2 CPU cores), exports it there and serves that.
+# exam-setting default (about 30 s on 2 CPU cores), exports it there and serves that instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=${CLOUDPOSE_MODEL_PATH:-models/pretrained/bunny_pointnet/model.onnx}
-if [ -f "$model" ]; then
-  scripts/install.sh serve
-else
-  scripts/install.sh all
-  echo "no model at $model: training the exam-setting default (N = 1024)" >&2
-  .venv/bin/cloudpose train --config configs/default.yaml
-  .venv/bin/cloudpose export runs/default --out "$(dirname "$model")"
-  .venv/bin/cloudpose eval "$model"
-fi
-folder=$(dirname "$model")
 port=${CLOUDPOSE_PORT:-8000}
+if [ -n "${CLOUDPOSE_MODEL_PATH:-}" ]; then
+  model=$CLOUDPOSE_MODEL_PATH
+  if [ -f "$model" ]; then
+    scripts/install.sh serve
+  else
+    scripts/install.sh all
+    echo "no model at $model: training the exam-setting default (N = 1024)" >&2
+    .venv/bin/cloudpose train --config configs/default.yaml --out-dir "$(dirname "$model")/run" --fresh
+    .venv/bin/cloudpose export "$(dirname "$model")/run" --out "$(dirname "$model")"
+    .venv/bin/cloudpose eval "$model"
+  fi
+  serve=(--model "$model")
+  example=$(dirname "$model")
+else
+  scripts/install.sh serve
+  serve=(--store "${CLOUDPOSE_STORE:-models/objects}")
+  example=models/objects/bunny
+fi
 cat >&2 <<TXT
 
-cloudpose serves $model on http://127.0.0.1:$port  (docs: /docs). Try:
-  curl -s -X POST localhost:$port/v1/pose -H 'content-type: application/json' -d @$folder/example.json
-  curl -s -X POST localhost:$port/v1/pose -F file=@$folder/example.xyz
-$folder/example.json also holds the true answer (true_rotation, true_translation).
+cloudpose serves on http://127.0.0.1:$port  (docs: /docs; objects: /v1/objects). Try:
+  curl -s -X POST localhost:$port/v1/pose -H 'content-type: application/json' -d @$example/example.json
+  curl -s -X POST localhost:$port/v1/pose -F file=@$example/example.xyz
+$example/example.json also holds the true answer (true_rotation, true_translation).
+Add your own object:  .venv/bin/cloudpose object add NAME MESH_FILE --units mm
 
 TXT
-exec .venv/bin/cloudpose serve --host "${CLOUDPOSE_HOST:-127.0.0.1}" --port "$port" --model "$model"
+exec .venv/bin/cloudpose serve --host "${CLOUDPOSE_HOST:-127.0.0.1}" --port "$port" "${serve[@]}"

@@ -8,8 +8,6 @@ Conventions follow the exported sidecar (row vectors): the network gives the obj
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +15,23 @@ from typing import Any
 import numpy as np
 
 from service.clouds import CloudError
+from service.store import ObjectPackage, StoreError, read_model_sidecar
+from service.symmetry import Symmetry
 
-SIDECAR_FORMAT = "cloudpose-model/1"
 # Order-free models: fewest points accepted, and the points refinement uses at most.
 MIN_POINTS = 32
 REFINE_MAX_POINTS = 1024
+SEARCH_POINTS = 512
+# Poses closer than this (degrees, symmetries aside) are one answer, not competitors.
+DISTINCT_DEGREES = 5.0
+
+
+def rotation_angle_deg(rotation: np.ndarray) -> float:
+    """Angle of a (3, 3) rotation, degrees, accurate near zero (``atan2(sin, cos)``)."""
+    skew = np.array(
+        [rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]]
+    )
+    return float(np.degrees(np.arctan2(np.linalg.norm(skew) / 2.0, (np.trace(rotation) - 1.0) / 2.0)))
 
 
 def _cube_rotations() -> np.ndarray:
@@ -64,17 +74,20 @@ SPREAD_ROTATIONS = _spread_rotations(120)
 VIEW_OFFSET = 0.12
 
 
-def spread_starts(cloud: np.ndarray, diagonal: float) -> list[tuple[np.ndarray, np.ndarray]]:
+def spread_starts(
+    cloud: np.ndarray, diagonal: float, view_offset: float = VIEW_OFFSET
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Object poses that cover all rotations, for a cloud no nearer guess fits.
 
     Each of :data:`SPREAD_ROTATIONS` with the object's centre at the cloud's centroid, and
-    ``VIEW_OFFSET`` in front of and behind it along the cloud's thinnest principal axis (a
-    single view is thinnest along the line of sight).
+    ``view_offset`` (diagonals; measured per object when it is added, ``VIEW_OFFSET`` for the
+    bunny) in front of and behind it along the cloud's thinnest principal axis (a single view
+    is thinnest along the line of sight).
     """
     from service.refine import principal_axes  # open3d: only refinement searches
 
     centroid, axes = principal_axes(np.asarray(cloud, dtype=np.float64))
-    offset = VIEW_OFFSET * diagonal * axes[2]  # the axis of least variance
+    offset = view_offset * diagonal * axes[2]  # the axis of least variance
     return [
         (rotation, center)
         for center in (centroid, centroid + offset, centroid - offset)
@@ -83,11 +96,9 @@ def spread_starts(cloud: np.ndarray, diagonal: float) -> list[tuple[np.ndarray, 
 
 
 HALF_TURNS = np.stack([np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])])
-# Sidecar fields the service reads (GET /v1/model describes the model with them).
-SIDECAR_REQUIRED = ("model_id", "kind", "n_points", "convention", "units", "mesh", "template")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(StoreError):
     """The model file or its sidecar is missing, corrupt, or does not match."""
 
 
@@ -175,9 +186,23 @@ def size_warnings(cloud: np.ndarray, diagonal: float) -> list[str] | None:
 
 
 def _better(first: Any, second: Any) -> Any:
-    """The better of two refinements (fitness, then RMSE), counting the hypotheses of both."""
+    """The better of two refinements (fitness, then RMSE), counting the hypotheses of both.
+
+    The other one and both one's competitors stay on as competitors; the caller's symmetry
+    test and the margins decide which of them count.
+    """
     total = first.hypotheses + second.hypotheses
-    best = second if (second.fitness, -second.inlier_rmse) > (first.fitness, -first.inlier_rmse) else first
+    best, other = (
+        (second, first)
+        if (second.fitness, -second.inlier_rmse) > (first.fitness, -first.inlier_rmse)
+        else (first, second)
+    )
+    from service.refine import RIVAL_FITNESS_MARGIN
+
+    pool = [*best.competitors, *other.competitors]
+    if other.refined and other.fitness >= best.fitness - RIVAL_FITNESS_MARGIN:
+        pool.append(other)
+    best.competitors = [item for item in pool if item.fitness >= best.fitness - RIVAL_FITNESS_MARGIN]
     best.hypotheses = total
     return best
 
@@ -228,56 +253,89 @@ class PoseEstimator:
     """
 
     def __init__(self, model_path: str | Path, threads: int = 1) -> None:
-        import onnxruntime
-
-        model_path = Path(model_path)
-        sidecar_path = model_path.with_suffix(".json")
-        if not model_path.is_file():
-            raise ModelLoadError(f"model file not found: {model_path}")
-        if not sidecar_path.is_file():
-            raise ModelLoadError(
-                f"model sidecar not found: {sidecar_path} (export writes it beside the model)"
-            )
         try:
-            self.metadata: dict[str, Any] = json.loads(sidecar_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ModelLoadError(f"model sidecar {sidecar_path} is not valid JSON") from error
-        if not isinstance(self.metadata, dict) or self.metadata.get("format") != SIDECAR_FORMAT:
-            raise ModelLoadError(f"model sidecar {sidecar_path} is not a {SIDECAR_FORMAT} file")
-        missing = [key for key in SIDECAR_REQUIRED if key not in self.metadata]
-        if missing:
-            raise ModelLoadError(f"model sidecar {sidecar_path} lacks {', '.join(missing)}")
-        model_bytes = model_path.read_bytes()
-        if hashlib.sha256(model_bytes).hexdigest() != self.metadata.get("onnx_sha256"):
-            raise ModelLoadError(f"{model_path} does not match the hash in {sidecar_path.name}")
-        self.order_free: bool = bool(self.metadata.get("order_free", False))
-        self.template = np.zeros((0, 3), dtype=np.float32)
+            metadata, model_bytes = read_model_sidecar(model_path)
+        except StoreError as error:
+            raise ModelLoadError(str(error)) from error
+        model_path = Path(model_path)
+        surface = None
+        if metadata.get("order_free") and metadata.get("surface"):
+            surface_path = model_path.parent / metadata["surface"]["file"]
+            try:
+                surface = np.load(surface_path, allow_pickle=False)
+            except (OSError, ValueError) as error:
+                raise ModelLoadError(f"surface model {surface_path} is missing or corrupt") from error
+        self._setup(metadata, model_bytes, surface, float(metadata["mesh"]["diagonal"]), threads)
         if not self.order_free:
-            template_path = model_path.parent / self.metadata["template"]["file"]
+            template_path = model_path.parent / metadata["template"]["file"]
             try:
                 self.template = np.load(template_path, allow_pickle=False).astype(np.float32)
             except (OSError, ValueError) as error:
                 raise ModelLoadError(f"template {template_path} is missing or corrupt") from error
+
+    @classmethod
+    def for_package(cls, package: ObjectPackage, threads: int = 1) -> PoseEstimator:
+        """The estimator of a store package: its network when it has one, else search alone."""
+        estimator = cls.__new__(cls)
+        try:
+            if package.model_path is not None:
+                metadata, model_bytes = read_model_sidecar(package.model_path)
+            else:
+                metadata, model_bytes = {"model_id": f"{package.name}-search", "order_free": True}, None
+            surface = package.surface()
+        except StoreError as error:
+            raise ModelLoadError(str(error)) from error
+        estimator._setup(metadata, model_bytes, surface, package.diagonal, threads)
+        estimator.view_offset = float(package.tuning.get("view_offset", VIEW_OFFSET))
+        try:
+            estimator.symmetry = Symmetry.from_dict(package.meta["symmetry"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelLoadError(f"object {package.name}: bad symmetry in its package: {error}") from error
+        return estimator
+
+    def _distinct(self, rotation_a: np.ndarray, rotation_b: np.ndarray) -> bool:
+        """Whether two object rotations are different answers, the object's symmetries aside."""
+        if self.symmetry is None:
+            return bool(rotation_angle_deg(rotation_a.T @ rotation_b) > DISTINCT_DEGREES)
+        return self.symmetry.distinct(rotation_a, rotation_b, DISTINCT_DEGREES)
+
+    def _setup(
+        self,
+        metadata: dict[str, Any],
+        model_bytes: bytes | None,
+        surface: np.ndarray | None,
+        diagonal: float,
+        threads: int,
+    ) -> None:
+        self.metadata = metadata
+        self.order_free: bool = bool(metadata.get("order_free", False))
+        self.template = np.zeros((0, 3), dtype=np.float32)
+        self.view_offset = VIEW_OFFSET
+        self.symmetry = None
         self.surface = None
-        if self.order_free and self.metadata.get("surface"):
+        if self.order_free and surface is not None:
             from service.refine import SurfaceModel  # open3d: only order-free models refine
 
-            surface_path = model_path.parent / self.metadata["surface"]["file"]
             try:
-                self.surface = SurfaceModel.load(surface_path, float(self.metadata["mesh"]["diagonal"]))
-            except (OSError, ValueError) as error:
-                raise ModelLoadError(f"surface model {surface_path} is missing or corrupt") from error
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            self.session = onnxruntime.InferenceSession(
-                model_bytes, options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise ModelLoadError(f"onnxruntime could not load {model_path}: {error}") from error
-        self.model_id: str = self.metadata["model_id"]
-        self.n_points: int = int(self.metadata["n_points"])
+                self.surface = SurfaceModel.from_array(surface, diagonal)
+            except ValueError as error:
+                raise ModelLoadError(f"surface model is corrupt: {error}") from error
+        self.session = None
+        if model_bytes is not None:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            try:
+                self.session = onnxruntime.InferenceSession(
+                    model_bytes, options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as error:  # onnxruntime raises its own exception types
+                raise ModelLoadError(f"onnxruntime could not load the model: {error}") from error
+        self.model_id: str = metadata["model_id"]
+        # Without a network, the search alone answers from this many of the cloud's points.
+        self.n_points: int = int(metadata.get("n_points", SEARCH_POINTS))
 
     def check_cloud(self, points: np.ndarray, where: str = "points") -> None:
         """Reject clouds this model cannot answer.
@@ -330,12 +388,33 @@ class PoseEstimator:
         t = (t' - c) Q^T + c. The network is not rotation-equivariant, so the copies give
         independent estimates.
         """
+        if self.session is None:
+            return self._principal_guesses(sample, centroid, len(turns))
         copies = (sample - centroid) @ turns + centroid  # (K, M, 3)
         rotation_raw, translation = self.session.run(None, {"points": copies.astype(np.float32)})
         undo = turns.transpose(0, 2, 1)
         rotation = project_to_so3(rotation_raw) @ undo  # (K, 3, 3)
         translation = np.einsum("ki,kij->kj", translation.astype(np.float64) - centroid, undo) + centroid
         return list(zip(rotation, translation, strict=True))
+
+    def _principal_guesses(self, sample: np.ndarray, centroid: np.ndarray, count: int) -> list[tuple]:
+        """Without a network: the model's principal axes laid on the cloud's, in the four proper
+        sign choices, the object's centre at the cloud's centroid: the first choice in place of
+        the network's estimate, the other three in place of its half-turned estimates, none for
+        the cube's rotations (the search turns the first guess by them instead)."""
+        from service.refine import principal_axes
+
+        _, cloud_axes = principal_axes(np.asarray(sample, dtype=np.float64))
+        signs = [np.diag(d) for d in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1))]
+        guesses = []
+        for sign in signs:
+            rotation = self.surface.axes.T @ sign @ cloud_axes
+            if np.linalg.det(rotation) < 0:
+                rotation = self.surface.axes.T @ (-sign) @ cloud_axes
+            guesses.append((rotation, centroid.copy()))
+        if count == 1:
+            return guesses[:1]
+        return guesses[1:] if count == len(HALF_TURNS) else []
 
     def _estimate_order_free(self, cloud: np.ndarray, refine: bool) -> Pose:
         """Network on a subsample, then refinement against the surface, escalating when doubtful.
@@ -362,7 +441,7 @@ class PoseEstimator:
             def half_turns():  # a generator: runs only if refinement asks for alternatives
                 yield from self._network(sample, centroid, HALF_TURNS)
 
-            options = {"max_points": REFINE_MAX_POINTS, "seed": len(cloud)}
+            options = {"max_points": REFINE_MAX_POINTS, "seed": len(cloud), "distinct": self._distinct}
             refinement = refine_pose(
                 cloud, self.surface, rotation, translation, alternatives=half_turns(), **options
             )
@@ -377,7 +456,7 @@ class PoseEstimator:
 
             # Still doubtful: wider rounds of starts, the last one over all of SO(3) (every guess
             # near the network's can miss on views that show little of the object).
-            for starts in (wider, lambda: spread_starts(cloud, self.surface.diagonal)):
+            for starts in (wider, lambda: spread_starts(cloud, self.surface.diagonal, self.view_offset)):
                 if refinement.fitness >= DOUBT_FITNESS:
                     break
                 again = refine_pose(

@@ -36,8 +36,8 @@ used here: the service never imports torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +88,12 @@ MIN_CORRESPONDENCES = 8
 # Confidence: the fitness, discounted as the inlier RMSE grows towards this fraction of the diagonal.
 CONFIDENCE_RMSE = 0.03
 CONFIDENT = 0.5
+# Screened starts this close to the best one's screening fitness are finished too, up to this many,
+# and kept as competitors when they end within the margins of the best fit.
+RIVAL_SCREEN_MARGIN = 0.1
+RIVAL_FINISH = 3
+RIVAL_FITNESS_MARGIN = 0.03
+RIVAL_RMSE_RATIO = 1.5
 
 
 def sample_surface_with_normals(
@@ -287,6 +293,9 @@ class Refinement:
         refined: False when the cloud had too few usable points and the input pose is returned.
         confidence: fitness discounted by the RMSE, in [0, 1]; high for the object, low for a
             cloud of another shape or a wrong pose.
+        competitors: other refined poses, more than the symmetry-aware ``distinct`` test apart,
+            that fit the cloud about as well (within ``RIVAL_FITNESS_MARGIN``): a view that
+            several poses explain.
     """
 
     object_rotation: np.ndarray
@@ -297,6 +306,7 @@ class Refinement:
     hypotheses: int
     refined: bool
     confidence: float
+    competitors: list[Refinement] = field(default_factory=list)
 
     @property
     def confident(self) -> bool:
@@ -523,6 +533,7 @@ def refine_pose(
     coarse_points: int = DEFAULT_COARSE_POINTS,
     doubt_fitness: float | None = None,
     search: bool = True,
+    distinct: Callable[[np.ndarray, np.ndarray], bool] | None = None,
     seed: int = 0,
 ) -> Refinement:
     """Refine a coarse object pose by robust point-to-plane ICP against the surface model.
@@ -545,6 +556,10 @@ def refine_pose(
         search: whether doubtful poses also try the generated starts: half turns about the
             model's and the cloud's principal axes, and ``NUDGE_DEGREES`` turns about the model's
             axes.
+        distinct: ``distinct(rotation_a, rotation_b)`` says whether two object rotations are
+            different answers (the object's symmetries aside); with it, screened starts that
+            come close to the best are finished and kept as ``competitors`` when they fit
+            about as well.
         seed: seed of the subsampling, so a cloud always gets the same answer.
 
     Returns:
@@ -600,16 +615,19 @@ def refine_pose(
     if fitness < doubt:  # the lookup table's distances are approximate: confirm with exact ones
         fitness, _ = _measure(coarse, model, best, inlier_distance)
     hypotheses = 1
+    screened: list[tuple[tuple[float, float], np.ndarray]] = []
     if fitness < doubt:
         starts: list[np.ndarray] = [back_matrix(*_as_pose(pose)) for pose in alternatives]
         if search:
             starts += _search_starts(start, model, points)
         screen = coarse[:SCREEN_POINTS]
         best_score = _screen_score(*_measure(screen, model, best, inlier_distance))
+        screened.append((best_score, best))
         finished = True
         for other in starts:
             candidate, _ = coarse_stages(other, screen, COARSE_SCHEDULE[:SCREEN_STAGES], SCREEN_ITERATIONS)
             score = _screen_score(*_measure(screen, model, candidate, inlier_distance))
+            screened.append((score, candidate))
             hypotheses += 1
             if score > best_score:
                 best, best_score, finished = candidate, score, False
@@ -632,28 +650,73 @@ def refine_pose(
             inlier_distance,
         )
 
-    # Clean clouds pin the pose down with few points; noisy ones need more (the error of the fit
-    # falls as noise / sqrt(points)). The first step tells them apart by its inliers' RMSE.
-    fitted = points[:fine_points]
-    final, fitness, rmse, converged = fine_stage(best, fitted, 1)
-    if len(points) > len(fitted) and not rmse < NOISY_RMSE * diagonal:
-        fitted = points
-        converged = False
-    if not converged:
-        final, fitness, rmse, _ = fine_stage(final, fitted, FINE_ITERATIONS - 1)
+    def finish(back: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
+        # Clean clouds pin the pose down with few points; noisy ones need more (the error of the
+        # fit falls as noise / sqrt(points)). The first step tells them apart by its inliers' RMSE.
+        fitted = points[:fine_points]
+        final, fitness, rmse, converged = fine_stage(back, fitted, 1)
+        if len(points) > len(fitted) and not rmse < NOISY_RMSE * diagonal:
+            fitted = points
+            converged = False
+        if not converged:
+            final, fitness, rmse, _ = fine_stage(final, fitted, FINE_ITERATIONS - 1)
+        return final, fitness, rmse, fitted
+
+    def refinement(back: np.ndarray, fitness: float, rmse: float) -> Refinement:
+        refined_rotation, refined_translation = object_pose(back)
+        return Refinement(
+            object_rotation=refined_rotation,
+            object_translation=refined_translation,
+            fitness=fitness,
+            inlier_rmse=rmse,
+            inlier_rmse_percent=100.0 * rmse / diagonal,
+            hypotheses=hypotheses,
+            refined=True,
+            confidence=confidence_score(fitness, rmse / diagonal),
+        )
+
+    final, fitness, rmse, fitted = finish(best)
     if fitness * len(fitted) < MIN_CORRESPONDENCES:
         return unrefined(hypotheses)
-    refined_rotation, refined_translation = object_pose(final)
-    return Refinement(
-        object_rotation=refined_rotation,
-        object_translation=refined_translation,
-        fitness=fitness,
-        inlier_rmse=rmse,
-        inlier_rmse_percent=100.0 * rmse / diagonal,
-        hypotheses=hypotheses,
-        refined=True,
-        confidence=confidence_score(fitness, rmse / diagonal),
-    )
+    result = refinement(final, fitness, rmse)
+    if distinct is not None and len(screened) > 1:
+        rivals = _rivals(screened, result, distinct, finish, refinement, coarse_stages, coarse)
+        better = [rival for rival in rivals if (rival.fitness, -rival.inlier_rmse) > (fitness, -rmse)]
+        if better:  # screening on few points misjudged them: the best finished fit leads
+            leader = max(better, key=lambda rival: (rival.fitness, -rival.inlier_rmse))
+            rivals = [result, *(rival for rival in rivals if rival is not leader)]
+            result = leader
+        result.competitors = rivals
+    return result
+
+
+def _rivals(screened, result, distinct, finish, refinement, coarse_stages, coarse) -> list[Refinement]:
+    """Finished screened starts that fit about as well as ``result`` but are another pose."""
+    top = max(score for score, _ in screened)[0]
+    close = sorted(
+        (item for item in screened if item[0][0] >= top - RIVAL_SCREEN_MARGIN), key=lambda item: item[0]
+    )[::-1]
+    rivals: list[Refinement] = []
+    finished = 0
+    for _, back in close:
+        if finished >= RIVAL_FINISH:
+            break
+        rotation, _ = object_pose(back)
+        if not distinct(rotation, result.object_rotation) or any(
+            not distinct(rotation, other.object_rotation) for other in rivals
+        ):
+            continue
+        finished += 1
+        back, _ = coarse_stages(back, coarse, COARSE_SCHEDULE[SCREEN_STAGES:])
+        final, fitness, rmse, _ = finish(back)
+        rival = refinement(final, fitness, rmse)
+        if (
+            fitness >= result.fitness - RIVAL_FITNESS_MARGIN
+            and rmse <= RIVAL_RMSE_RATIO * result.inlier_rmse
+            and distinct(rival.object_rotation, result.object_rotation)
+        ):
+            rivals.append(rival)
+    return rivals
 
 
 def _screen_score(fitness: float, rmse: float) -> tuple[float, float]:

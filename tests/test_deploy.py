@@ -38,8 +38,8 @@ def test_dockerfile_stages_use_the_install_script() -> None:
     assert "scripts/install.sh serve" in api_stage  # the serving image installs no torch
     assert "scripts/install.sh train" in dockerfile.split("AS trainer")[1]
     assert "COPY models ./models" in dockerfile  # bundles the shipped model
-    bundled = (ROOT / "scripts" / "docker-api.sh").read_text().split("else model=")[1].split(";")[0]
-    assert (ROOT / bundled.removeprefix("/app/")).is_file()
+    bundled = (ROOT / "scripts" / "docker-api.sh").read_text().split("else store=")[1].split(";")[0]
+    assert (ROOT / bundled.removeprefix("/app/") / "bunny" / "object.json").is_file()
     for script in ("docker-api.sh", "docker-train.sh", "install.sh"):
         assert (ROOT / "scripts" / script).stat().st_mode & 0o111
 

@@ -17,7 +17,7 @@ from pipeline.views import make_view_bank
 from service.clouds import CloudError
 from service.inference import MIN_POINTS, PoseEstimator
 
-PRETRAINED = Path(__file__).resolve().parents[2] / "models" / "pretrained" / "bunny_pointnet" / "model.onnx"
+PRETRAINED = Path(__file__).resolve().parents[2] / "models" / "objects" / "bunny" / "model.onnx"
 
 
 def posed_bunny(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -178,7 +178,7 @@ def assert_error_starts(response: httpx.Response, status: int, prefix: str) -> N
 def test_health(client: TestClient, sidecar: dict) -> None:
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "model_id": sidecar["model_id"]}
+    assert response.json() == {"status": "ok", "model_id": sidecar["model_id"], "objects": ["bunny"]}
 
 
 def test_model_description(client: TestClient, sidecar: dict, template: np.ndarray, exported_model) -> None:

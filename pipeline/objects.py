@@ -1,0 +1,485 @@
+"""Adding an object: mesh checks, units, symmetry, per-object tuning, training, packaging.
+
+``add_object`` turns a mesh file into a package of the object store (:mod:`service.store`):
+
+1. the mesh is read and checked (triangles, area, degenerate faces, watertightness, whether its
+   size is plausible in the declared units);
+2. its symmetries are found (:func:`pipeline.symmetry.find_symmetry`) and what the pose search
+   takes from the object is measured on it (how far a single view's centroid lies from the
+   object's centre);
+3. the surface is sampled with its normals (the registration's model): the package is
+   servable from here on, by the registration search alone;
+4. unless told not to, the order-free network is trained within the time budget (the learning
+   rate schedule spans the budget), exported and put in the package, which makes it fast;
+5. a short ``cloudpose bench`` run scores the package, and its figures go into the descriptor
+   and ``PROVENANCE.md``.
+
+Every write goes through :func:`service.store.write_package`, so a package is replaced whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import ConfigError
+from pipeline.mesh import Mesh, MeshError, load_mesh
+from service.refine import sample_surface_with_normals
+from service.store import (
+    ObjectPackage,
+    ObjectStore,
+    StoreError,
+    check_name,
+    metres_per_unit,
+    read_model_sidecar,
+)
+
+SURFACE_POINTS = 20_000
+# A part in the declared units should measure between these (metres, bounding-box diagonal).
+PLAUSIBLE_SIZE_M = (1e-3, 20.0)
+VIEW_OFFSET_VIEWS = 60
+DEFAULT_BUDGET_S = 600.0
+ADD_BENCH_COUNT = 50
+# The recipe of the shipped bunny model (configs/pointnet.yaml), its schedule spanning the budget.
+TRAIN_RECIPE: dict[str, Any] = {
+    "model_kind": "pointnet",
+    "activation": "relu",
+    "widths": [64, 128, 256],
+    "head": [256, 128],
+    "points_min": 64,
+    "points_max": 512,
+    "input_points": 512,
+    "partial_fraction": 0.6,
+    "noise_max": 0.015,
+    "outlier_max": 0.08,
+    "view_bank_size": 1000,
+    "batch_size": 32,
+    "lr": 0.001,
+    "steps": 1_000_000,
+    "schedule_by": "time",
+    "val_every": 500,
+    "val_size": 500,
+    "target_median_deg": 1e-6,
+    "target_p99_deg": 1e-6,
+    "target_translation_pct": 1e-6,
+}
+
+
+@dataclass
+class MeshReport:
+    """What the checks found; ``problems`` stop the add, ``warnings`` are printed and stored."""
+
+    faces: int
+    vertices: int
+    watertight: bool
+    degenerate_faces: int
+    duplicate_faces: int
+    extent: list[float]
+    diagonal: float
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "faces": self.faces,
+            "vertices": self.vertices,
+            "watertight": self.watertight,
+            "degenerate_faces": self.degenerate_faces,
+            "duplicate_faces": self.duplicate_faces,
+            "extent": self.extent,
+            "diagonal": self.diagonal,
+            "warnings": self.warnings,
+        }
+
+
+def check_mesh(
+    path: str | Path, unit_m: float | None = None, units: str | None = None
+) -> tuple[Mesh, MeshReport]:
+    """Read a mesh and check that it can serve as an object model.
+
+    Raises:
+        MeshError: unreadable, no triangles, no area, or a size that no unit makes plausible.
+    """
+    import trimesh
+
+    mesh = load_mesh(path)
+    # Merged vertices tell whether the surface is closed (STL stores every triangle apart).
+    merged = trimesh.Trimesh(mesh.vertices, mesh.faces, process=True, validate=False)
+    areas = mesh.face_areas
+    degenerate = int(np.count_nonzero(areas <= 1e-12 * mesh.diagonal**2))
+    sorted_faces = np.sort(mesh.faces, axis=1)
+    duplicates = len(sorted_faces) - len(np.unique(sorted_faces, axis=0))
+    extent = (mesh.vertices.max(axis=0) - mesh.vertices.min(axis=0)).tolist()
+    report = MeshReport(
+        faces=len(mesh.faces),
+        vertices=len(merged.vertices),
+        watertight=bool(merged.is_watertight),
+        degenerate_faces=degenerate,
+        duplicate_faces=int(duplicates),
+        extent=[float(value) for value in extent],
+        diagonal=mesh.diagonal,
+    )
+    if degenerate == len(mesh.faces):
+        raise MeshError(f"mesh {path} has only degenerate (zero-area) triangles")
+    if degenerate:
+        report.warnings.append(f"{degenerate} degenerate (zero-area) triangles are ignored")
+    if duplicates:
+        report.warnings.append(f"{duplicates} duplicate triangles")
+    if not report.watertight:
+        report.warnings.append(
+            "the mesh is not watertight (open edges): fine for a scanned or partial surface, but "
+            "inside and outside are not defined, so check that normals point outward"
+        )
+    if min(extent) <= 1e-6 * mesh.diagonal:
+        report.warnings.append(
+            "the mesh is flat (one extent is zero): a plane cannot fix a pose around its normal"
+        )
+    if unit_m is not None:
+        size_m = mesh.diagonal * unit_m
+        low, high = PLAUSIBLE_SIZE_M
+        if not low <= size_m <= high:
+            report.warnings.append(
+                f"in {units} the object measures {size_m:.4g} m across, an unusual size for a part: "
+                "check --units"
+            )
+    return mesh, report
+
+
+def measure_view_offset(mesh: Mesh, views: int = VIEW_OFFSET_VIEWS, seed: int = 0) -> float:
+    """Median distance from a single view's centroid to the object's centre, along the line of
+    sight (fraction of the diagonal; positive towards the camera). The search places the object
+    this far behind a view's centroid when no nearer guess fits."""
+    from pipeline.views import random_viewpoint, render_view
+
+    rng = np.random.default_rng(seed)
+    offsets = []
+    for _ in range(views):
+        camera = random_viewpoint(rng, mesh.diagonal)
+        points = render_view(mesh, camera, rng, depth_noise=0.0)
+        if len(points) < 32:
+            continue
+        direction = camera / np.linalg.norm(camera)
+        offsets.append(float(points.mean(axis=0) @ direction) / mesh.diagonal)
+    return float(np.median(offsets)) if offsets else 0.12
+
+
+def example_files(mesh: Mesh, seed: int = 0) -> dict[str, bytes]:
+    """``example.json`` / ``example.xyz``: a fresh, shuffled, posed surface sample of 2048 points
+    and its true answer in the file's frame, to try the service by hand."""
+    from pipeline.benchsets import random_pose
+    from pipeline.mesh import sample_surface
+
+    rng = np.random.default_rng([seed, 20261126])
+    rotation, translation = random_pose(rng, mesh.diagonal)
+    observed = sample_surface(mesh, 2048, rng) @ rotation + translation
+    back_rotation = rotation.T
+    back_translation = -translation @ back_rotation + mesh.offset  # to the file's own coordinates
+    lines = [" ".join(f"{value:.7g}" for value in point) for point in observed.tolist()]
+    example = {
+        "points": np.round(observed, 7).tolist(),
+        "true_rotation": back_rotation.tolist(),
+        "true_translation": back_translation.tolist(),
+        "note": "true_rotation / true_translation: mesh file coordinates = points @ rotation + translation",
+    }
+    return {"example.json": json.dumps(example).encode(), "example.xyz": ("\n".join(lines) + "\n").encode()}
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@dataclass
+class AddResult:
+    package: ObjectPackage
+    report: MeshReport
+    timings_s: dict[str, float]
+    training: dict[str, Any] | None
+    bench: list[dict[str, Any]] | None
+
+
+def base_descriptor(
+    mesh_path: Path,
+    mesh: Mesh,
+    report: MeshReport,
+    units: str | None,
+    unit_m: float | None,
+    symmetry: Any,
+    view_offset: float,
+) -> dict[str, Any]:
+    """The descriptor of a package before training: mesh, units, symmetry, tuning."""
+    from pipeline.symmetry import object_diameter
+
+    return {
+        "units": {"name": units, "metres_per_unit": unit_m},
+        "mesh": {
+            "source": str(mesh_path),
+            "sha256": mesh.sha256,
+            "centroid": [float(value) for value in mesh.offset],
+            "diagonal": mesh.diagonal,
+            "diameter": object_diameter(mesh.vertices),
+            **{key: value for key, value in report.to_dict().items() if key != "diagonal"},
+        },
+        "surface": {"file": "surface.npy", "count": SURFACE_POINTS, "frame": "internal (centroid at origin)"},
+        "symmetry": symmetry.to_dict(),
+        "tuning": {"view_offset": view_offset},
+        "model": None,
+        "bench": None,
+    }
+
+
+def add_object(
+    name: str,
+    mesh_path: str | Path,
+    *,
+    store: ObjectStore,
+    units: str | None = None,
+    metres_per_unit_value: float | None = None,
+    model_path: str | Path | None = None,
+    time_budget_s: float = DEFAULT_BUDGET_S,
+    train: bool = True,
+    mode: str = "new",
+    seed: int = 0,
+    device: str = "auto",
+    runs_dir: str | Path = "runs/objects",
+    bench_count: int = ADD_BENCH_COUNT,
+    command: str = "",
+    progress: Callable[[str], None] | None = None,
+) -> AddResult:
+    """Check a mesh, package it, train and bench it (see the module docstring).
+
+    Args:
+        units: what the file's numbers are in (a name of :data:`service.store.UNITS_M`, or any
+            label when ``metres_per_unit_value`` gives the size).
+        metres_per_unit_value: one file unit in metres, for files in no named unit.
+        model_path: an exported model of this mesh to package instead of training one.
+        mode: ``new`` refuses an existing object or training run; ``resume`` continues the
+            object's training run; ``retrain`` starts its training over.
+
+    Raises:
+        StoreError, MeshError, ConfigError: with a message that says what to do.
+    """
+    from pipeline.symmetry import find_symmetry
+
+    say = progress or (lambda line: None)
+    check_name(name)
+    if mode not in ("new", "resume", "retrain"):
+        raise ConfigError(f"mode must be new, resume or retrain, got {mode!r}")
+    run_dir = Path(runs_dir) / name
+    if mode == "new" and (name in store or (run_dir / "checkpoint.pt").exists()):
+        raise StoreError(
+            f"object {name!r} already exists (package or training run {run_dir}): pass --resume to "
+            "continue its training, --retrain to train it again, or `cloudpose object remove` first"
+        )
+    mesh_path = Path(mesh_path)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    if metres_per_unit_value is None and units is not None:
+        metres_per_unit_value = metres_per_unit(units)
+    mesh, report = check_mesh(mesh_path, metres_per_unit_value, units)
+    for warning in report.warnings:
+        say(f"warning: {warning}")
+    symmetry = find_symmetry(mesh)
+    say(
+        f"symmetry: {symmetry.kind}"
+        + (f", {symmetry.order} rotations" if symmetry.order else ", about an axis")
+    )
+    view_offset = measure_view_offset(mesh, seed=seed)
+    surface = sample_surface_with_normals(
+        mesh.vertices, mesh.faces, SURFACE_POINTS, np.random.default_rng(seed)
+    )
+    meta = base_descriptor(mesh_path, mesh, report, units, metres_per_unit_value, symmetry, view_offset)
+    surface_bytes = _npy_bytes(surface)
+    meta["surface"]["sha256"] = hashlib.sha256(surface_bytes).hexdigest()
+    mesh_file = "mesh" + mesh_path.suffix.lower()
+    meta["mesh"]["file"] = mesh_file
+    files = {"surface.npy": surface_bytes, mesh_file: mesh_path.read_bytes(), **example_files(mesh, seed)}
+    meta["provenance"] = {
+        "command": command,
+        "seed": seed,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    package = store.write(
+        name, meta, {**files, "PROVENANCE.md": _provenance(name, meta, None, None).encode()}
+    )
+    timings["package_s"] = time.perf_counter() - started
+    say(f"packaged {name} in {timings['package_s']:.1f} s (servable now, by the search alone)")
+
+    training = None
+    if model_path is not None:
+        metadata, model_bytes = read_model_sidecar(model_path)
+        if metadata.get("mesh", {}).get("sha256") != mesh.sha256:
+            raise StoreError(f"{model_path} was trained on another mesh than {mesh_path}")
+        training = {
+            key: metadata.get("training", {}).get(key)
+            for key in ("steps", "elapsed_s", "device", "stopped_because")
+        }
+        training["exported_from"] = str(model_path)
+        beside = Path(model_path).parent / "PROVENANCE.md"
+        if beside.is_file():  # how the network was made, kept with the package
+            training["provenance"] = beside.read_text()
+        meta["model"] = {
+            "file": "model.onnx",
+            "sidecar": "model.json",
+            "model_id": metadata["model_id"],
+            "training": training,
+        }
+        files["model.onnx"] = model_bytes
+        files["model.json"] = Path(model_path).with_suffix(".json").read_bytes()
+        package = store.write(
+            name, meta, {**files, "PROVENANCE.md": _provenance(name, meta, None, None).encode()}
+        )
+    elif train:
+        from pipeline.config import load_config
+        from pipeline.export import export_model
+        from pipeline.train import train as run_training
+
+        cfg = load_config(
+            None,
+            {
+                **TRAIN_RECIPE,
+                "mesh": str(mesh_path),
+                "time_budget_s": float(time_budget_s),
+                "seed": seed,
+                "device": device,
+                "out_dir": str(run_dir),
+            },
+        )
+        train_started = time.perf_counter()
+        result = run_training(cfg, fresh=(mode == "retrain"))
+        timings["train_s"] = time.perf_counter() - train_started
+        export_dir = run_dir / "export"
+        if export_dir.exists():
+            shutil.rmtree(export_dir)
+        exported = export_model(result.checkpoint, export_dir)
+        training = {
+            "steps": result.steps,
+            "elapsed_s": round(result.elapsed_s, 1),
+            "device": result.device,
+            "samples_per_s": round(result.samples_per_s),
+            "stopped_because": result.stopped_because,
+            "time_budget_s": time_budget_s,
+        }
+        say(f"trained {result.steps} steps in {result.elapsed_s:.0f} s on {result.device}")
+        meta["model"] = {
+            "file": "model.onnx",
+            "sidecar": "model.json",
+            "model_id": exported.sidecar["model_id"].replace(Path(mesh.name).stem, name, 1),
+            "training": training,
+        }
+        sidecar = dict(exported.sidecar)
+        sidecar["model_id"] = meta["model"]["model_id"]
+        files["model.onnx"] = exported.model_path.read_bytes()
+        files["model.json"] = (json.dumps(sidecar, indent=2) + "\n").encode()
+        package = store.write(
+            name, meta, {**files, "PROVENANCE.md": _provenance(name, meta, training, None).encode()}
+        )
+
+    bench_rows = None
+    if bench_count > 0:
+        from pipeline.bench_cli import bench_object
+
+        bench_started = time.perf_counter()
+        results = bench_object(package, count=bench_count, seed=seed, method_names=("network+refine",))
+        timings["bench_s"] = time.perf_counter() - bench_started
+        bench_rows = _bench_rows(results)
+        meta["bench"] = {
+            "command": f"cloudpose bench --object {name} --count {bench_count} --methods network+refine",
+            "seed": seed,
+            "rows": bench_rows,
+        }
+        package = store.write(
+            name, meta, {**files, "PROVENANCE.md": _provenance(name, meta, training, bench_rows).encode()}
+        )
+    timings["total_s"] = time.perf_counter() - started
+    return AddResult(package, report, timings, training, bench_rows)
+
+
+def _bench_rows(results: Any) -> list[dict[str, Any]]:
+    keep = (
+        "method",
+        "set",
+        "count",
+        "rotation_median_deg",
+        "rotation_p99_deg",
+        "success_5deg",
+        "found_wrong",
+        "found_rate",
+        "add_s_median_pct",
+        "median_ms",
+    )
+    return [
+        {
+            key: (round(value, 4) if isinstance(value, float) else value)
+            for key, value in row.items()
+            if key in keep
+        }
+        for row in results.rows()
+    ]
+
+
+def _provenance(
+    name: str, meta: dict[str, Any], training: dict[str, Any] | None, bench: list[dict[str, Any]] | None
+) -> str:
+    mesh = meta["mesh"]
+    units = meta["units"]["name"] or "the file's own (unnamed)"
+    symmetry = meta["symmetry"]
+    lines = [
+        f"# {name}: a cloudpose object package",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| mesh | `{mesh['source']}` (sha256 `{mesh['sha256'][:16]}…`), {mesh['faces']} triangles, "
+        f"watertight: {mesh['watertight']} |",
+        f"| units | {units}; diagonal {mesh['diagonal']:.4g}, extent "
+        + " × ".join(f"{value:.4g}" for value in mesh["extent"])
+        + " |",
+        "| frame | poses are in the file's own coordinates; internal centre (surface centroid) at "
+        + ", ".join(f"{value:.4g}" for value in mesh["centroid"])
+        + " |",
+        f"| symmetry | {symmetry['kind']}"
+        + (f", {symmetry['order']} rotations" if symmetry.get("order") else "")
+        + (f", axis {[round(v, 4) for v in symmetry['axis']]}" if symmetry.get("axis") else "")
+        + " |",
+        f"| tuning | view offset {meta['tuning']['view_offset']:.3f} diagonals (measured) |",
+        f"| command | `{meta.get('provenance', {}).get('command', '')}` |",
+        f"| seed | {meta.get('provenance', {}).get('seed', 0)} |",
+        f"| python | {platform.python_version()} |",
+    ]
+    if training and training.get("exported_from"):
+        lines.append(
+            f"| training | packaged from `{training['exported_from']}`: {training['steps']} steps in "
+            f"{training['elapsed_s']} s on {training['device']} |"
+        )
+    elif training:
+        lines.append(
+            f"| training | {training['steps']} steps in {training['elapsed_s']} s on {training['device']} "
+            f"(budget {training['time_budget_s']} s, {training['samples_per_s']} samples/s) |"
+        )
+    else:
+        lines.append("| training | none yet: the registration search alone answers |")
+    if bench:
+        lines += ["", f"Bench (`{meta['bench']['command']}`, seed {meta['bench']['seed']}):", ""]
+        lines.append("| set | rot. median ° | rot. p99 ° | < 5° | wrong & found | found | ms |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for row in bench:
+            lines.append(
+                f"| {row['set']} | {row.get('rotation_median_deg', float('nan')):.3f} | "
+                f"{row.get('rotation_p99_deg', float('nan')):.3f} | {row.get('success_5deg', 0) * 100:.1f} % | "
+                f"{(row.get('found_wrong') or 0) * 100:.1f} % | {(row.get('found_rate') or 0) * 100:.1f} % | "
+                f"{row.get('median_ms', float('nan')):.2f} |"
+            )
+    network_provenance = meta.get("model", {}) and meta["model"].get("training", {}).get("provenance")
+    if network_provenance:
+        lines += ["", "## The network", "", network_provenance.strip()]
+    return "\n".join(lines) + "\n"

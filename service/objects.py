@@ -1,0 +1,359 @@
+"""A served object: its package's estimator, answering in the mesh file's frame and the cloud's units.
+
+Convention (row vectors). The API's canonical frame is the mesh file's own coordinates, in the
+cloud's units. An answer's back transform brings the observed points there::
+
+    canonical = points @ rotation + translation
+
+Inside, the estimator works in the internal frame (file frame shifted so the surface centroid is
+at the origin, :mod:`service.store`) and in the object's units: with ``s`` the cloud's units in
+object units and ``c`` the centroid (file frame), an internal object pose ``(R, t)``
+(``s * points = internal @ R + t``) is the file-frame pose ``(R, (t - c @ R) / s)`` in the cloud's
+units. Only this module converts.
+
+``found`` is what a client checks before using a pose: the fit is confident, the cloud is not
+degenerate, and no other pose (beyond the object's symmetries) fits it about as well. When
+another does, the answer lists the competing poses with their scores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.inference import DISTINCT_DEGREES, PLAUSIBLE_SPAN, Pose, PoseEstimator, quaternion_xyzw
+from service.store import UNITS_M, ObjectPackage, StoreError, metres_per_unit
+from service.symmetry import Symmetry
+
+# Unit scales tried for a cloud without declared units whose size does not fit the object.
+TRIED_UNITS = ("m", "cm", "mm", "in")
+# Without named object units, the ratios between the usual units are tried instead.
+TRIED_RATIOS = (1000.0, 100.0, 10.0, 25.4, 2.54, 39.37, 0.1, 0.01, 0.001, 1 / 25.4, 1 / 2.54, 0.0254)
+MAX_SCALE_TRIES = 3
+# A pose is found when its confidence reaches this and nothing competes with it.
+FOUND_CONFIDENCE = 0.5
+# Clouds whose second principal spread is below this share of the first are lines, not objects.
+COLLINEAR_RATIO = 1e-3
+
+
+@dataclass
+class ObjectPose:
+    """One cloud's answer, in the file's frame and the cloud's units.
+
+    Attributes:
+        rotation: (3, 3) back rotation; ``canonical = points @ rotation + translation``.
+        translation: (3,) back translation, cloud units.
+        object_rotation: (3, 3), ``points = canonical @ object_rotation + object_translation``.
+        object_translation: (3,), cloud units.
+        found: whether a client may use the pose.
+        scale: the cloud's units in object units (1 when they are the object's).
+        units: the cloud's unit name, when declared or found.
+    """
+
+    rotation: np.ndarray
+    translation: np.ndarray
+    object_rotation: np.ndarray
+    object_translation: np.ndarray
+    found: bool
+    scale: float = 1.0
+    units: str | None = None
+    confidence: dict[str, Any] | None = None
+    refined: bool = False
+    warnings: list[str] = field(default_factory=list)
+    reason: str | None = None
+    symmetry: dict[str, Any] | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+
+    def pose_matrix(self) -> np.ndarray:
+        """4x4 object pose for column vectors: ``[x_obs; 1] = M @ [x_can; 1]``."""
+        matrix = np.eye(4)
+        matrix[:3, :3] = self.object_rotation.T
+        matrix[:3, 3] = self.object_translation
+        return matrix
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "found": bool(self.found),
+            "rotation": self.rotation.tolist(),
+            "translation": self.translation.tolist(),
+            "pose_matrix": self.pose_matrix().tolist(),
+            "quaternion_xyzw": quaternion_xyzw(self.object_rotation.T).tolist(),
+            "refined": bool(self.refined),
+            "confidence": self.confidence,
+            "units": self.units,
+            "scale": self.scale,
+            **({"reason": self.reason} if self.reason else {}),
+            **({"symmetry": self.symmetry} if self.symmetry else {}),
+            **({"candidates": self.candidates} if self.candidates else {}),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
+        }
+
+
+def _span(cloud: np.ndarray) -> float:
+    """Diagonal of the box holding the middle 96 % of the points per axis (strays ignored)."""
+    low, high = np.percentile(cloud, [2.0, 98.0], axis=0)
+    return float(np.linalg.norm(high - low))
+
+
+def degenerate_reason(cloud: np.ndarray) -> str | None:
+    """Why a cloud cannot fix a pose (all points equal, or on one line), or None."""
+    sample = cloud if len(cloud) <= 4096 else cloud[:: math.ceil(len(cloud) / 4096)]
+    centred = sample - sample.mean(axis=0)
+    spread = np.linalg.svd(centred, compute_uv=False)
+    size = float(np.abs(sample).max()) + 1.0
+    if spread[0] <= 1e-9 * size:
+        return "all points are the same: a single point cannot fix a pose"
+    if spread[1] <= COLLINEAR_RATIO * spread[0]:
+        return "the points lie on one line: a line cannot fix a pose"
+    return None
+
+
+class ServedObject:
+    """One object, ready to answer: a store package, or a bare exported model.
+
+    Args:
+        name: the object's name.
+        estimator: its network and surface.
+        centroid: (3,) the internal frame's origin in the file's frame (zeros for a bare model,
+            whose answers stay in the internal frame).
+        units / metres_per_unit: the object's units, when declared.
+        description: what ``GET /v1/objects`` shows of it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        estimator: PoseEstimator,
+        centroid: np.ndarray,
+        units: str | None,
+        metres_per_unit: float | None,
+        description: dict[str, Any],
+    ) -> None:
+        self.name = name
+        self.estimator = estimator
+        self.symmetry: Symmetry = estimator.symmetry or Symmetry.identity()
+        self.model_id = estimator.model_id
+        self.centroid = np.asarray(centroid, dtype=np.float64)
+        self.units = units
+        self.metres_per_unit = metres_per_unit
+        self.description = description
+        surface = estimator.surface
+        self.diagonal = (
+            surface.diagonal
+            if surface is not None
+            else float(estimator.metadata.get("mesh", {}).get("diagonal", 1.0))
+        )
+
+    @classmethod
+    def from_package(cls, package: ObjectPackage, threads: int = 1) -> ServedObject:
+        estimator = PoseEstimator.for_package(package, threads)
+        return cls(
+            package.name,
+            estimator,
+            package.centroid,
+            package.units,
+            package.metres_per_unit,
+            {**package.describe(), "model_id": estimator.model_id},
+        )
+
+    @classmethod
+    def from_model(cls, model_path: Any, threads: int = 1) -> ServedObject:
+        """A bare exported model (``cloudpose export``): poses in its internal frame, no units."""
+        estimator = PoseEstimator(model_path, threads)
+        name = str(estimator.metadata.get("mesh", {}).get("name", "object")).rsplit(".", 1)[0].lower()
+        description = {
+            "name": name,
+            "units": None,
+            "metres_per_unit": None,
+            "size": {"diagonal": estimator.metadata["mesh"].get("diagonal")},
+            "symmetry": Symmetry.identity().to_dict(),
+            "model_id": estimator.model_id,
+            "trained": True,
+            "bench": None,
+            "frame": "internal: surface centroid at the origin (a bare model knows no file frame)",
+        }
+        return cls(name, estimator, np.zeros(3), None, None, description)
+
+    def check_cloud(self, points: np.ndarray, where: str = "points") -> None:
+        self.estimator.check_cloud(points, where)
+
+    def scale_for(self, units: str | None) -> float:
+        """The cloud's units in object units (1 when not declared)."""
+        if units is None:
+            return 1.0
+        try:
+            cloud_m = metres_per_unit(units)
+        except StoreError as error:
+            from service.clouds import CloudError
+
+            raise CloudError(422, str(error)) from error
+        object_m = self.metres_per_unit
+        if object_m is None:
+            from service.clouds import CloudError
+
+            raise CloudError(
+                422,
+                f"object {self.name!r} was added without units, so a cloud in {units!r} cannot be "
+                "converted: send the points in the object's own units, without 'units'",
+            )
+        return cloud_m / object_m
+
+    def _scale_tries(self, cloud: np.ndarray) -> list[tuple[float, str | None]]:
+        """Scales to try for a cloud of undeclared units whose size does not fit the object."""
+        span = _span(cloud)
+        object_m = self.metres_per_unit
+        if object_m is not None:
+            options = [(UNITS_M[name] / object_m, name) for name in TRIED_UNITS]
+        else:
+            options = [(ratio, None) for ratio in TRIED_RATIOS]
+        low, high = PLAUSIBLE_SPAN
+        plausible = [
+            (scale, name)
+            for scale, name in options
+            if low * self.diagonal <= span * scale <= high * self.diagonal
+        ]
+        # Nearest to a typical span (most of a diagonal) first.
+        plausible.sort(key=lambda option: abs(math.log(span * option[0] / (0.8 * self.diagonal))))
+        return plausible[:MAX_SCALE_TRIES]
+
+    def estimate(
+        self, clouds: list[np.ndarray], refine: bool = True, units: str | None = None
+    ) -> list[ObjectPose]:
+        """Poses of clouds (each (N, 3), checked with :meth:`check_cloud`), in the cloud's units.
+
+        Args:
+            clouds: observed clouds.
+            refine: register against the surface after the network (or the search alone).
+            units: what the points are in; None tries the usual unit scales when the cloud's
+                size does not fit the object.
+        """
+        return [self._estimate_one(cloud, refine, units) for cloud in clouds]
+
+    def _estimate_one(self, cloud: np.ndarray, refine: bool, units: str | None) -> ObjectPose:
+        reason = degenerate_reason(cloud)
+        if reason is not None:
+            identity = np.eye(3)
+            return ObjectPose(identity, np.zeros(3), identity, np.zeros(3), False, reason=reason)
+        scale = self.scale_for(units)
+        unit_name = units if units is not None else self.units
+        warnings: list[str] = []
+        low, high = PLAUSIBLE_SPAN
+        fits = low * self.diagonal <= _span(cloud * scale) <= high * self.diagonal
+        tries = [(scale, unit_name)]
+        if units is None and not fits and refine:
+            # The usual unit scales that make the size fit go first; the object's own goes last.
+            tries = [*self._scale_tries(cloud), (scale, unit_name)]
+        answer = None
+        for tried_scale, tried_name in tries:
+            pose = self.estimator.estimate([cloud * tried_scale], refine)[0]
+            tried = self._answer(pose, tried_scale, tried_name, refine)
+            if answer is None or tried.found or _score(tried) > _score(answer):
+                answer = tried
+            if tried.found:
+                break
+        if units is None and not fits and refine:
+            if answer.scale != 1.0:
+                named = f"in {answer.units}" if answer.units else f"scaled by {answer.scale:.6g}"
+                warnings.append(
+                    f"the cloud's size does not fit the object's in its own units; it was posed as "
+                    f"points {named} (scale {answer.scale:.6g} to the object's units); "
+                    "say what the points are in with ?units= to skip the search"
+                )
+                answer.warnings = warnings + answer.warnings
+        return answer
+
+    def _answer(self, pose: Pose, scale: float, units: str | None, refine: bool) -> ObjectPose:
+        """The internal pose as a file-frame answer in the cloud's units, with its verdict."""
+        refinement = pose.refinement
+        rotation, internal_translation = pose.object_rotation, pose.object_translation
+        translation = (internal_translation - self.centroid @ rotation) / scale
+        back_rotation = rotation.T
+        answer = ObjectPose(
+            back_rotation,
+            -translation @ back_rotation,
+            rotation,
+            translation,
+            found=False,
+            scale=scale,
+            units=units,
+            confidence=None if refinement is None else refinement.summary(),
+            refined=bool(refinement is not None and refinement.refined),
+            warnings=list(pose.warnings or []),
+        )
+        if refinement is None and not self.estimator.order_free:
+            answer.reason = "exam-setting model: its pose is exact for the template's points, and unchecked"
+        elif refinement is None:
+            answer.reason = "not refined: without refinement nothing checks the pose (refine=true checks it)"
+        elif not refinement.refined:
+            answer.reason = "too few points lie near the object's surface in any pose tried"
+        elif refinement.confidence < FOUND_CONFIDENCE:
+            answer.reason = (
+                f"the best pose explains the cloud poorly (confidence {refinement.confidence:.2f} < "
+                f"{FOUND_CONFIDENCE}): another object, clutter, or other units?"
+            )
+        competitors = [
+            other
+            for other in getattr(refinement, "competitors", []) or []
+            if self.symmetry.distinct(other.object_rotation, rotation, DISTINCT_DEGREES)
+        ]
+        if competitors and answer.reason is None:
+            answer.reason = (
+                f"{len(competitors)} other pose(s) fit the cloud about as well: the view does not "
+                "tell them apart (see candidates)"
+            )
+        if competitors:
+            answer.candidates = [
+                self._candidate(item, scale) for item in [refinement, *competitors[:MAX_CANDIDATES]]
+            ]
+        answer.found = answer.reason is None
+        answer.symmetry = self._symmetry_answer(rotation, internal_translation, scale)
+        return answer
+
+    def _candidate(self, refinement: Any, scale: float) -> dict[str, Any]:
+        rotation = refinement.object_rotation
+        translation = (refinement.object_translation - self.centroid @ rotation) / scale
+        return {
+            "rotation": rotation.T.tolist(),
+            "translation": (-translation @ rotation.T).tolist(),
+            "fitness": round(float(refinement.fitness), 4),
+            "inlier_rmse": float(refinement.inlier_rmse) if np.isfinite(refinement.inlier_rmse) else None,
+            "confidence": round(float(refinement.confidence), 4),
+        }
+
+    def _symmetry_answer(
+        self, rotation: np.ndarray, internal_translation: np.ndarray, scale: float
+    ) -> dict[str, Any] | None:
+        """The poses equivalent to this one under the object's symmetries, as back transforms."""
+        symmetry = self.symmetry
+        if symmetry.kind == "none":
+            return None
+        answer: dict[str, Any] = {"kind": symmetry.kind, "order": symmetry.order}
+        equivalent = []
+        for turn in symmetry.rotations:
+            other = turn @ rotation
+            translation = (internal_translation - self.centroid @ other) / scale
+            equivalent.append(
+                {"rotation": other.T.tolist(), "translation": (-translation @ other.T).tolist()}
+            )
+        answer["equivalent_poses"] = equivalent
+        if symmetry.axis is not None:
+            answer["axis"] = symmetry.axis.tolist()
+            answer["axis_point"] = (self.centroid / scale).tolist()
+            answer["note"] = (
+                "any turn about the axis (canonical frame, through axis_point) gives an equally "
+                "valid pose; equivalent_poses lists the discrete ones"
+            )
+        return answer
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.description)
+
+
+MAX_CANDIDATES = 4
+
+
+def _score(answer: ObjectPose) -> float:
+    return -1.0 if answer.confidence is None else float(answer.confidence["confidence"])

@@ -1,0 +1,301 @@
+"""The object store and its package format, read by the pipeline and the service alike.
+
+A store is a folder of object packages, one sub-folder per object (default ``models/objects/``)::
+
+    models/objects/NAME/
+        object.json     the package descriptor (format ``cloudpose-object/1``, below)
+        surface.npy     (M, 6) surface points and outward normals, internal frame, object units
+        mesh.EXT        the mesh file as the user gave it (its frame is the API's canonical frame)
+        model.onnx      optional order-free network; without it the registration search answers
+        model.json      the network's sidecar (format ``cloudpose-model/1``), when there is one
+        PROVENANCE.md   how the package was made: command, seed, bench figures
+
+Frames. Users see the mesh file's own coordinates ("canonical" in the API: a robot's grasp
+points are defined there). Internally the surface, the network and the refinement work in the
+file's frame shifted so that the surface centroid is at the origin; ``mesh.centroid`` (file
+frame) is that shift, and only :mod:`service.objects` converts between the two.
+
+Units. ``units.name`` is what the file's numbers are in (``mm``, ``m``, ... or None when the
+user did not say) and ``units.metres_per_unit`` its size in metres (None when unknown).
+
+This module owns the format: nobody else parses ``object.json`` or ``model.json``. Writes are
+atomic: a package is assembled in a temporary folder beside its final place and renamed into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OBJECT_FORMAT = "cloudpose-object/1"
+MODEL_FORMAT = "cloudpose-model/1"
+DESCRIPTOR = "object.json"
+DEFAULT_STORE = Path("models/objects")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Metres per unit of the unit names a user may declare or a request may name.
+UNITS_M = {"um": 1e-6, "mm": 1e-3, "cm": 1e-2, "dm": 0.1, "m": 1.0, "in": 0.0254, "ft": 0.3048}
+# Sidecar fields the service reads from an exported network (GET /v1/model describes it).
+MODEL_REQUIRED = ("model_id", "kind", "n_points", "convention", "units", "mesh", "template")
+OBJECT_REQUIRED = ("name", "units", "mesh", "surface", "symmetry", "tuning")
+
+
+class StoreError(ValueError):
+    """A package or store that cannot be read or written as asked; the message says why."""
+
+
+def check_name(name: str) -> str:
+    """An object name: lower-case letters, digits, ``-`` and ``_``, at most 63 characters."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise StoreError(
+            f"invalid object name {name!r}: use lower-case letters, digits, '-' and '_' "
+            "(starting with a letter or digit, at most 63 characters)"
+        )
+    return name
+
+
+def metres_per_unit(units: str) -> float:
+    """Metres per unit of a unit name (``mm``, ``cm``, ``m``, ``in``, ...)."""
+    key = units.strip().lower()
+    if key not in UNITS_M:
+        raise StoreError(f"unknown unit {units!r}; use one of {', '.join(UNITS_M)}")
+    return UNITS_M[key]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_model_sidecar(model_path: str | Path) -> tuple[dict[str, Any], bytes]:
+    """An exported network's sidecar (``model.json`` beside ``model.onnx``) and the model's bytes.
+
+    Checks the format, the fields the service needs, and the ONNX file's hash.
+
+    Raises:
+        StoreError: missing files, a sidecar that is not a cloudpose model, or a hash mismatch.
+    """
+    model_path = Path(model_path)
+    sidecar_path = model_path.with_suffix(".json")
+    if not model_path.is_file():
+        raise StoreError(f"model file not found: {model_path}")
+    if not sidecar_path.is_file():
+        raise StoreError(f"model sidecar not found: {sidecar_path} (export writes it beside the model)")
+    try:
+        metadata = json.loads(sidecar_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StoreError(f"model sidecar {sidecar_path} is not valid JSON") from error
+    if not isinstance(metadata, dict) or metadata.get("format") != MODEL_FORMAT:
+        raise StoreError(f"model sidecar {sidecar_path} is not a {MODEL_FORMAT} file")
+    missing = [key for key in MODEL_REQUIRED if key not in metadata]
+    if missing:
+        raise StoreError(f"model sidecar {sidecar_path} lacks {', '.join(missing)}")
+    model_bytes = model_path.read_bytes()
+    if hashlib.sha256(model_bytes).hexdigest() != metadata.get("onnx_sha256"):
+        raise StoreError(f"{model_path} does not match the hash in {sidecar_path.name}")
+    return metadata, model_bytes
+
+
+@dataclass
+class ObjectPackage:
+    """One object of the store, as its descriptor describes it.
+
+    Attributes:
+        path: the package folder.
+        meta: the parsed ``object.json``.
+    """
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def units(self) -> str | None:
+        return self.meta["units"].get("name")
+
+    @property
+    def metres_per_unit(self) -> float | None:
+        value = self.meta["units"].get("metres_per_unit")
+        return None if value is None else float(value)
+
+    @property
+    def centroid(self) -> np.ndarray:
+        """(3,) the internal frame's origin in the file's coordinates."""
+        return np.asarray(self.meta["mesh"]["centroid"], dtype=np.float64)
+
+    @property
+    def diagonal(self) -> float:
+        return float(self.meta["mesh"]["diagonal"])
+
+    @property
+    def surface_path(self) -> Path:
+        return self.path / self.meta["surface"]["file"]
+
+    @property
+    def mesh_path(self) -> Path:
+        """The package's copy of the mesh file, as the user gave it."""
+        return self.path / self.meta["mesh"]["file"]
+
+    @property
+    def model_path(self) -> Path | None:
+        model = self.meta.get("model")
+        return None if not model else self.path / model["file"]
+
+    @property
+    def tuning(self) -> dict[str, float]:
+        return dict(self.meta["tuning"])
+
+    def surface(self) -> np.ndarray:
+        """(M, 6) surface points and normals (internal frame), checked against the hash."""
+        if sha256_file(self.surface_path) != self.meta["surface"].get("sha256"):
+            raise StoreError(f"{self.surface_path} does not match the hash in {DESCRIPTOR}")
+        try:
+            array = np.load(self.surface_path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise StoreError(f"surface {self.surface_path} is corrupt") from error
+        if array.ndim != 2 or array.shape[1] != 6:
+            raise StoreError(f"surface {self.surface_path} must have shape (M, 6), got {array.shape}")
+        return array
+
+    def describe(self) -> dict[str, Any]:
+        """Public summary for ``GET /v1/objects``."""
+        meta = self.meta
+        model = meta.get("model") or {}
+        mesh = meta["mesh"]
+        return {
+            "name": self.name,
+            "units": self.units,
+            "metres_per_unit": self.metres_per_unit,
+            "size": {
+                "extent": mesh["extent"],
+                "diagonal": mesh["diagonal"],
+                "diameter": mesh.get("diameter"),
+                "centroid": mesh["centroid"],
+            },
+            "mesh": {key: mesh.get(key) for key in ("source", "sha256", "faces", "vertices", "watertight")},
+            "symmetry": meta["symmetry"],
+            "model_id": model.get("model_id"),
+            "trained": bool(model),
+            "bench": meta.get("bench"),
+        }
+
+
+def read_package(path: str | Path) -> ObjectPackage:
+    """Read and check a package folder's descriptor (the files it names must exist).
+
+    Raises:
+        StoreError: a missing or malformed descriptor, or a file it names that is missing.
+    """
+    path = Path(path)
+    descriptor = path / DESCRIPTOR
+    if not descriptor.is_file():
+        raise StoreError(f"{path} is not an object package: {DESCRIPTOR} is missing")
+    try:
+        meta = json.loads(descriptor.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StoreError(f"{descriptor} is not valid JSON") from error
+    if not isinstance(meta, dict) or meta.get("format") != OBJECT_FORMAT:
+        raise StoreError(f"{descriptor} is not a {OBJECT_FORMAT} file")
+    missing = [key for key in OBJECT_REQUIRED if key not in meta]
+    if missing:
+        raise StoreError(f"{descriptor} lacks {', '.join(missing)}")
+    package = ObjectPackage(path, meta)
+    if not package.surface_path.is_file():
+        raise StoreError(f"{package.surface_path} is missing")
+    if package.model_path is not None and not package.model_path.is_file():
+        raise StoreError(f"{package.model_path} is missing")
+    return package
+
+
+def write_package(root: str | Path, name: str, meta: dict[str, Any], files: dict[str, bytes]) -> Path:
+    """Write a package atomically: assembled beside its place, then renamed into it.
+
+    An existing package of that name is replaced only once the new one is complete, so a reader
+    sees the old package or the new one, never a mix.
+
+    Args:
+        root: the store folder.
+        name: the object's name.
+        meta: the descriptor (``format`` and ``name`` are filled in).
+        files: file name -> bytes, written into the package beside ``object.json``.
+    """
+    check_name(name)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    meta = {"format": OBJECT_FORMAT, **meta, "name": name}
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.new-", dir=root))
+    staging.chmod(0o755)  # mkdtemp makes it private; a package is read by the service user too
+    try:
+        for file_name, data in files.items():
+            (staging / file_name).write_bytes(data)
+        (staging / DESCRIPTOR).write_text(json.dumps(meta, indent=2) + "\n")
+        read_package(staging)  # the package must read back before it replaces anything
+        target = root / name
+        retired = None
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=root))
+            os.replace(target, retired / name)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+    return target
+
+
+class ObjectStore:
+    """The packages under one folder.
+
+    Args:
+        root: the store folder (need not exist yet).
+    """
+
+    def __init__(self, root: str | Path = DEFAULT_STORE) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        """Names of the packages in the store, sorted (folders without a descriptor are skipped)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            entry.name
+            for entry in self.root.iterdir()
+            if entry.is_dir() and not entry.name.startswith(".") and (entry / DESCRIPTOR).is_file()
+        )
+
+    def __contains__(self, name: str) -> bool:
+        return (self.root / name / DESCRIPTOR).is_file()
+
+    def get(self, name: str) -> ObjectPackage:
+        if name not in self:
+            known = ", ".join(self.names()) or "none"
+            raise StoreError(f"no object {name!r} in {self.root} (known: {known})")
+        return read_package(self.root / name)
+
+    def packages(self) -> list[ObjectPackage]:
+        return [self.get(name) for name in self.names()]
+
+    def write(self, name: str, meta: dict[str, Any], files: dict[str, bytes]) -> ObjectPackage:
+        return read_package(write_package(self.root, name, meta, files))
+
+    def remove(self, name: str) -> None:
+        """Delete a package: renamed away first, so no reader sees half of it."""
+        package = self.get(name)
+        retired = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=self.root))
+        os.replace(package.path, retired / name)
+        shutil.rmtree(retired, ignore_errors=True)
