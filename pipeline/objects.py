@@ -193,6 +193,49 @@ def example_files(mesh: Mesh, seed: int = 0) -> dict[str, bytes]:
     return {"example.json": json.dumps(example).encode(), "example.xyz": ("\n".join(lines) + "\n").encode()}
 
 
+# A turn that leaves this share of the object's surface within the refinement's inlier distance
+# of itself makes a pose and its turned copy hard to tell apart: the service always tries both.
+NEAR_SYMMETRY_FITNESS = 0.6
+NEAR_SYMMETRY_TURNS_DEG = (180.0, 90.0, -90.0)
+
+
+def find_near_symmetries(mesh: Mesh, symmetry: Any, samples: int = 4000, seed: int = 0) -> list[np.ndarray]:
+    """Turns about the principal axes that map the object nearly, but not exactly, onto itself.
+
+    A turn S (row vectors, about the centroid) counts when the share of a dense surface sample
+    that ``X @ S`` puts within the refinement's inlier distance of the surface reaches
+    :data:`NEAR_SYMMETRY_FITNESS`: then a wrong pose S @ R fits a cloud almost as well as the
+    right one R, and no single fit can be trusted to tell them apart. Exact symmetries (the
+    ``symmetry`` group) are left out: those poses are equally right.
+
+    Returns:
+        (3, 3) rotations, row-vector convention, canonical (internal) frame.
+    """
+    from scipy.spatial import cKDTree
+
+    from pipeline.mesh import sample_surface
+    from service.refine import INLIER_DISTANCE, principal_axes
+
+    points = sample_surface(mesh, samples, np.random.default_rng(seed))
+    tree = cKDTree(points)
+    _, axes = principal_axes(points)
+    found: list[np.ndarray] = []
+    for axis in axes:
+        for degrees in NEAR_SYMMETRY_TURNS_DEG:
+            angle = np.radians(degrees)
+            skew = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+            column = np.eye(3) + np.sin(angle) * skew + (1 - np.cos(angle)) * skew @ skew
+            turn = column.T  # row vectors: x @ turn rotates x about the axis
+            if not symmetry.distinct(turn, np.eye(3), 5.0):
+                continue  # an exact symmetry
+            if any(not symmetry.distinct(turn, other, 5.0) for other in found):
+                continue
+            distance, _ = tree.query(points @ turn)
+            if np.mean(distance < INLIER_DISTANCE * mesh.diagonal) >= NEAR_SYMMETRY_FITNESS:
+                found.append(turn)
+    return found
+
+
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
@@ -295,10 +338,14 @@ def add_object(
         + (f", {symmetry.order} rotations" if symmetry.order else ", about an axis")
     )
     view_offset = measure_view_offset(mesh, seed=seed)
+    near = find_near_symmetries(mesh, symmetry, seed=seed)
+    if near:
+        say(f"{len(near)} near-symmetric turn(s): every pose is checked against its turned copies")
     surface = sample_surface_with_normals(
         mesh.vertices, mesh.faces, SURFACE_POINTS, np.random.default_rng(seed)
     )
     meta = base_descriptor(mesh_path, mesh, report, units, metres_per_unit_value, symmetry, view_offset)
+    meta["tuning"]["near_symmetries"] = [turn.tolist() for turn in near]
     surface_bytes = _npy_bytes(surface)
     meta["surface"]["sha256"] = hashlib.sha256(surface_bytes).hexdigest()
     mesh_file = "mesh" + mesh_path.suffix.lower()

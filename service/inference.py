@@ -22,6 +22,8 @@ from service.symmetry import Symmetry
 MIN_POINTS = 32
 REFINE_MAX_POINTS = 1024
 SEARCH_POINTS = 512
+# Rounds of turning a near-symmetric object's answer by its near symmetries.
+NEAR_SYMMETRY_ROUNDS = 2
 # Poses closer than this (degrees, symmetries aside) are one answer, not competitors.
 DISTINCT_DEGREES = 5.0
 
@@ -186,23 +188,32 @@ def size_warnings(cloud: np.ndarray, diagonal: float) -> list[str] | None:
 
 
 def _better(first: Any, second: Any) -> Any:
-    """The better of two refinements (fitness, then RMSE), counting the hypotheses of both.
+    """The better of two refinements (fitness to two decimals, then RMSE), counting the
+    hypotheses of both.
 
-    The other one and both one's competitors stay on as competitors; the caller's symmetry
-    test and the margins decide which of them count.
+    The other one and both one's competitors stay on as competitors when they fit about as well
+    (``RIVAL_FITNESS_MARGIN``, ``RIVAL_RMSE_RATIO``); the caller's symmetry test decides which
+    of them are other answers.
     """
-    total = first.hypotheses + second.hypotheses
-    best, other = (
-        (second, first)
-        if (second.fitness, -second.inlier_rmse) > (first.fitness, -first.inlier_rmse)
-        else (first, second)
-    )
-    from service.refine import RIVAL_FITNESS_MARGIN
+    from service.refine import RIVAL_FITNESS_MARGIN, RIVAL_RMSE_RATIO
 
-    pool = [*best.competitors, *other.competitors]
-    if other.refined and other.fitness >= best.fitness - RIVAL_FITNESS_MARGIN:
-        pool.append(other)
-    best.competitors = [item for item in pool if item.fitness >= best.fitness - RIVAL_FITNESS_MARGIN]
+    def score(item: Any) -> tuple[float, float]:
+        return round(item.fitness, 2), -item.inlier_rmse
+
+    total = first.hypotheses + second.hypotheses
+    best, other = (second, first) if score(second) > score(first) else (first, second)
+
+    def rivals(item: Any) -> bool:
+        return (
+            item.refined
+            and item.fitness >= best.fitness - RIVAL_FITNESS_MARGIN
+            and item.inlier_rmse <= RIVAL_RMSE_RATIO * best.inlier_rmse
+        )
+
+    pool = [*best.competitors, *other.competitors, other]
+    best.competitors = [item for item in pool if item is not best and rivals(item)]
+    for item in best.competitors:
+        item.competitors = []
     best.hypotheses = total
     return best
 
@@ -287,6 +298,8 @@ class PoseEstimator:
             raise ModelLoadError(str(error)) from error
         estimator._setup(metadata, model_bytes, surface, package.diagonal, threads)
         estimator.view_offset = float(package.tuning.get("view_offset", VIEW_OFFSET))
+        near = np.asarray(package.tuning.get("near_symmetries", []), dtype=np.float64).reshape(-1, 3, 3)
+        estimator.near_symmetries = near
         try:
             estimator.symmetry = Symmetry.from_dict(package.meta["symmetry"])
         except (KeyError, TypeError, ValueError) as error:
@@ -311,6 +324,7 @@ class PoseEstimator:
         self.order_free: bool = bool(metadata.get("order_free", False))
         self.template = np.zeros((0, 3), dtype=np.float32)
         self.view_offset = VIEW_OFFSET
+        self.near_symmetries = np.zeros((0, 3, 3))
         self.symmetry = None
         self.surface = None
         if self.order_free and surface is not None:
@@ -469,12 +483,42 @@ class PoseEstimator:
                     **options,
                 )
                 refinement = _better(refinement, again)
+            refinement = self._check_near_symmetries(cloud, refinement, options)
             rotation, translation = refinement.object_rotation, refinement.object_translation
         back_rotation = rotation.T
         warnings = None
         if refinement is not None and not refinement.confident:
             warnings = size_warnings(cloud, self.surface.diagonal)
         return Pose(back_rotation, -translation @ back_rotation, rotation, translation, refinement, warnings)
+
+    def _check_near_symmetries(self, cloud: np.ndarray, refinement: Any, options: dict[str, Any]) -> Any:
+        """Refine from the near-symmetric turns of the answer too, and keep the better fit.
+
+        An object that a turn maps nearly onto itself (measured when it was added) fits a cloud
+        almost as well in the turned pose: the right one of the two is the one with the better
+        fit, and when they fit about equally, both stay as competitors.
+        """
+        if not len(self.near_symmetries) or not refinement.refined:
+            return refinement
+        from service.refine import refine_pose
+
+        # A better fit found from one turn is turned again: the turns of a near-symmetric
+        # object compose, and the first answer may be any of their copies.
+        for _ in range(NEAR_SYMMETRY_ROUNDS):
+            leader = refinement
+            for turn in self.near_symmetries:
+                other = refine_pose(
+                    cloud,
+                    self.surface,
+                    turn @ leader.object_rotation,
+                    leader.object_translation,
+                    doubt_fitness=0.0,
+                    **options,
+                )
+                refinement = _better(refinement, other)
+            if refinement is leader:
+                break
+        return refinement
 
     def describe(self) -> dict[str, Any]:
         """Public metadata for ``GET /v1/model``."""

@@ -76,6 +76,7 @@ class Symmetry:
     """The proper rotational symmetries of an object, in its canonical frame.
 
     Equality is identity (``eq=False``): comparing arrays field by field has no single truth value.
+    The arrays are read-only copies, so a frozen symmetry stays what was validated.
 
     Attributes:
         rotations: (K, 3, 3) float64 symmetries ``S`` (``X @ S`` is the same surface as ``X``); a
@@ -104,7 +105,12 @@ class Symmetry:
             raise ValueError("invalid symmetry: " + "; ".join(problems))
         identity_index = int(np.argmin(np.abs(rotations - np.eye(3)).max(axis=(1, 2))))
         order = [identity_index] + [k for k in range(len(rotations)) if k != identity_index]
-        object.__setattr__(self, "rotations", rotations[order])
+        rotations = rotations[order]  # a copy, so freezing it leaves the caller's array alone
+        rotations.setflags(write=False)
+        if axis is not None:
+            axis = axis.copy()
+            axis.setflags(write=False)
+        object.__setattr__(self, "rotations", rotations)
         object.__setattr__(self, "axis", axis)
         object.__setattr__(self, "tolerance", float(self.tolerance))
 
@@ -154,7 +160,7 @@ class Symmetry:
             axis = None if data.get("axis") is None else np.asarray(data["axis"], np.float64)
             tolerance = float(data.get("tolerance", 0.01))
         except (TypeError, ValueError) as error:
-            raise ValueError(f"invalid symmetry: non-numeric field ({error})") from error
+            raise ValueError(f"invalid symmetry: fields must be numeric arrays ({error})") from error
         symmetry = cls(rotations=rotations, axis=axis, tolerance=tolerance)
         problems = []
         if "kind" in data and data["kind"] != symmetry.kind:
@@ -195,7 +201,7 @@ class Symmetry:
         products = candidates @ pred_rotation.T  # (K, 3, 3): M for each finite rotation
         along = np.einsum("i,kij,j->k", axis, products, axis)
         alpha = np.trace(products, axis1=1, axis2=2) - along
-        beta = np.einsum("ij,kji->k", _skew(axis), products)
+        beta = -np.einsum("ij,kji->k", _skew(axis), products)
         best = int(np.argmax(np.hypot(alpha, beta) + along))
         return axis_rotation(axis, float(np.arctan2(beta[best], alpha[best]))) @ candidates[best]
 
