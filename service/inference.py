@@ -24,6 +24,8 @@ REFINE_MAX_POINTS = 1024
 SEARCH_POINTS = 512
 # Rounds of turning a near-symmetric object's answer by its near symmetries.
 NEAR_SYMMETRY_ROUNDS = 2
+# The quick refinement that screens a near-symmetric copy: few points, few stages.
+NEAR_SYMMETRY_PROBE = {"max_points": 192, "fine_points": 192, "coarse_points": 96}
 # Poses closer than this (degrees, symmetries aside) are one answer, not competitors.
 DISTINCT_DEGREES = 5.0
 
@@ -216,6 +218,16 @@ def _better(first: Any, second: Any) -> Any:
         item.competitors = []
     best.hypotheses = total
     return best
+
+
+def _close_or_better(candidate: Any, reference: Any) -> bool:
+    """Whether a quick refinement fits about as well as the reference's, or better."""
+    from service.refine import RIVAL_FITNESS_MARGIN, RIVAL_RMSE_RATIO
+
+    return candidate.refined and (
+        candidate.fitness >= reference.fitness - 2 * RIVAL_FITNESS_MARGIN
+        and candidate.inlier_rmse <= 2 * RIVAL_RMSE_RATIO * reference.inlier_rmse
+    )
 
 
 @dataclass
@@ -504,14 +516,26 @@ class PoseEstimator:
 
         # A better fit found from one turn is turned again: the turns of a near-symmetric
         # object compose, and the first answer may be any of their copies.
+        # Each turned copy is first refined on few points; only one that comes close to the
+        # answer's fit on the same few points is refined in full.
+        probe = {**options, **NEAR_SYMMETRY_PROBE, "doubt_fitness": 0.0}
         for _ in range(NEAR_SYMMETRY_ROUNDS):
             leader = refinement
+            baseline = None
             for turn in self.near_symmetries:
+                start = (turn @ leader.object_rotation, leader.object_translation)
+                quick = refine_pose(cloud, self.surface, *start, **probe)
+                if baseline is None:
+                    baseline = refine_pose(
+                        cloud, self.surface, leader.object_rotation, leader.object_translation, **probe
+                    )
+                if not _close_or_better(quick, baseline):
+                    continue
                 other = refine_pose(
                     cloud,
                     self.surface,
-                    turn @ leader.object_rotation,
-                    leader.object_translation,
+                    quick.object_rotation,
+                    quick.object_translation,
                     doubt_fitness=0.0,
                     **options,
                 )

@@ -54,7 +54,7 @@ class StoreError(ValueError):
 
 def check_name(name: str) -> str:
     """An object name: lower-case letters, digits, ``-`` and ``_``, at most 63 characters."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise StoreError(
             f"invalid object name {name!r}: use lower-case letters, digits, '-' and '_' "
             "(starting with a letter or digit, at most 63 characters)"
@@ -279,9 +279,14 @@ class ObjectStore:
         )
 
     def __contains__(self, name: str) -> bool:
-        return (self.root / name / DESCRIPTOR).is_file()
+        return (
+            isinstance(name, str)
+            and bool(NAME_PATTERN.fullmatch(name))
+            and (self.root / name / DESCRIPTOR).is_file()
+        )
 
     def get(self, name: str) -> ObjectPackage:
+        check_name(name)  # a name never reaches outside the store
         if name not in self:
             known = ", ".join(self.names()) or "none"
             raise StoreError(f"no object {name!r} in {self.root} (known: {known})")

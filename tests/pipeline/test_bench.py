@@ -173,3 +173,43 @@ def test_methods_take_turns_case_by_case(bunny: Mesh, sets) -> None:
     run_bench({"a": recording("a"), "b": recording("b")}, cases, bunny.diagonal, warmup=0)
     # Each case goes to every method before the next case, so both see the same machine state.
     assert [name for name, _ in calls] == ["a", "b"] * 3
+
+
+def test_symmetric_objects_are_scored_against_the_nearest_equivalent_pose(tmp_path: Path) -> None:
+    """A box answered in one of its symmetric poses scores 0° (and ADD-S 0); scored against the
+    one true pose it would score 180°. ``found`` answers are counted, wrong ones separately."""
+    import trimesh
+
+    from pipeline.bench import Scoring
+    from service.symmetry import Symmetry
+
+    path = tmp_path / "box.stl"
+    trimesh.creation.box(extents=(8.0, 5.0, 3.0)).export(path)
+    box = load_mesh(path)
+    cases = make_set("shuffled", box, 6, seed=1)
+    half_turn = np.diag([1.0, -1.0, -1.0])
+    group = Symmetry(np.stack([np.eye(3), half_turn, np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1])]))
+    truth = {id(case.observed): case for case in cases}
+
+    def turned(observed: np.ndarray):
+        case = truth[id(observed)]
+        return half_turn @ case.object_rotation, case.object_translation, True
+
+    def wrong_but_found(observed: np.ndarray):
+        case = truth[id(observed)]
+        quarter = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+        return quarter @ case.object_rotation, case.object_translation, True
+
+    points = box.vertices[:8]
+    scoring = Scoring(box.diagonal, symmetry=group, model_points=points, diameter=box.diagonal)
+    methods = {"turned": turned, "wrong": wrong_but_found}
+    results = run_bench(methods, {"shuffled": cases}, scoring, reference="turned")
+    turned_metrics = results.cells["turned", "shuffled"].metrics
+    assert turned_metrics["rotation_median_deg"] == pytest.approx(0.0, abs=1e-6)
+    assert turned_metrics["add_s_median_pct"] == pytest.approx(0.0, abs=1e-6)
+    assert turned_metrics["found_rate"] == 1.0 and turned_metrics["found_wrong"] == 0.0
+    wrong = results.cells["wrong", "shuffled"].metrics
+    assert wrong["rotation_median_deg"] == pytest.approx(90.0, abs=1e-6)
+    assert wrong["found_wrong"] == 1.0 and wrong["add_s_median_pct"] > 1.0
+    plain = run_bench({"turned": turned}, {"shuffled": cases}, box.diagonal, reference="turned")
+    assert plain.cells["turned", "shuffled"].metrics["rotation_median_deg"] == pytest.approx(180.0, abs=1e-6)

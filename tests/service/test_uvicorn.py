@@ -104,7 +104,11 @@ def diagonal(sidecar: dict) -> float:
 def check_server(base_url: str, template: np.ndarray, diagonal: float, sidecar: dict) -> None:
     """A good request, a bad one, and a good one again, over one keep-alive connection."""
     with httpx.Client(base_url=base_url, timeout=10.0) as client:
-        assert client.get("/health").json() == {"status": "ok", "model_id": sidecar["model_id"], "objects": ["bunny"]}
+        assert client.get("/health").json() == {
+            "status": "ok",
+            "model_id": sidecar["model_id"],
+            "objects": ["bunny"],
+        }
         points = posed_cloud(template, diagonal, seed=1)
         response = client.post("/v1/pose", json={"points": points.tolist()})
         assert response.status_code == 200, response.text
