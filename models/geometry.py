@@ -151,3 +151,25 @@ def rotation_error_deg(pred_rotation: torch.Tensor, gt_rotation: torch.Tensor) -
     )
     sin = skew.norm(dim=-1) / 2
     return torch.rad2deg(torch.atan2(sin, cos))
+
+
+def nearest_equivalent(
+    pred_rotation: torch.Tensor, gt_rotation: torch.Tensor, group: torch.Tensor
+) -> torch.Tensor:
+    """The ground-truth rotation's equivalent under an object's symmetries nearest the prediction.
+
+    A symmetry S maps the canonical object onto itself (``X @ S ≈ X``), so ``S @ R`` poses it as
+    well as ``R`` does; training and validation of a symmetric object score the nearest one.
+
+    Args:
+        pred_rotation: (B, 3, 3) predicted object rotations.
+        gt_rotation: (B, 3, 3) true object rotations.
+        group: (K, 3, 3) symmetries (row-vector convention), identity included.
+
+    Returns:
+        (B, 3, 3): ``S_k @ gt`` with the k nearest ``pred`` in Frobenius norm.
+    """
+    candidates = group.unsqueeze(0) @ gt_rotation.unsqueeze(1)  # (B, K, 3, 3)
+    distance = ((candidates - pred_rotation.unsqueeze(1)) ** 2).sum(dim=(-2, -1))  # (B, K)
+    best = distance.argmin(dim=1)
+    return candidates[torch.arange(len(best), device=best.device), best]

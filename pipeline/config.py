@@ -42,6 +42,8 @@ class TrainConfig:
         schedule_by: ``steps`` (the LR schedule spans ``steps``; reproducible) or ``time`` (it
             spans ``time_budget_s``, so a budgeted run ends with a decayed rate wherever the
             budget ends; ``steps`` is then a cap).
+        symmetry_file: ``.npy`` of (K, 3, 3) rotations under which the object looks (nearly) the
+            same; the rotation loss is to the nearest equivalent pose (empty: none).
         lambda_orth: weight of the orthogonality penalty ||R^T R - I||^2 (exam 8.4).
         translation_weight: weight of the translation MSE (in diagonal units).
         l1_lambda: weight of an L1 penalty on the weights (0 disables it).
@@ -76,6 +78,7 @@ class TrainConfig:
     steps: int = 1000
     time_budget_s: float = 300.0
     schedule_by: str = "steps"
+    symmetry_file: str = ""
     lambda_orth: float = 0.1
     translation_weight: float = 1.0
     l1_lambda: float = 0.0
@@ -148,6 +151,8 @@ class TrainConfig:
             problems.append(f"schedule_by must be steps or time, got {self.schedule_by!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             problems.append(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.symmetry_file and not Path(self.symmetry_file).is_file():
+            problems.append(f"symmetry file not found: {self.symmetry_file}")
         if self.mesh and not Path(self.mesh).is_file():
             problems.append(f"mesh file not found: {self.mesh}")
         if problems:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ConfigError
+from pipeline.files import atomic_write_bytes
 from pipeline.mesh import Mesh, MeshError, load_mesh
 from service.refine import sample_surface_with_normals
 from service.store import (
@@ -194,8 +195,9 @@ def example_files(mesh: Mesh, seed: int = 0) -> dict[str, bytes]:
 
 
 # A turn that leaves this share of the object's surface within the refinement's inlier distance
-# of itself makes a pose and its turned copy hard to tell apart: the service always tries both.
-NEAR_SYMMETRY_FITNESS = 0.6
+# of itself (nearly the 0.9 at which a fit stops being doubtful) makes a pose and its turned copy
+# hard to tell apart: the service always tries both.
+NEAR_SYMMETRY_FITNESS = 0.85
 NEAR_SYMMETRY_TURNS_DEG = (180.0, 90.0, -90.0)
 
 
@@ -234,6 +236,52 @@ def find_near_symmetries(mesh: Mesh, symmetry: Any, samples: int = 4000, seed: i
             if np.mean(distance < INLIER_DISTANCE * mesh.diagonal) >= NEAR_SYMMETRY_FITNESS:
                 found.append(turn)
     return found
+
+
+CONTINUOUS_TRAINING_TURNS = 36
+MAX_TRAINING_GROUP = 192
+
+
+def training_symmetries(symmetry: Any, near: list[np.ndarray]) -> np.ndarray:
+    """The rotations the network's loss treats as equivalent: the object's symmetries (a
+    continuous axis as 36 turns of 10°) and its near symmetries, closed under products.
+
+    The network then learns the pose up to these turns, which it cannot tell apart reliably
+    anyway; the service's registration decides between near-symmetric copies.
+
+    Returns:
+        (K, 3, 3) float32, identity first, row-vector convention.
+    """
+    from service.symmetry import axis_rotation
+
+    elements = [np.asarray(rotation, dtype=np.float64) for rotation in symmetry.rotations]
+    if symmetry.axis is not None:
+        turns = [
+            axis_rotation(symmetry.axis, 2 * np.pi * k / CONTINUOUS_TRAINING_TURNS)
+            for k in range(1, CONTINUOUS_TRAINING_TURNS)
+        ]
+        elements += [turn @ rotation for turn in turns for rotation in symmetry.rotations]
+    elements += [np.asarray(turn, dtype=np.float64) for turn in near]
+
+    def known(candidate: np.ndarray, group: list[np.ndarray]) -> bool:
+        return any(np.abs(candidate - member).max() < 0.05 for member in group)
+
+    group: list[np.ndarray] = [np.eye(3)]
+    for element in elements:
+        if not known(element, group):
+            group.append(element)
+    grown = True
+    while grown and len(group) < MAX_TRAINING_GROUP:
+        grown = False
+        for first in list(group):
+            for second in list(group):
+                product = first @ second
+                u, _, vh = np.linalg.svd(product)
+                product = u @ vh
+                if not known(product, group) and len(group) < MAX_TRAINING_GROUP:
+                    group.append(product)
+                    grown = True
+    return np.stack(group).astype(np.float32)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -391,10 +439,16 @@ def add_object(
         from pipeline.export import export_model
         from pipeline.train import train as run_training
 
+        run_dir.mkdir(parents=True, exist_ok=True)
+        group = training_symmetries(symmetry, near)
+        symmetry_file = run_dir / "symmetries.npy"
+        if not symmetry_file.exists() or mode == "retrain":
+            atomic_write_bytes(symmetry_file, _npy_bytes(group))
         cfg = load_config(
             None,
             {
                 **TRAIN_RECIPE,
+                "symmetry_file": str(symmetry_file) if len(group) > 1 else "",
                 "mesh": str(mesh_path),
                 "time_budget_s": float(time_budget_s),
                 "seed": seed,
@@ -416,8 +470,14 @@ def add_object(
             "samples_per_s": round(result.samples_per_s),
             "stopped_because": result.stopped_because,
             "time_budget_s": time_budget_s,
+            "loss_symmetries": len(group),
+            "validation_median_deg": result.validation.get("rotation_median_deg"),
         }
-        say(f"trained {result.steps} steps in {result.elapsed_s:.0f} s on {result.device}")
+        say(
+            f"trained {result.steps} steps in {result.elapsed_s:.0f} s on {result.device} "
+            f"(loss symmetric under {len(group)} rotations; validation median "
+            f"{result.validation.get('rotation_median_deg', float('nan')):.1f} deg, network alone)"
+        )
         meta["model"] = {
             "file": "model.onnx",
             "sidecar": "model.json",

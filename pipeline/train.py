@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.geometry import orthogonality_penalty, project_to_so3
+from models.geometry import nearest_equivalent, orthogonality_penalty, project_to_so3
 from models.pose import build_pose_model
 from pipeline.config import ConfigError, TrainConfig
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -154,7 +154,11 @@ def _to_device(batch: PoseBatch, device: torch.device) -> PoseBatch:
 
 
 def train_step(
-    model: torch.nn.Module, batch: PoseBatch, cfg: TrainConfig, scale: float
+    model: torch.nn.Module,
+    batch: PoseBatch,
+    cfg: TrainConfig,
+    scale: float,
+    symmetries: torch.Tensor | None = None,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
     """One forward pass and its losses (no backward).
 
@@ -166,7 +170,11 @@ def train_step(
     # Order-free models learn through the SVD projection (Levinson et al. 2020); the exam's
     # linear model regresses the raw matrix, which it can match exactly.
     rotation = project_to_so3(rotation_raw) if cfg.model_kind == "pointnet" else rotation_raw
-    rotation_mse = ((rotation - batch.rotation) ** 2).mean()
+    target = batch.rotation
+    if symmetries is not None:
+        # A symmetric object's poses S @ R look alike: the loss is to the nearest of them.
+        target = nearest_equivalent(rotation.detach(), batch.rotation, symmetries)
+    rotation_mse = ((rotation - target) ** 2).mean()
     translation_mse = (((translation - batch.translation) / scale) ** 2).mean()
     orthogonality = orthogonality_penalty(rotation_raw).mean()
     total = rotation_mse + cfg.translation_weight * translation_mse + cfg.lambda_orth * orthogonality
@@ -184,8 +192,15 @@ def train_step(
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, data: PoseBatch, diagonal: float, chunk: int = 4096) -> dict[str, float]:
-    """Pose metrics of the model on a fixed batch, with rotations projected onto SO(3)."""
+def validate(
+    model: torch.nn.Module,
+    data: PoseBatch,
+    diagonal: float,
+    chunk: int = 4096,
+    symmetries: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Pose metrics of the model on a fixed batch, with rotations projected onto SO(3) (to the
+    nearest equivalent pose under ``symmetries`` (K, 3, 3) when given)."""
     model.eval()
     rotations, translations, raw_orthogonality = [], [], []
     for start in range(0, len(data.points), chunk):
@@ -194,10 +209,12 @@ def validate(model: torch.nn.Module, data: PoseBatch, diagonal: float, chunk: in
         rotations.append(project_to_so3(rotation_raw))
         translations.append(translation)
     model.train()
+    predicted = torch.cat(rotations)
+    truth = data.rotation if symmetries is None else nearest_equivalent(predicted, data.rotation, symmetries)
     metrics = pose_metrics(
-        torch.cat(rotations).cpu(),
+        predicted.cpu(),
         torch.cat(translations).cpu(),
-        data.rotation.cpu(),
+        truth.cpu(),
         data.translation.cpu(),
         diagonal,
     )
@@ -336,6 +353,10 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
         step, elapsed_before, history = state["step"], state["elapsed_s"], state["history"]
 
     data = training_data(cfg, mesh, device, out_dir)
+    symmetries = None
+    if cfg.symmetry_file:
+        group = np.load(cfg.symmetry_file, allow_pickle=False).astype(np.float32).reshape(-1, 3, 3)
+        symmetries = torch.as_tensor(group, device=device)
     validation_set = data.validation
     generator = generator_for(cfg.seed, device)
 
@@ -360,7 +381,9 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
 
     started = time.perf_counter()
     samples_before = step * cfg.batch_size
-    metrics = history[-1] if history else validate(model, validation_set, mesh.diagonal)
+    metrics = (
+        history[-1] if history else validate(model, validation_set, mesh.diagonal, symmetries=symmetries)
+    )
     reason = "target reached" if (history and reached_target(metrics, cfg)) else ""
     try:
         while not reason:
@@ -373,7 +396,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
             # Reseeding per step makes a resumed run draw the same batches as an uninterrupted one.
             generator.manual_seed(cfg.seed * 1_000_003 + step)
             batch = data.batch(generator)
-            _, losses = train_step(model, batch, cfg, mesh.diagonal)
+            _, losses = train_step(model, batch, cfg, mesh.diagonal, symmetries)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             if cfg.grad_clip > 0:
@@ -388,7 +411,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
             step += 1
             values = {name: float(value.detach()) for name, value in losses.items()}
             if step % cfg.val_every == 0 or step == cfg.steps:
-                metrics = validate(model, validation_set, mesh.diagonal)
+                metrics = validate(model, validation_set, mesh.diagonal, symmetries=symmetries)
                 elapsed = elapsed_before + (time.perf_counter() - started)
                 history.append(
                     {
@@ -409,7 +432,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
         raise
     elapsed_now = time.perf_counter() - started
     if not history or history[-1]["step"] != step:
-        metrics = validate(model, validation_set, mesh.diagonal)
+        metrics = validate(model, validation_set, mesh.diagonal, symmetries=symmetries)
     snapshot(metrics, reason)
     result = TrainResult(
         out_dir=out_dir,

@@ -106,3 +106,16 @@ def test_rotation_error_measures_the_geodesic_angle(angle_deg: float) -> None:
     identity = torch.eye(3, dtype=torch.float64)[None]
     assert rotation_error_deg(rotation, identity).item() == pytest.approx(angle_deg, rel=1e-6)
     assert rotation_error_deg(rotation.float(), identity.float()).item() == pytest.approx(angle_deg, rel=2e-3)
+
+
+def test_nearest_equivalent_picks_the_symmetric_pose_closest_to_the_prediction() -> None:
+    from models.geometry import nearest_equivalent
+
+    group = torch.stack([torch.eye(3), torch.diag(torch.tensor([1.0, -1.0, -1.0]))])
+    from models.geometry import random_rotation
+
+    gt = random_rotation(5, torch.Generator().manual_seed(3))
+    flipped = group[1] @ gt
+    chosen = nearest_equivalent(flipped, gt, group)
+    torch.testing.assert_close(chosen, flipped)
+    torch.testing.assert_close(nearest_equivalent(gt, gt, group), gt)

@@ -2,9 +2,11 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from models.geometry import random_rotation
 from pipeline.config import ConfigError, load_config
 from pipeline.synth import exam_batch, generator_for
 from pipeline.train import load_checkpoint, train, train_step
@@ -100,3 +102,40 @@ def test_cuda_request_without_a_gpu_is_an_error(tmp_path: Path) -> None:
 def test_training_runs_on_the_gpu(tmp_path: Path) -> None:
     result = train(tiny_config(tmp_path, device="cuda"))
     assert result.device.startswith("cuda")
+
+
+def test_the_rotation_loss_of_a_symmetric_object_is_to_the_nearest_equivalent_pose() -> None:
+    from pipeline.config import TrainConfig
+    from pipeline.synth import PoseBatch
+    from pipeline.train import train_step
+
+    group = torch.stack([torch.eye(3), torch.diag(torch.tensor([-1.0, -1.0, 1.0]))])
+    rotation = random_rotation(4, torch.Generator().manual_seed(1))
+    batch = PoseBatch(torch.zeros(4, 8, 3), rotation, torch.zeros(4, 3))
+
+    class Turned(torch.nn.Module):  # answers the half-turned, equally valid pose
+        def forward(self, points):
+            return group[1] @ rotation, torch.zeros(4, 3)
+
+    cfg = TrainConfig(model_kind="pointnet")
+    _, plain = train_step(Turned(), batch, cfg, 1.0)
+    _, symmetric = train_step(Turned(), batch, cfg, 1.0, symmetries=group)
+    assert float(plain["rotation_mse"]) > 0.1
+    assert float(symmetric["rotation_mse"]) < 1e-10
+
+
+def test_training_symmetries_close_the_group() -> None:
+    from pipeline.objects import training_symmetries
+    from service.symmetry import Symmetry
+
+    box = Symmetry(
+        np.stack([np.eye(3), np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1])])
+    )
+    assert training_symmetries(box, []).shape == (4, 3, 3)
+    # Two near half-turns generate the third: four rotations.
+    near = [np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1])]
+    group = training_symmetries(Symmetry.identity(), near)
+    assert group.shape == (4, 3, 3)
+    np.testing.assert_allclose(group[0], np.eye(3))
+    cylinder = Symmetry(np.stack([np.eye(3), np.diag([1.0, -1, -1])]), axis=np.array([0.0, 0.0, 1.0]))
+    assert training_symmetries(cylinder, []).shape == (72, 3, 3)
