@@ -178,16 +178,13 @@ def evaluate(
     """Score an exported model on seeded held-out poses through the service's inference code."""
     with expected_failures():
         from pipeline.evaluate import evaluate_model, format_table, write_report
-        from pipeline.files import atomic_write_json
+        from service.store import record_in_model_sidecar
 
         evaluation = evaluate_model(model, count=count, seed=seed)
         typer.echo(f"{evaluation.metrics['model_id']}: {count} held-out poses (seed {seed})")
         typer.echo(format_table(evaluation.metrics))
         json_path, png_path = write_report(evaluation, out or model.parent)
-        sidecar_path = model.with_suffix(".json")
-        sidecar = json.loads(sidecar_path.read_text())
-        sidecar["evaluation"] = evaluation.metrics
-        atomic_write_json(sidecar_path, sidecar)
+        record_in_model_sidecar(model, "evaluation", evaluation.metrics)
         typer.echo(f"wrote {json_path} and {png_path}")
 
 
@@ -489,8 +486,9 @@ def object_list(store: StoreOption = DEFAULT_STORE) -> None:
             return
         for package in packages:
             info = package.describe()
+            units, diagonal = info["units"] or "-", info["size"]["diagonal"]
             typer.echo(
-                f"{info['name']:<16} units {info['units'] or '-':<4} diagonal {info['size']['diagonal']:<10.4g} "
+                f"{info['name']:<16} units {units:<4} diagonal {diagonal:<10.4g} "
                 f"symmetry {info['symmetry']['kind']:<10} model {info['model_id'] or '(search only)'}"
             )
 

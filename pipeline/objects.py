@@ -580,11 +580,12 @@ def _provenance(
         lines.append("| set | rot. median ° | rot. p99 ° | < 5° | wrong & found | found | ms |")
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for row in bench:
+            nan = float("nan")
             lines.append(
-                f"| {row['set']} | {row.get('rotation_median_deg', float('nan')):.3f} | "
-                f"{row.get('rotation_p99_deg', float('nan')):.3f} | {row.get('success_5deg', 0) * 100:.1f} % | "
+                f"| {row['set']} | {row.get('rotation_median_deg', nan):.3f} | "
+                f"{row.get('rotation_p99_deg', nan):.3f} | {row.get('success_5deg', 0) * 100:.1f} % | "
                 f"{(row.get('found_wrong') or 0) * 100:.1f} % | {(row.get('found_rate') or 0) * 100:.1f} % | "
-                f"{row.get('median_ms', float('nan')):.2f} |"
+                f"{row.get('median_ms', nan):.2f} |"
             )
     network_provenance = meta.get("model", {}) and meta["model"].get("training", {}).get("provenance")
     if network_provenance:

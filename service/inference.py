@@ -521,15 +521,10 @@ class PoseEstimator:
         probe = {**options, **NEAR_SYMMETRY_PROBE, "doubt_fitness": 0.0}
         for _ in range(NEAR_SYMMETRY_ROUNDS):
             leader = refinement
-            baseline = None
             for turn in self.near_symmetries:
                 start = (turn @ leader.object_rotation, leader.object_translation)
                 quick = refine_pose(cloud, self.surface, *start, **probe)
-                if baseline is None:
-                    baseline = refine_pose(
-                        cloud, self.surface, leader.object_rotation, leader.object_translation, **probe
-                    )
-                if not _close_or_better(quick, baseline):
+                if not _close_or_better(quick, leader):
                     continue
                 other = refine_pose(
                     cloud,

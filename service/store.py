@@ -107,6 +107,17 @@ def read_model_sidecar(model_path: str | Path) -> tuple[dict[str, Any], bytes]:
     return metadata, model_bytes
 
 
+def record_in_model_sidecar(model_path: str | Path, key: str, value: Any) -> Path:
+    """Set one field of an exported network's sidecar (after checking it), written atomically."""
+    metadata, _ = read_model_sidecar(model_path)
+    metadata[key] = value
+    sidecar_path = Path(model_path).with_suffix(".json")
+    staging = sidecar_path.with_name(f".{sidecar_path.name}.tmp")
+    staging.write_text(json.dumps(metadata, indent=2) + "\n")
+    os.replace(staging, sidecar_path)
+    return sidecar_path
+
+
 @dataclass
 class ObjectPackage:
     """One object of the store, as its descriptor describes it.
