@@ -44,6 +44,7 @@ from service.store import (
     metres_per_unit,
     read_model_sidecar,
 )
+from service.symmetry import Symmetry
 
 SURFACE_POINTS = 20_000
 # A part in the declared units should measure between these (metres, bounding-box diagonal).
@@ -238,6 +239,21 @@ def find_near_symmetries(mesh: Mesh, symmetry: Any, samples: int = 4000, seed: i
     return found
 
 
+def close_near_symmetries(near: list[np.ndarray], symmetry: Any) -> list[np.ndarray]:
+    """The near symmetries and their products (turns compose: two near half-turns make a third),
+    without the identity and the exact symmetries, one per class of equivalent turns."""
+    if not near:
+        return []
+    group = training_symmetries(Symmetry.identity(), near).astype(np.float64)
+    closed: list[np.ndarray] = []
+    for turn in group[1:]:
+        if symmetry.distinct(turn, np.eye(3), 5.0) and all(
+            symmetry.distinct(turn, other, 5.0) for other in closed
+        ):
+            closed.append(turn)
+    return closed
+
+
 CONTINUOUS_TRAINING_TURNS = 36
 MAX_TRAINING_GROUP = 192
 
@@ -386,7 +402,7 @@ def add_object(
         + (f", {symmetry.order} rotations" if symmetry.order else ", about an axis")
     )
     view_offset = measure_view_offset(mesh, seed=seed)
-    near = find_near_symmetries(mesh, symmetry, seed=seed)
+    near = close_near_symmetries(find_near_symmetries(mesh, symmetry, seed=seed), symmetry)
     if near:
         say(f"{len(near)} near-symmetric turn(s): every pose is checked against its turned copies")
     surface = sample_surface_with_normals(

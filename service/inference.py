@@ -22,10 +22,10 @@ from service.symmetry import Symmetry
 MIN_POINTS = 32
 REFINE_MAX_POINTS = 1024
 SEARCH_POINTS = 512
-# Rounds of turning a near-symmetric object's answer by its near symmetries.
-NEAR_SYMMETRY_ROUNDS = 2
 # The quick refinement that screens a near-symmetric copy: few points, few stages.
 NEAR_SYMMETRY_PROBE = {"max_points": 192, "fine_points": 192, "coarse_points": 96}
+# A doubt threshold above any fitness: the starts are screened whatever the first one's fit.
+ALWAYS_SCREEN = 1.01
 # Poses closer than this (degrees, symmetries aside) are one answer, not competitors.
 DISTINCT_DEGREES = 5.0
 
@@ -220,14 +220,35 @@ def _better(first: Any, second: Any) -> Any:
     return best
 
 
-def _close_or_better(candidate: Any, reference: Any) -> bool:
-    """Whether a quick refinement fits about as well as the reference's, or better."""
-    from service.refine import RIVAL_FITNESS_MARGIN, RIVAL_RMSE_RATIO
+# A right pose leaves a cloud about as far from the model's surface as the cloud scatters about its
+# own local surface (ratio about 1-1.5, measured on the bench sets); a wrong pose that still lies
+# near the surface leaves it farther. Below the floor (fraction of the diagonal) every fit counts
+# as explained: exact points on flat faces scatter by nothing.
+UNEXPLAINED_RATIO = 3.0
+UNEXPLAINED_FLOOR = 0.002
 
-    return candidate.refined and (
-        candidate.fitness >= reference.fitness - 2 * RIVAL_FITNESS_MARGIN
-        and candidate.inlier_rmse <= 2 * RIVAL_RMSE_RATIO * reference.inlier_rmse
-    )
+
+class _CloudScatter:
+    """The cloud's own scatter (:func:`service.refine.surface_noise`), computed when first asked."""
+
+    def __init__(self, cloud: np.ndarray) -> None:
+        self.cloud = cloud
+        self.noise: float | None = None
+
+    def explains(self, refinement: Any, diagonal: float) -> bool:
+        """Whether the fit's RMSE is what the cloud's own scatter explains."""
+        if not refinement.refined or refinement.inlier_rmse <= UNEXPLAINED_FLOOR * diagonal:
+            return True
+        if self.noise is None:
+            from service.refine import surface_noise
+
+            self.noise = surface_noise(self.cloud, seed=len(self.cloud))
+        return refinement.inlier_rmse <= UNEXPLAINED_RATIO * self.noise
+
+
+def _fit_score(refinement: Any) -> tuple[float, float]:
+    """Order of fits: fitness to two decimals, then the smaller RMSE."""
+    return round(refinement.fitness, 2), -refinement.inlier_rmse
 
 
 @dataclass
@@ -480,10 +501,17 @@ class PoseEstimator:
                 starts += [(rotation @ turn, translation) for turn in CUBE_ROTATIONS[1:]]
                 return starts
 
-            # Still doubtful: wider rounds of starts, the last one over all of SO(3) (every guess
-            # near the network's can miss on views that show little of the object).
+            refinement = self._check_near_symmetries(cloud, refinement, options)
+            scatter = _CloudScatter(cloud)
+
+            # Still doubtful, or several poses fit about equally: wider rounds of starts, the last
+            # one over all of SO(3) (every guess near the network's can miss on views that show
+            # little of the object).
             for starts in (wider, lambda: spread_starts(cloud, self.surface.diagonal, self.view_offset)):
-                if refinement.fitness >= DOUBT_FITNESS:
+                ambiguous = self._ambiguous(refinement) or not scatter.explains(
+                    refinement, self.surface.diagonal
+                )
+                if refinement.fitness >= DOUBT_FITNESS and not ambiguous:
                     break
                 again = refine_pose(
                     cloud,
@@ -492,10 +520,14 @@ class PoseEstimator:
                     refinement.object_translation,
                     alternatives=starts(),
                     search=False,
+                    # An ambiguous fit is good enough not to look doubtful: screen regardless.
+                    doubt_fitness=ALWAYS_SCREEN if ambiguous else None,
                     **options,
                 )
+                again = self._check_near_symmetries(cloud, again, options)
                 refinement = _better(refinement, again)
-            refinement = self._check_near_symmetries(cloud, refinement, options)
+            refinement.explained = scatter.explains(refinement, self.surface.diagonal)
+            refinement.surface_noise = scatter.noise
             rotation, translation = refinement.object_rotation, refinement.object_translation
         back_rotation = rotation.T
         warnings = None
@@ -503,40 +535,58 @@ class PoseEstimator:
             warnings = size_warnings(cloud, self.surface.diagonal)
         return Pose(back_rotation, -translation @ back_rotation, rotation, translation, refinement, warnings)
 
+    def _ambiguous(self, refinement: Any) -> bool:
+        """Whether another pose, beyond the object's symmetries, fits about as well."""
+        return any(
+            self._distinct(other.object_rotation, refinement.object_rotation)
+            for other in refinement.competitors
+        )
+
     def _check_near_symmetries(self, cloud: np.ndarray, refinement: Any, options: dict[str, Any]) -> Any:
-        """Refine from the near-symmetric turns of the answer too, and keep the better fit.
+        """Refine the answer's near-symmetric copies too, and keep the better fit.
 
         An object that a turn maps nearly onto itself (measured when it was added) fits a cloud
-        almost as well in the turned pose: the right one of the two is the one with the better
-        fit, and when they fit about equally, both stay as competitors.
+        almost as well in the turned pose, and the network, trained up to those turns, gives
+        either. Each turned copy of the refined answer (close to a converged pose when the
+        answer is the wrong copy) is refined on few points; the best of them, when it fits
+        better than the answer, is refined in full and compared. Copies that fit about as well
+        as the final answer stay as competitors: the view does not tell them apart.
         """
         if not len(self.near_symmetries) or not refinement.refined:
             return refinement
-        from service.refine import refine_pose
+        from service.refine import RIVAL_FITNESS_MARGIN, RIVAL_RMSE_RATIO, refine_pose
 
-        # A better fit found from one turn is turned again: the turns of a near-symmetric
-        # object compose, and the first answer may be any of their copies.
-        # Each turned copy is first refined on few points; only one that comes close to the
-        # answer's fit on the same few points is refined in full.
         probe = {**options, **NEAR_SYMMETRY_PROBE, "doubt_fitness": 0.0}
-        for _ in range(NEAR_SYMMETRY_ROUNDS):
-            leader = refinement
-            for turn in self.near_symmetries:
-                start = (turn @ leader.object_rotation, leader.object_translation)
-                quick = refine_pose(cloud, self.surface, *start, **probe)
-                if not _close_or_better(quick, leader):
-                    continue
+        start_rotation, start_translation = refinement.object_rotation, refinement.object_translation
+        quick = [
+            refine_pose(cloud, self.surface, turn @ start_rotation, start_translation, **probe)
+            for turn in self.near_symmetries
+        ]
+        quick = [item for item in quick if item.refined]
+        if quick:
+            lead = max(quick, key=_fit_score)
+            if _fit_score(lead) > _fit_score(refinement):
                 other = refine_pose(
                     cloud,
                     self.surface,
-                    quick.object_rotation,
-                    quick.object_translation,
+                    lead.object_rotation,
+                    lead.object_translation,
                     doubt_fitness=0.0,
                     **options,
                 )
                 refinement = _better(refinement, other)
-            if refinement is leader:
-                break
+        for item in quick:
+            if (
+                item.fitness >= refinement.fitness - RIVAL_FITNESS_MARGIN
+                and item.inlier_rmse <= RIVAL_RMSE_RATIO * refinement.inlier_rmse
+                and self._distinct(item.object_rotation, refinement.object_rotation)
+                and all(
+                    self._distinct(item.object_rotation, other.object_rotation)
+                    for other in refinement.competitors
+                )
+            ):
+                refinement.competitors.append(item)
+        refinement.hypotheses += len(quick)
         return refinement
 
     def describe(self) -> dict[str, Any]:

@@ -294,6 +294,11 @@ class ServedObject:
                 f"the best pose explains the cloud poorly (confidence {refinement.confidence:.2f} < "
                 f"{FOUND_CONFIDENCE}): another object, clutter, or other units?"
             )
+        elif not refinement.explained:
+            answer.reason = (
+                f"the best pose leaves the points {refinement.inlier_rmse:.3g} (RMS) from the surface, well "
+                f"beyond their own scatter ({refinement.surface_noise:.3g}): probably a wrong pose"
+            )
         competitors = [
             other
             for other in getattr(refinement, "competitors", []) or []

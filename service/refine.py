@@ -296,6 +296,9 @@ class Refinement:
         competitors: other refined poses, more than the symmetry-aware ``distinct`` test apart,
             that fit the cloud about as well (within ``RIVAL_FITNESS_MARGIN``): a view that
             several poses explain.
+        explained: False when the inlier RMSE is well beyond the cloud's own scatter about its
+            local surface (:func:`surface_noise`): a wrong pose that still lies near the surface.
+        surface_noise: that scatter, in mesh units, when it was measured.
     """
 
     object_rotation: np.ndarray
@@ -307,6 +310,8 @@ class Refinement:
     refined: bool
     confidence: float
     competitors: list[Refinement] = field(default_factory=list)
+    explained: bool = True
+    surface_noise: float | None = None
 
     @property
     def confident(self) -> bool:
@@ -325,6 +330,8 @@ class Refinement:
             "inlier_rmse_percent": round(float(self.inlier_rmse_percent), 4) if finite else None,
             "hypotheses": int(self.hypotheses),
             "refined": bool(self.refined),
+            "explained": bool(self.explained),
+            "surface_noise": None if self.surface_noise is None else float(self.surface_noise),
         }
 
 
@@ -730,3 +737,29 @@ def _as_pose(pose: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         np.asarray(rotation, dtype=np.float64).reshape(3, 3),
         np.asarray(translation, dtype=np.float64).reshape(3),
     )
+
+
+def surface_noise(points: np.ndarray, seed: int = 0, queries: int = 256, neighbours: int = 10) -> float:
+    """How far a cloud's points scatter about their own local surface, independent of any model.
+
+    The median, over up to ``queries`` points, of the RMS distance of each point's
+    ``neighbours`` nearest points to their best-fit plane. A right pose leaves the cloud about
+    this far from the model's surface (its inlier RMSE is of this size); a wrong pose that
+    still lies close to the surface leaves it much farther, which no noise explains.
+
+    Args:
+        points: (N, 3) observed cloud, N >= ``neighbours``.
+    """
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(points, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    if len(points) > 4096:
+        points = points[rng.choice(len(points), 4096, replace=False)]
+    count = min(neighbours, len(points))
+    centres = points[rng.choice(len(points), min(queries, len(points)), replace=False)]
+    _, index = cKDTree(points).query(centres, k=count)
+    patches = points[index]  # (Q, k, 3)
+    patches = patches - patches.mean(axis=1, keepdims=True)
+    smallest = np.linalg.eigvalsh(np.einsum("qki,qkj->qij", patches, patches) / count)[:, 0]
+    return float(np.median(np.sqrt(np.maximum(smallest, 0.0))))
