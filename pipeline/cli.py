@@ -349,6 +349,9 @@ def bench_command(
         str | None, typer.Option("--object", help="Bench an object of the store (instead of MODEL).")
     ] = None,
     store: StoreOption = DEFAULT_STORE,
+    record: Annotated[
+        bool, typer.Option("--record", help="With --object: put the figures into the object's package.")
+    ] = False,
 ) -> None:
     """Benchmark cloudpose against FPFH+RANSAC+ICP and PCA+ICP on seeded sensor-like sets."""
     with expected_failures():
@@ -387,6 +390,14 @@ def bench_command(
                 progress=report,
             )
         typer.echo(format_table(results))
+        if record and object_name is not None:
+            from pipeline.objects import record_bench
+            from service.store import ObjectStore
+
+            package = record_bench(
+                ObjectStore(store), object_name, results, "cloudpose " + shlex.join(sys.argv[1:]), seed
+            )
+            typer.echo(f"recorded the figures in {package.path}")
         paths = write_results(results, out)
         typer.echo("wrote " + ", ".join(str(path) for path in paths.values()))
 

@@ -333,6 +333,7 @@ class PoseEstimator:
         estimator.view_offset = float(package.tuning.get("view_offset", VIEW_OFFSET))
         near = np.asarray(package.tuning.get("near_symmetries", []), dtype=np.float64).reshape(-1, 3, 3)
         estimator.near_symmetries = near
+        estimator.check_views = float(package.tuning.get("ambiguous_views", 0.0)) > 0.0
         try:
             estimator.symmetry = Symmetry.from_dict(package.meta["symmetry"])
         except (KeyError, TypeError, ValueError) as error:
@@ -358,6 +359,7 @@ class PoseEstimator:
         self.template = np.zeros((0, 3), dtype=np.float32)
         self.view_offset = VIEW_OFFSET
         self.near_symmetries = np.zeros((0, 3, 3))
+        self.check_views = False
         self.symmetry = None
         self.surface = None
         if self.order_free and surface is not None:
@@ -526,6 +528,8 @@ class PoseEstimator:
                 )
                 again = self._check_near_symmetries(cloud, again, options)
                 refinement = _better(refinement, again)
+            if self.check_views and refinement.refined and not self._ambiguous(refinement):
+                refinement = _better(refinement, self._view_check(cloud, refinement, options))
             refinement.explained = scatter.explains(refinement, self.surface.diagonal)
             refinement.surface_noise = scatter.noise
             rotation, translation = refinement.object_rotation, refinement.object_translation
@@ -534,6 +538,32 @@ class PoseEstimator:
         if refinement is not None and not refinement.confident:
             warnings = size_warnings(cloud, self.surface.diagonal)
         return Pose(back_rotation, -translation @ back_rotation, rotation, translation, refinement, warnings)
+
+    def _view_check(self, cloud: np.ndarray, refinement: Any, options: dict[str, Any]) -> Any:
+        """Screen turns of a confident answer for another pose that fits as well.
+
+        For objects some of whose views several poses explain (measured when the object was
+        added: a box seen on two faces), a good fit alone does not make a pose right: the
+        answer's half and quarter turns about the model's axes and about the cloud's, and
+        40-degree turns, are screened, and any that fits about as well becomes a competitor.
+        """
+        from service.refine import refine_pose, rotation_about
+
+        rotation, translation = refinement.object_rotation, refinement.object_translation
+        quarter_turns = [
+            (rotation_about(axis, sign * 90.0) @ rotation, translation)
+            for axis in self.surface.axes
+            for sign in (1.0, -1.0)
+        ]
+        return refine_pose(
+            cloud,
+            self.surface,
+            rotation,
+            translation,
+            alternatives=quarter_turns,
+            doubt_fitness=ALWAYS_SCREEN,
+            **options,
+        )
 
     def _ambiguous(self, refinement: Any) -> bool:
         """Whether another pose, beyond the object's symmetries, fits about as well."""

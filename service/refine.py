@@ -505,6 +505,12 @@ def _turn(axis: np.ndarray, degrees: float) -> np.ndarray:
     return _rotation_from_vector(np.radians(degrees) * axis)
 
 
+def rotation_about(axis: np.ndarray, degrees: float) -> np.ndarray:
+    """(3, 3) turn by ``degrees`` about the unit ``axis``, the matrix that left-multiplies an
+    object rotation as the half turns of :func:`_search_starts` do."""
+    return _turn(np.asarray(axis, dtype=np.float64), degrees)
+
+
 def _search_starts(back: np.ndarray, model: SurfaceModel, observed: np.ndarray) -> list[np.ndarray]:
     """Starting poses near the given one that ICP alone would not reach.
 

@@ -299,3 +299,32 @@ def test_spread_starts_find_a_view_that_no_nearby_guess_fits(mesh, model) -> Non
     found = refine_pose(observed, model, *wrong, alternatives=starts, search=False)
     assert rotation_error_deg(found.object_rotation, rotation) < 0.1
     assert found.fitness > 0.99 and found.hypotheses == 1 + len(starts)
+
+
+def test_surface_noise_measures_the_scatter_about_the_local_surface() -> None:
+    from service.refine import surface_noise
+
+    rng = np.random.default_rng(0)
+    plane = np.column_stack([rng.uniform(-1, 1, (3000, 2)), np.zeros(3000)])
+    assert surface_noise(plane) < 1e-9
+    noisy = plane + np.column_stack([np.zeros((3000, 2)), rng.normal(0.0, 0.01, 3000)])
+    # k-nearest patches of a noisy plane: the plane-fit residual is about sigma (a bit below).
+    assert 0.006 < surface_noise(noisy) < 0.012
+
+
+def test_a_fit_far_beyond_the_cloud_scatter_is_unexplained() -> None:
+    from service.inference import UNEXPLAINED_FLOOR, _CloudScatter
+    from service.refine import Refinement
+
+    rng = np.random.default_rng(1)
+    cloud = np.column_stack([rng.uniform(-1, 1, (2000, 2)), rng.normal(0.0, 0.003, 2000)])
+    diagonal = 2.0
+
+    def fit(rmse: float) -> Refinement:
+        return Refinement(np.eye(3), np.zeros(3), 1.0, rmse, 100 * rmse / diagonal, 1, True, 1.0)
+
+    scatter = _CloudScatter(cloud)
+    assert scatter.explains(fit(0.5 * UNEXPLAINED_FLOOR * diagonal), diagonal)
+    assert scatter.noise is None  # below the floor nothing is measured
+    assert scatter.explains(fit(0.0045), diagonal)  # within 3x of about 0.0025
+    assert not scatter.explains(fit(0.02), diagonal)

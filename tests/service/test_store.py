@@ -156,7 +156,8 @@ def test_add_object_package_reads_back(meshes: dict[str, Path], tmp_path: Path) 
     assert package.mesh_path == store.root / "box" / "mesh.stl"
     assert package.mesh_path.read_bytes() == meshes["box"].read_bytes()
     assert package.model_path is None
-    assert set(package.tuning) == {"view_offset", "near_symmetries"}
+    assert set(package.tuning) == {"view_offset", "near_symmetries", "ambiguous_views"}
+    assert package.tuning["ambiguous_views"] > 0  # a box seen on two faces fits other poses too
     surface = package.surface()
     assert surface.shape == (SURFACE_POINTS, 6)
     np.testing.assert_allclose(np.linalg.norm(surface[:, 3:], axis=1), 1.0, atol=1e-6)
