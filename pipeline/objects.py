@@ -470,11 +470,16 @@ def add_object(
         "seed": seed,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    package = store.write(
-        name, meta, {**files, "PROVENANCE.md": _provenance(name, meta, None, None).encode()}
-    )
-    timings["package_s"] = time.perf_counter() - started
-    say(f"packaged {name} in {timings['package_s']:.1f} s (servable now, by the search alone)")
+    if name in store and store.get(name).model_path is not None:
+        # Resume or retrain: the old package serves until the new one is complete.
+        package = store.get(name)
+        timings["package_s"] = time.perf_counter() - started
+    else:
+        package = store.write(
+            name, meta, {**files, "PROVENANCE.md": _provenance(name, meta, None, None).encode()}
+        )
+        timings["package_s"] = time.perf_counter() - started
+        say(f"packaged {name} in {timings['package_s']:.1f} s (servable now, by the search alone)")
 
     training = None
     if model_path is not None:
