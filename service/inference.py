@@ -506,14 +506,14 @@ class PoseEstimator:
             refinement = self._check_near_symmetries(cloud, refinement, options)
             scatter = _CloudScatter(cloud)
 
-            # Still doubtful, or several poses fit about equally: wider rounds of starts, the last
-            # one over all of SO(3) (every guess near the network's can miss on views that show
-            # little of the object).
+            # Still doubtful, or a fit the cloud's own scatter does not explain: wider rounds of
+            # starts, the last one over all of SO(3) (every guess near the network's can miss on
+            # views that show little of the object).
             for starts in (wider, lambda: spread_starts(cloud, self.surface.diagonal, self.view_offset)):
-                ambiguous = self._ambiguous(refinement) or not scatter.explains(
-                    refinement, self.surface.diagonal
-                )
-                if refinement.fitness >= DOUBT_FITNESS and not ambiguous:
+                # Copies that fit as well as an answer the cloud's scatter explains are what the
+                # view cannot tell apart: they stay candidates, and a wider search would not help.
+                unexplained = not scatter.explains(refinement, self.surface.diagonal)
+                if refinement.fitness >= DOUBT_FITNESS and not unexplained:
                     break
                 again = refine_pose(
                     cloud,
@@ -522,8 +522,8 @@ class PoseEstimator:
                     refinement.object_translation,
                     alternatives=starts(),
                     search=False,
-                    # An ambiguous fit is good enough not to look doubtful: screen regardless.
-                    doubt_fitness=ALWAYS_SCREEN if ambiguous else None,
+                    # An unexplained fit may be good enough not to look doubtful: screen regardless.
+                    doubt_fitness=ALWAYS_SCREEN if unexplained else None,
                     **options,
                 )
                 again = self._check_near_symmetries(cloud, again, options)
