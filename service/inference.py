@@ -24,6 +24,10 @@ REFINE_MAX_POINTS = 1024
 SEARCH_POINTS = 512
 # The quick refinement that screens a near-symmetric copy: few points, few stages.
 NEAR_SYMMETRY_PROBE = {"max_points": 192, "fine_points": 192, "coarse_points": 96}
+# A cloud covering this share of the model's surface is whole: no view of it is ambiguous.
+WHOLE_COVERAGE = 0.85
+COVERAGE_POINTS = 400
+COVERAGE_DISTANCE = 0.05
 # A doubt threshold above any fitness: the starts are screened whatever the first one's fit.
 ALWAYS_SCREEN = 1.01
 # Poses closer than this (degrees, symmetries aside) are one answer, not competitors.
@@ -528,7 +532,12 @@ class PoseEstimator:
                 )
                 again = self._check_near_symmetries(cloud, again, options)
                 refinement = _better(refinement, again)
-            if self.check_views and refinement.refined and not self._ambiguous(refinement):
+            if (
+                self.check_views
+                and refinement.refined
+                and not self._ambiguous(refinement)
+                and self._coverage(cloud, refinement) < WHOLE_COVERAGE
+            ):
                 refinement = _better(refinement, self._view_check(cloud, refinement, options))
             refinement.explained = scatter.explains(refinement, self.surface.diagonal)
             refinement.surface_noise = scatter.noise
@@ -538,6 +547,21 @@ class PoseEstimator:
         if refinement is not None and not refinement.confident:
             warnings = size_warnings(cloud, self.surface.diagonal)
         return Pose(back_rotation, -translation @ back_rotation, rotation, translation, refinement, warnings)
+
+    def _coverage(self, cloud: np.ndarray, refinement: Any) -> float:
+        """Share of the model's surface (a sample of its coarse points) that the posed cloud
+        covers: near 1 for a whole cloud, well below for a single view."""
+        from scipy.spatial import cKDTree
+
+        model = self.surface.coarse_points[:: max(1, len(self.surface.coarse_points) // COVERAGE_POINTS)]
+        posed = model @ refinement.object_rotation + refinement.object_translation
+        points = cloud if len(cloud) <= 2048 else cloud[:: len(cloud) // 2048 + 1]
+        tree = cKDTree(points)
+        # A sparse cloud covers the surface with gaps of about its point spacing.
+        spacing = float(np.median(tree.query(points[:200], k=2)[0][:, 1]))
+        reach = max(COVERAGE_DISTANCE * self.surface.diagonal, 2.0 * spacing)
+        distance, _ = tree.query(posed, distance_upper_bound=reach)
+        return float(np.mean(np.isfinite(distance)))
 
     def _view_check(self, cloud: np.ndarray, refinement: Any, options: dict[str, Any]) -> Any:
         """Screen turns of a confident answer for another pose that fits as well.

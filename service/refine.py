@@ -548,6 +548,8 @@ def refine_pose(
     search: bool = True,
     distinct: Callable[[np.ndarray, np.ndarray], bool] | None = None,
     seed: int = 0,
+    coarse_iterations: int = COARSE_ITERATIONS,
+    fine_iterations: int = FINE_ITERATIONS,
 ) -> Refinement:
     """Refine a coarse object pose by robust point-to-plane ICP against the surface model.
 
@@ -574,6 +576,8 @@ def refine_pose(
             come close to the best are finished and kept as ``competitors`` when they fit
             about as well.
         seed: seed of the subsampling, so a cloud always gets the same answer.
+        coarse_iterations, fine_iterations: iteration caps per coarse stage and of the fine
+            stage (quick probes use fewer).
 
     Returns:
         The refined pose and its fit; ``refined`` is False (and the input pose is returned) when
@@ -602,7 +606,7 @@ def refine_pose(
     inlier_distance = INLIER_DISTANCE * diagonal
 
     def coarse_stages(
-        back: np.ndarray, source: np.ndarray, schedule: Sequence[float], iterations: int = COARSE_ITERATIONS
+        back: np.ndarray, source: np.ndarray, schedule: Sequence[float], iterations: int = coarse_iterations
     ) -> tuple[np.ndarray, float]:
         """The pose after the coarse stages, and the last stage's fitness (lookup-table distances)."""
         fitness = 0.0
@@ -672,7 +676,7 @@ def refine_pose(
             fitted = points
             converged = False
         if not converged:
-            final, fitness, rmse, _ = fine_stage(final, fitted, FINE_ITERATIONS - 1)
+            final, fitness, rmse, _ = fine_stage(final, fitted, fine_iterations - 1)
         return final, fitness, rmse, fitted
 
     def refinement(back: np.ndarray, fitness: float, rmse: float) -> Refinement:
