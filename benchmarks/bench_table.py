@@ -1,6 +1,6 @@
 """Markdown table of one or more ``cloudpose bench`` runs (their ``bench.json``), for the README.
 
-    .venv/bin/python benchmarks/bench_table.py artifacts/bench/lever-500 artifacts/bench/box-500 ...
+.venv/bin/python benchmarks/bench_table.py artifacts/bench/lever-500 artifacts/bench/box-500 ...
 """
 
 from __future__ import annotations

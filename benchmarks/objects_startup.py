@@ -46,7 +46,8 @@ def main() -> None:
             rows.append((package.name, served[-1].model_id, elapsed, arrays, added, size))
     # Arrays: what numpy and Python hold for the object (traced); resident: the process's growth,
     # which also counts onnxruntime's and open3d's native memory but reuses freed pages.
-    print(f"{'object':<12} {'model':<34} {'start-up s':>10} {'arrays MB':>10} {'resident MB':>11} {'package MB':>10}")
+    header = ("object", "model", "start-up s", "arrays MB", "resident MB", "package MB")
+    print(f"{header[0]:<12} {header[1]:<34} {header[2]:>10} {header[3]:>10} {header[4]:>11} {header[5]:>10}")
     for name, model_id, elapsed, arrays, added, size in rows:
         print(f"{name:<12} {model_id:<34} {elapsed:>10.2f} {arrays:>10.1f} {added:>11.1f} {size:>10.2f}")
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline.benchsets import Case
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text, figure_png
+from service.symmetry import geodesic_deg
 
 Method = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 REFERENCE_METHOD = "fpfh_ransac_icp"
@@ -37,19 +38,7 @@ def rotation_error_deg(pred_rotation: np.ndarray, gt_rotation: np.ndarray) -> np
     Args:
         pred_rotation, gt_rotation: (..., 3, 3).
     """
-    relative = np.swapaxes(np.asarray(pred_rotation, np.float64), -1, -2) @ np.asarray(
-        gt_rotation, np.float64
-    )
-    cos = (np.trace(relative, axis1=-2, axis2=-1) - 1.0) / 2.0
-    skew = np.stack(
-        [
-            relative[..., 2, 1] - relative[..., 1, 2],
-            relative[..., 0, 2] - relative[..., 2, 0],
-            relative[..., 1, 0] - relative[..., 0, 1],
-        ],
-        axis=-1,
-    )
-    return np.rad2deg(np.arctan2(np.linalg.norm(skew, axis=-1) / 2.0, cos))
+    return geodesic_deg(pred_rotation, gt_rotation)
 
 
 def back_translation_error_pct(

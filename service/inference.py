@@ -16,7 +16,7 @@ import numpy as np
 
 from service.clouds import CloudError
 from service.store import ObjectPackage, StoreError, read_model_sidecar
-from service.symmetry import Symmetry
+from service.symmetry import Symmetry, geodesic_deg
 
 # Order-free models: fewest points accepted, and the points refinement uses at most.
 MIN_POINTS = 32
@@ -34,12 +34,13 @@ ALWAYS_SCREEN = 1.01
 DISTINCT_DEGREES = 5.0
 
 
-def rotation_angle_deg(rotation: np.ndarray) -> float:
-    """Angle of a (3, 3) rotation, degrees, accurate near zero (``atan2(sin, cos)``)."""
-    skew = np.array(
-        [rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]]
-    )
-    return float(np.degrees(np.arctan2(np.linalg.norm(skew) / 2.0, (np.trace(rotation) - 1.0) / 2.0)))
+def column_pose_matrix(object_rotation: np.ndarray, object_translation: np.ndarray) -> np.ndarray:
+    """4x4 object pose for column vectors, ``[x_obs; 1] = M @ [x_can; 1]``, of a row-vector pose
+    ``observed = canonical @ object_rotation + object_translation``."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = object_rotation.T
+    matrix[:3, 3] = object_translation
+    return matrix
 
 
 def _cube_rotations() -> np.ndarray:
@@ -275,10 +276,7 @@ class Pose:
 
     def pose_matrix(self) -> np.ndarray:
         """4x4 object pose for column vectors (as open3d and ROS use): ``[x_obs; 1] = M @ [x_can; 1]``."""
-        matrix = np.eye(4)
-        matrix[:3, :3] = self.object_rotation.T
-        matrix[:3, 3] = self.object_translation
-        return matrix
+        return column_pose_matrix(self.object_rotation, self.object_translation)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -347,7 +345,7 @@ class PoseEstimator:
     def _distinct(self, rotation_a: np.ndarray, rotation_b: np.ndarray) -> bool:
         """Whether two object rotations are different answers, the object's symmetries aside."""
         if self.symmetry is None:
-            return bool(rotation_angle_deg(rotation_a.T @ rotation_b) > DISTINCT_DEGREES)
+            return bool(geodesic_deg(rotation_a, rotation_b) > DISTINCT_DEGREES)
         return self.symmetry.distinct(rotation_a, rotation_b, DISTINCT_DEGREES)
 
     def _setup(

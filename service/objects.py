@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from service.inference import DISTINCT_DEGREES, PLAUSIBLE_SPAN, Pose, PoseEstimator, quaternion_xyzw
+from service.inference import (
+    DISTINCT_DEGREES,
+    PLAUSIBLE_SPAN,
+    Pose,
+    PoseEstimator,
+    column_pose_matrix,
+    quaternion_xyzw,
+)
 from service.store import UNITS_M, ObjectPackage, StoreError, metres_per_unit
 from service.symmetry import Symmetry
 
@@ -69,10 +76,7 @@ class ObjectPose:
 
     def pose_matrix(self) -> np.ndarray:
         """4x4 object pose for column vectors: ``[x_obs; 1] = M @ [x_can; 1]``."""
-        matrix = np.eye(4)
-        matrix[:3, :3] = self.object_rotation.T
-        matrix[:3, 3] = self.object_translation
-        return matrix
+        return column_pose_matrix(self.object_rotation, self.object_translation)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -11,10 +11,7 @@ import importlib.util
 import io
 import json
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -367,15 +364,12 @@ def test_cloud_of_another_object_is_not_found(side_store: ObjectStore, bunny_exa
 # Several objects behind a real uvicorn server
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def running_server(store_root: Path, log_path: Path) -> Iterator[str]:
     """uvicorn serving ``store_root`` on a free loopback port; yields the base URL once it answers."""
+    from tests.service.test_uvicorn import free_port
+    from tests.service.test_uvicorn import running_server as started
+
     port = free_port()
     code = (
         "import uvicorn\n"
@@ -384,32 +378,8 @@ def running_server(store_root: Path, log_path: Path) -> Iterator[str]:
         f"uvicorn.run(create_app(Settings(store={str(store_root)!r})), host='127.0.0.1', port={port}, "
         "log_level='warning')\n"
     )
-    base_url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-c", code], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after {READY_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
+    with started([sys.executable, "-c", code], port, log_path) as base_url:
         yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
