@@ -117,10 +117,13 @@ def test_object_add_trains_serves_and_poses_end_to_end(tmp_path: Path) -> None:
     from tests.service.test_uvicorn import cloudpose_command, free_port, running_server
 
     mesh_path = tmp_path / "lever_like.stl"
+    # A plate with a boss and a lug off its axes: no symmetry, no near symmetry.
     slab = trimesh.creation.box(extents=(60.0, 20.0, 6.0))
     boss = trimesh.creation.cylinder(radius=8.0, height=10.0)
-    boss.apply_translation((-22.0, 0.0, 2.0))
-    trimesh.util.concatenate([slab, boss]).export(mesh_path)
+    boss.apply_translation((-22.0, 4.0, 2.0))
+    lug = trimesh.creation.box(extents=(10.0, 6.0, 12.0))
+    lug.apply_translation((18.0, -7.0, -3.0))
+    trimesh.util.concatenate([slab, boss, lug]).export(mesh_path)
     store, runs = tmp_path / "store", tmp_path / "runs"
     common = ("--store", str(store))
     added = cloudpose("object", "add", "part", str(mesh_path), "--units", "mm", "--time-budget-s", "20",
@@ -153,7 +156,7 @@ def test_object_add_trains_serves_and_poses_end_to_end(tmp_path: Path) -> None:
             response = client.post("/v1/objects/part/pose", json={"points": observed.tolist()})
             assert response.status_code == 200, response.text
             body = response.json()
-            assert body["found"] is True and body["object"] == "part"
+            assert body["found"] is True and body["object"] == "part", body.get("reason")
             landed = observed @ np.array(body["rotation"]) + np.array(body["translation"])
             assert np.abs(landed - file_points).max() < 0.01 * mesh.diagonal
     shutil.rmtree(store)
