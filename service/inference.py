@@ -24,6 +24,8 @@ REFINE_MAX_POINTS = 1024
 SEARCH_POINTS = 512
 # The quick refinement that screens a near-symmetric copy: few points, few stages.
 NEAR_SYMMETRY_PROBE = {"max_points": 192, "fine_points": 192, "coarse_points": 96}
+# A fit this complete, with an RMSE under UNEXPLAINED_FLOOR, is tight.
+TIGHT_FITNESS = 0.98
 # A cloud covering this share of the model's surface is whole: no view of it is ambiguous.
 WHOLE_COVERAGE = 0.85
 COVERAGE_POINTS = 400
@@ -605,6 +607,14 @@ class PoseEstimator:
         as the final answer stay as competitors: the view does not tell them apart.
         """
         if not len(self.near_symmetries) or not refinement.refined:
+            return refinement
+        tight = (
+            refinement.fitness >= TIGHT_FITNESS
+            and refinement.inlier_rmse <= UNEXPLAINED_FLOOR * self.surface.diagonal
+        )
+        if tight and self._coverage(cloud, refinement) >= WHOLE_COVERAGE:
+            # A whole cloud fitting this closely: a near-symmetric copy differs from it by more
+            # than the fit's error (else it would be an exact symmetry), so none can compete.
             return refinement
         from service.refine import RIVAL_FITNESS_MARGIN, RIVAL_RMSE_RATIO, refine_pose
 
