@@ -701,7 +701,13 @@ def refine_pose(
         better = [rival for rival in rivals if (rival.fitness, -rival.inlier_rmse) > (fitness, -rmse)]
         if better:  # screening on few points misjudged them: the best finished fit leads
             leader = max(better, key=lambda rival: (rival.fitness, -rival.inlier_rmse))
-            rivals = [result, *(rival for rival in rivals if rival is not leader)]
+            rivals = [
+                item
+                for item in (result, *rivals)
+                if item is not leader
+                and item.fitness >= leader.fitness - RIVAL_FITNESS_MARGIN
+                and item.inlier_rmse <= RIVAL_RMSE_RATIO * leader.inlier_rmse
+            ]
             result = leader
         result.competitors = rivals
     return result
