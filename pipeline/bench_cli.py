@@ -30,7 +30,6 @@ def build_methods(
     model_path: str | Path, names: Sequence[str], seed: int = 0
 ) -> tuple[dict[str, Method], float]:
     """The benchmark's methods for an exported order-free model, and the object's diagonal."""
-    from pipeline.baselines import fpfh_ransac_icp, pca_icp
     from service.inference import PoseEstimator
 
     estimator = PoseEstimator(model_path)
@@ -47,16 +46,26 @@ def build_methods(
 
         return run
 
+    return _select(network(False), network(True), surface, names, seed), surface.diagonal
+
+
+def _select(
+    network: Method, refined: Method, surface: Any, names: Sequence[str], seed: int
+) -> dict[str, Method]:
+    """The named methods: cloudpose without and with refinement, and the classical baselines
+    against the same surface model."""
+    from pipeline.baselines import fpfh_ransac_icp, pca_icp
+
     available: dict[str, Method] = {
-        "network": network(False),
-        "network+refine": network(True),
+        "network": network,
+        "network+refine": refined,
         "fpfh_ransac_icp": lambda observed: fpfh_ransac_icp(observed, surface, seed=seed),
         "pca_icp": lambda observed: pca_icp(observed, surface, seed=seed),
     }
     unknown = [name for name in names if name not in available]
     if unknown:
         raise ConfigError(f"unknown methods {', '.join(unknown)}; choose from {', '.join(METHOD_NAMES)}")
-    return {name: available[name] for name in names}, surface.diagonal
+    return {name: available[name] for name in names}
 
 
 def object_methods(package: Any, names: Sequence[str], seed: int = 0) -> dict[str, Method]:
@@ -65,7 +74,6 @@ def object_methods(package: Any, names: Sequence[str], seed: int = 0) -> dict[st
     ``network`` and ``network+refine`` return the internal-frame pose and ``found``; a package
     without a network answers ``network+refine`` by the registration search alone.
     """
-    from pipeline.baselines import fpfh_ransac_icp, pca_icp
     from service.objects import ServedObject
 
     served = ServedObject.from_package(package)
@@ -80,16 +88,7 @@ def object_methods(package: Any, names: Sequence[str], seed: int = 0) -> dict[st
 
         return run
 
-    available: dict[str, Method] = {
-        "network": answer(False),
-        "network+refine": answer(True),
-        "fpfh_ransac_icp": lambda observed: fpfh_ransac_icp(observed, surface, seed=seed),
-        "pca_icp": lambda observed: pca_icp(observed, surface, seed=seed),
-    }
-    unknown = [name for name in names if name not in available]
-    if unknown:
-        raise ConfigError(f"unknown methods {', '.join(unknown)}; choose from {', '.join(METHOD_NAMES)}")
-    return {name: available[name] for name in names}
+    return _select(answer(False), answer(True), surface, names, seed)
 
 
 def bench_object(

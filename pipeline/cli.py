@@ -269,9 +269,7 @@ def predict(
         from service.settings import Settings
 
         settings = Settings(store=store, model_path=model)
-        if object_name is None and model is None:
-            served = ObjectRegistry.load(settings).get(None)
-        elif model is not None:
+        if object_name is None or model is not None:
             served = ObjectRegistry.load(settings).get(None)
         else:
             from service.objects import ServedObject

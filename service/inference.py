@@ -201,26 +201,15 @@ def _better(first: Any, second: Any) -> Any:
     hypotheses of both.
 
     The other one and both one's competitors stay on as competitors when they fit about as well
-    (``RIVAL_FITNESS_MARGIN``, ``RIVAL_RMSE_RATIO``); the caller's symmetry test decides which
+    (:func:`service.refine.competes`); the caller's symmetry test decides which
     of them are other answers.
     """
-    from service.refine import RIVAL_FITNESS_MARGIN, RIVAL_RMSE_RATIO
-
-    def score(item: Any) -> tuple[float, float]:
-        return round(item.fitness, 2), -item.inlier_rmse
+    from service.refine import competes
 
     total = first.hypotheses + second.hypotheses
-    best, other = (second, first) if score(second) > score(first) else (first, second)
-
-    def rivals(item: Any) -> bool:
-        return (
-            item.refined
-            and item.fitness >= best.fitness - RIVAL_FITNESS_MARGIN
-            and item.inlier_rmse <= RIVAL_RMSE_RATIO * best.inlier_rmse
-        )
-
+    best, other = (second, first) if _fit_score(second) > _fit_score(first) else (first, second)
     pool = [*best.competitors, *other.competitors, other]
-    best.competitors = [item for item in pool if item is not best and rivals(item)]
+    best.competitors = [item for item in pool if item is not best and competes(item, best)]
     for item in best.competitors:
         item.competitors = []
     best.hypotheses = total
@@ -616,7 +605,7 @@ class PoseEstimator:
             # A whole cloud fitting this closely: a near-symmetric copy differs from it by more
             # than the fit's error (else it would be an exact symmetry), so none can compete.
             return refinement
-        from service.refine import RIVAL_FITNESS_MARGIN, RIVAL_RMSE_RATIO, refine_pose
+        from service.refine import competes, refine_pose
 
         probe = {**options, **NEAR_SYMMETRY_PROBE, "doubt_fitness": 0.0}
         start_rotation, start_translation = refinement.object_rotation, refinement.object_translation
@@ -639,8 +628,7 @@ class PoseEstimator:
                 refinement = _better(refinement, other)
         for item in quick:
             if (
-                item.fitness >= refinement.fitness - RIVAL_FITNESS_MARGIN
-                and item.inlier_rmse <= RIVAL_RMSE_RATIO * refinement.inlier_rmse
+                competes(item, refinement)
                 and self._distinct(item.object_rotation, refinement.object_rotation)
                 and all(
                     self._distinct(item.object_rotation, other.object_rotation)

@@ -701,13 +701,7 @@ def refine_pose(
         better = [rival for rival in rivals if (rival.fitness, -rival.inlier_rmse) > (fitness, -rmse)]
         if better:  # screening on few points misjudged them: the best finished fit leads
             leader = max(better, key=lambda rival: (rival.fitness, -rival.inlier_rmse))
-            rivals = [
-                item
-                for item in (result, *rivals)
-                if item is not leader
-                and item.fitness >= leader.fitness - RIVAL_FITNESS_MARGIN
-                and item.inlier_rmse <= RIVAL_RMSE_RATIO * leader.inlier_rmse
-            ]
+            rivals = [item for item in (result, *rivals) if item is not leader and competes(item, leader)]
             result = leader
         result.competitors = rivals
     return result
@@ -733,13 +727,19 @@ def _rivals(screened, result, distinct, finish, refinement, coarse_stages, coars
         back, _ = coarse_stages(back, coarse, COARSE_SCHEDULE[SCREEN_STAGES:])
         final, fitness, rmse, _ = finish(back)
         rival = refinement(final, fitness, rmse)
-        if (
-            fitness >= result.fitness - RIVAL_FITNESS_MARGIN
-            and rmse <= RIVAL_RMSE_RATIO * result.inlier_rmse
-            and distinct(rival.object_rotation, result.object_rotation)
-        ):
+        if competes(rival, result) and distinct(rival.object_rotation, result.object_rotation):
             rivals.append(rival)
     return rivals
+
+
+def competes(candidate: Refinement, reference: Refinement) -> bool:
+    """Whether a refined pose fits about as well as ``reference`` (fitness within
+    ``RIVAL_FITNESS_MARGIN``, inlier RMSE within ``RIVAL_RMSE_RATIO`` times)."""
+    return (
+        candidate.refined
+        and candidate.fitness >= reference.fitness - RIVAL_FITNESS_MARGIN
+        and candidate.inlier_rmse <= RIVAL_RMSE_RATIO * reference.inlier_rmse
+    )
 
 
 def _screen_score(fitness: float, rmse: float) -> tuple[float, float]:

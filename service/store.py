@@ -78,6 +78,23 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _read_descriptor(
+    path: Path, format_name: str, required: tuple[str, ...], label: str = ""
+) -> dict[str, Any]:
+    """A JSON descriptor of the given format holding the required fields; ``label`` names it in
+    the error messages."""
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StoreError(f"{label}{path} is not valid JSON") from error
+    if not isinstance(meta, dict) or meta.get("format") != format_name:
+        raise StoreError(f"{label}{path} is not a {format_name} file")
+    missing = [key for key in required if key not in meta]
+    if missing:
+        raise StoreError(f"{label}{path} lacks {', '.join(missing)}")
+    return meta
+
+
 def read_model_sidecar(model_path: str | Path) -> tuple[dict[str, Any], bytes]:
     """An exported network's sidecar (``model.json`` beside ``model.onnx``) and the model's bytes.
 
@@ -92,15 +109,7 @@ def read_model_sidecar(model_path: str | Path) -> tuple[dict[str, Any], bytes]:
         raise StoreError(f"model file not found: {model_path}")
     if not sidecar_path.is_file():
         raise StoreError(f"model sidecar not found: {sidecar_path} (export writes it beside the model)")
-    try:
-        metadata = json.loads(sidecar_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise StoreError(f"model sidecar {sidecar_path} is not valid JSON") from error
-    if not isinstance(metadata, dict) or metadata.get("format") != MODEL_FORMAT:
-        raise StoreError(f"model sidecar {sidecar_path} is not a {MODEL_FORMAT} file")
-    missing = [key for key in MODEL_REQUIRED if key not in metadata]
-    if missing:
-        raise StoreError(f"model sidecar {sidecar_path} lacks {', '.join(missing)}")
+    metadata = _read_descriptor(sidecar_path, MODEL_FORMAT, MODEL_REQUIRED, "model sidecar ")
     model_bytes = model_path.read_bytes()
     if hashlib.sha256(model_bytes).hexdigest() != metadata.get("onnx_sha256"):
         raise StoreError(f"{model_path} does not match the hash in {sidecar_path.name}")
@@ -215,15 +224,7 @@ def read_package(path: str | Path) -> ObjectPackage:
     descriptor = path / DESCRIPTOR
     if not descriptor.is_file():
         raise StoreError(f"{path} is not an object package: {DESCRIPTOR} is missing")
-    try:
-        meta = json.loads(descriptor.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise StoreError(f"{descriptor} is not valid JSON") from error
-    if not isinstance(meta, dict) or meta.get("format") != OBJECT_FORMAT:
-        raise StoreError(f"{descriptor} is not a {OBJECT_FORMAT} file")
-    missing = [key for key in OBJECT_REQUIRED if key not in meta]
-    if missing:
-        raise StoreError(f"{descriptor} lacks {', '.join(missing)}")
+    meta = _read_descriptor(descriptor, OBJECT_FORMAT, OBJECT_REQUIRED)
     package = ObjectPackage(path, meta)
     if not package.surface_path.is_file():
         raise StoreError(f"{package.surface_path} is missing")
