@@ -22,8 +22,14 @@ from service.symmetry import Symmetry, geodesic_deg
 MIN_POINTS = 32
 REFINE_MAX_POINTS = 1024
 SEARCH_POINTS = 512
-# The quick refinement that screens a near-symmetric copy: few points, few stages.
+# Near-symmetric copies of a pose are screened together on this many points, through the coarse
+# stages; a copy is refined in full when its fitness comes within this margin of the best's and
+# its RMSE within this ratio (generous: a screened fit is not yet finished).
+NEAR_SYMMETRY_POINTS = 256
+# The quick refinement that probes a near-symmetric copy of an answer: few points, few stages.
 NEAR_SYMMETRY_PROBE = {"max_points": 192, "fine_points": 192, "coarse_points": 96}
+COPY_FITNESS_MARGIN = 0.05
+COPY_RMSE_RATIO = 2.0
 # A fit this complete, with an RMSE under UNEXPLAINED_FLOOR, is tight.
 TIGHT_FITNESS = 0.98
 # A cloud covering this share of the model's surface is whole: no view of it is ambiguous.
@@ -244,7 +250,11 @@ class _CloudScatter:
 
 def _fit_score(refinement: Any) -> tuple[float, float]:
     """Order of fits: fitness to two decimals, then the smaller RMSE."""
-    return round(refinement.fitness, 2), -refinement.inlier_rmse
+    return _fit_score_of(refinement.fitness, refinement.inlier_rmse)
+
+
+def _fit_score_of(fitness: float, rmse: float) -> tuple[float, float]:
+    return round(float(fitness), 2), -float(rmse)
 
 
 @dataclass
@@ -484,6 +494,9 @@ class PoseEstimator:
                 yield from self._network(sample, centroid, HALF_TURNS)
 
             options = {"max_points": REFINE_MAX_POINTS, "seed": len(cloud), "distinct": self._distinct}
+            # The network gives any of the near-symmetric copies alike: all of them go through
+            # the coarse stages together, and the best fit starts the refinement.
+            rotation, translation, close = self._screen_copies(cloud, rotation, translation, options)
             refinement = refine_pose(
                 cloud, self.surface, rotation, translation, alternatives=half_turns(), **options
             )
@@ -496,7 +509,12 @@ class PoseEstimator:
                 starts += [(rotation @ turn, translation) for turn in CUBE_ROTATIONS[1:]]
                 return starts
 
-            refinement = self._check_near_symmetries(cloud, refinement, options)
+            if self._tight(refinement) and not self._distinct(refinement.object_rotation, rotation):
+                # The best screened copy fits closely: only copies that screened about as well
+                # can compete (a view that shows only the symmetric part), and they are finished.
+                refinement = self._finish_copies(cloud, refinement, close, options)
+            else:
+                refinement = self._check_near_symmetries(cloud, refinement, options)
             scatter = _CloudScatter(cloud)
 
             # Still doubtful, or a fit the cloud's own scatter does not explain: wider rounds of
@@ -585,6 +603,71 @@ class PoseEstimator:
             for other in refinement.competitors
         )
 
+    def _screen_copies(
+        self,
+        cloud: np.ndarray,
+        rotation: np.ndarray,
+        translation: np.ndarray,
+        options: dict[str, Any],
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Bring a pose and its near-symmetric copies to the cloud together, and rank them.
+
+        An object that a turn maps nearly onto itself (measured when it was added) fits a cloud
+        almost as well in the turned pose, and the network, trained up to those turns, gives
+        any of them. The copies go through the coarse stages all at once (one batched ICP) and
+        are measured on the same points.
+
+        Args:
+            rotation, translation: the pose whose copies are screened.
+
+        Returns:
+            The best pose (rotation, translation), and the back transforms of the others that
+            fit about as well (fitness within ``COPY_FITNESS_MARGIN``, RMSE within
+            ``COPY_RMSE_RATIO`` times): worth finishing, since the view may not tell them apart.
+        """
+        if not len(self.near_symmetries):
+            return rotation, translation, []
+        from service.refine import COARSE_ITERATIONS, COARSE_SCHEDULE, object_pose, screen_starts
+
+        starts = [(rotation, translation)] + [(turn @ rotation, translation) for turn in self.near_symmetries]
+        backs, fitness, rmse = screen_starts(
+            cloud,
+            self.surface,
+            starts,
+            points=NEAR_SYMMETRY_POINTS,
+            stages=COARSE_SCHEDULE,
+            iterations=COARSE_ITERATIONS,
+            seed=options["seed"],
+        )
+        order = sorted(range(len(starts)), key=lambda k: _fit_score_of(fitness[k], rmse[k]), reverse=True)
+        lead = order[0]
+        close = [
+            backs[k]
+            for k in order[1:]
+            if fitness[k] >= fitness[lead] - COPY_FITNESS_MARGIN and rmse[k] <= COPY_RMSE_RATIO * rmse[lead]
+        ]
+        return (*object_pose(backs[lead]), close)
+
+    def _tight(self, refinement: Any) -> bool:
+        """Whether a fit is nearly complete and close: a clean cloud in its right pose."""
+        return (
+            refinement.fitness >= TIGHT_FITNESS
+            and refinement.inlier_rmse <= UNEXPLAINED_FLOOR * self.surface.diagonal
+        )
+
+    def _finish_copies(
+        self, cloud: np.ndarray, refinement: Any, close: list[np.ndarray], options: dict[str, Any]
+    ) -> Any:
+        """Refine the screened copies that fit about as well; the better fit leads, and copies
+        that fit about as well as the final answer stay as its competitors."""
+        from service.refine import object_pose, refine_pose
+
+        for back in close:
+            other = refine_pose(cloud, self.surface, *object_pose(back), doubt_fitness=0.0, **options)
+            refinement = _better(refinement, other)
+        refinement.hypotheses += len(self.near_symmetries)
+        return refinement
+
     def _check_near_symmetries(self, cloud: np.ndarray, refinement: Any, options: dict[str, Any]) -> Any:
         """Refine the answer's near-symmetric copies too, and keep the better fit.
 
@@ -597,11 +680,7 @@ class PoseEstimator:
         """
         if not len(self.near_symmetries) or not refinement.refined:
             return refinement
-        tight = (
-            refinement.fitness >= TIGHT_FITNESS
-            and refinement.inlier_rmse <= UNEXPLAINED_FLOOR * self.surface.diagonal
-        )
-        if tight and self._coverage(cloud, refinement) >= WHOLE_COVERAGE:
+        if self._tight(refinement) and self._coverage(cloud, refinement) >= WHOLE_COVERAGE:
             # A whole cloud fitting this closely: a near-symmetric copy differs from it by more
             # than the fit's error (else it would be an exact symmetry), so none can compete.
             return refinement

@@ -500,6 +500,157 @@ def _measure(
     return float(inlier.mean()), float(np.sqrt(np.mean(np.square(residuals))))
 
 
+def _rotations_from_vectors(vectors: np.ndarray) -> np.ndarray:
+    """Rotation matrices (column vectors) of rotation vectors by Rodrigues' formula, (K, 3) -> (K, 3, 3)."""
+    angle = np.linalg.norm(vectors, axis=1)
+    axis = vectors / np.maximum(angle, 1e-15)[:, None]
+    x, y, z = axis.T
+    sin, cos = np.sin(angle), 1.0 - np.cos(angle)
+    rotations = np.empty((len(vectors), 3, 3))
+    rotations[:, 0, 0] = 1.0 - cos * (y * y + z * z)
+    rotations[:, 0, 1] = cos * x * y - sin * z
+    rotations[:, 0, 2] = cos * x * z + sin * y
+    rotations[:, 1, 0] = cos * x * y + sin * z
+    rotations[:, 1, 1] = 1.0 - cos * (x * x + z * z)
+    rotations[:, 1, 2] = cos * y * z - sin * x
+    rotations[:, 2, 0] = cos * x * z - sin * y
+    rotations[:, 2, 1] = cos * y * z + sin * x
+    rotations[:, 2, 2] = 1.0 - cos * (x * x + y * y)
+    return rotations
+
+
+def _posed_batch(source: np.ndarray, backs: np.ndarray) -> np.ndarray:
+    """``source`` (N, 3) under each back transform of ``backs`` (K, 4, 4): (K, N, 3)."""
+    return np.matmul(source, backs[:, :3, :3].transpose(0, 2, 1)) + backs[:, None, :3, 3]
+
+
+def _icp_batch(
+    source: np.ndarray,
+    index: _GridIndex | _NearestIndex,
+    model_points: np.ndarray,
+    model_normals: np.ndarray,
+    backs: np.ndarray,
+    distance: float,
+    iterations: int,
+    tolerance: tuple[float, float],
+) -> np.ndarray:
+    """Robust point-to-plane ICP of one cloud from many starting poses at once.
+
+    The coarse stages of :func:`_icp` (a fixed Tukey scale equal to ``distance``), run for every
+    start together: one nearest-point query and one batched solve per iteration for all of them,
+    so screening dozens of starts costs about as much Python as refining one. Points beyond
+    ``distance`` get no weight (rather than being dropped), and every start iterates until all
+    meet ``tolerance`` or the cap.
+
+    Args:
+        source: (N, 3) observed points.
+        backs: (K, 4, 4) column-vector back transforms, the starting poses.
+
+    Returns:
+        (K, 4, 4) the back transforms after the stage.
+    """
+    backs = np.array(backs, dtype=np.float64)
+    count, total = len(backs), len(source)
+    for _ in range(iterations):
+        posed = _posed_batch(source, backs).reshape(-1, 3)  # (K*N, 3)
+        nearest, squared = index.query(posed)
+        normals = np.take(model_normals, nearest, axis=0)
+        residuals = np.einsum("ij,ij->i", posed - np.take(model_points, nearest, axis=0), normals)
+        weights = np.square(1.0 - np.minimum(np.square(residuals / distance), 1.0))
+        weights[squared >= distance * distance] = 0.0
+        jacobian = np.concatenate([np.cross(posed, normals), normals], axis=1).reshape(count, total, 6)
+        weighted = jacobian * weights.reshape(count, total, 1)
+        hessian = np.matmul(weighted.transpose(0, 2, 1), jacobian)  # (K, 6, 6)
+        gradient = np.matmul(weighted.transpose(0, 2, 1), residuals.reshape(count, total, 1))[:, :, 0]
+        usable = np.count_nonzero(weights.reshape(count, total), axis=1) >= MIN_CORRESPONDENCES
+        hessian += (1e-12 * np.trace(hessian, axis1=1, axis2=2) + 1e-300)[:, None, None] * np.eye(6)
+        try:
+            solution = np.linalg.solve(hessian, -gradient[:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            return backs
+        solution[~usable] = 0.0
+        steps = np.zeros((count, 4, 4))
+        steps[:, :3, :3] = _rotations_from_vectors(solution[:, :3])
+        steps[:, :3, 3] = solution[:, 3:]
+        steps[:, 3, 3] = 1.0
+        backs = steps @ backs
+        rotated = np.linalg.norm(solution[:, :3], axis=1)
+        moved = np.linalg.norm(solution[:, 3:], axis=1)
+        if ((rotated < tolerance[0]) & (moved < tolerance[1])).all():
+            break
+    return backs
+
+
+def _measure_batch(
+    source: np.ndarray, model: SurfaceModel, backs: np.ndarray, inlier_distance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fitness and inlier RMSE (point-to-plane) of ``source`` (N, 3) under each of ``backs``
+    (K, 4, 4), with exact nearest points: shapes (K,) and (K,), RMSE inf without inliers."""
+    count, total = len(backs), len(source)
+    posed = _posed_batch(source, backs).reshape(-1, 3)
+    nearest, squared = model.index.query(posed)
+    residuals = np.einsum(
+        "ij,ij->i", posed - np.take(model.points, nearest, axis=0), np.take(model.normals, nearest, axis=0)
+    ).reshape(count, total)
+    inlier = (squared < inlier_distance * inlier_distance).reshape(count, total)
+    inliers = np.count_nonzero(inlier, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rmse = np.sqrt(np.where(inlier, np.square(residuals), 0.0).sum(axis=1) / inliers)
+    rmse[inliers == 0] = np.inf
+    return inliers / total, rmse
+
+
+def screen_starts(
+    observed: np.ndarray,
+    model: SurfaceModel,
+    starts: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    points: int = SCREEN_POINTS,
+    stages: Sequence[float] = COARSE_SCHEDULE[:SCREEN_STAGES],
+    iterations: int = SCREEN_ITERATIONS,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bring many starting object poses a few coarse steps towards the cloud, all at once, and
+    measure each: what screening hypotheses costs.
+
+    Args:
+        observed: (N, 3) cloud; a seeded subsample of ``points`` drives the stages and the measure.
+        starts: object poses (rotation (3, 3), translation (3,)).
+        stages: the coarse stages to run (fractions of the diagonal), ``iterations`` at most each.
+
+    Returns:
+        (K, 4, 4) back transforms after the stages, and their fitness (K,) and inlier RMSE (K,).
+    """
+    source = np.asarray(observed, dtype=np.float64).reshape(-1, 3)
+    source = source[np.isfinite(source).all(axis=1)]
+    if len(source) > points:
+        source = source[np.random.default_rng(seed).choice(len(source), size=points, replace=False)]
+    backs = np.stack([back_matrix(*_as_pose(pose)) for pose in starts])
+    backs = _coarse_batch(source, model, backs, stages, iterations)
+    fitness, rmse = _measure_batch(source, model, backs, INLIER_DISTANCE * model.diagonal)
+    return backs, fitness, rmse
+
+
+def _coarse_batch(
+    source: np.ndarray, model: SurfaceModel, backs: np.ndarray, stages: Sequence[float], iterations: int
+) -> np.ndarray:
+    """The coarse stages (:func:`_icp_batch` against the lookup table) for many starts."""
+    diagonal = model.diagonal
+    for fraction in stages:
+        tolerance = WIDE_TOLERANCE if fraction == COARSE_SCHEDULE[0] else COARSE_TOLERANCE
+        backs = _icp_batch(
+            source,
+            model.coarse_index,
+            model.coarse_points,
+            model.coarse_normals,
+            backs,
+            fraction * diagonal,
+            iterations,
+            (np.radians(tolerance[0]), tolerance[1] * diagonal),
+        )
+    return backs
+
+
 def _turn(axis: np.ndarray, degrees: float) -> np.ndarray:
     """Rotation matrix by ``degrees`` about the unit ``axis``."""
     return _rotation_from_vector(np.radians(degrees) * axis)
@@ -641,13 +792,17 @@ def refine_pose(
         best_score = _screen_score(*_measure(screen, model, best, inlier_distance))
         screened.append((best_score, best))
         finished = True
-        for other in starts:
-            candidate, _ = coarse_stages(other, screen, COARSE_SCHEDULE[:SCREEN_STAGES], SCREEN_ITERATIONS)
-            score = _screen_score(*_measure(screen, model, candidate, inlier_distance))
-            screened.append((score, candidate))
-            hypotheses += 1
-            if score > best_score:
-                best, best_score, finished = candidate, score, False
+        if starts:
+            candidates = _coarse_batch(
+                screen, model, np.stack(starts), COARSE_SCHEDULE[:SCREEN_STAGES], SCREEN_ITERATIONS
+            )
+            fits, rmses = _measure_batch(screen, model, candidates, inlier_distance)
+            for candidate, fit, fit_rmse in zip(candidates, fits, rmses, strict=True):
+                score = _screen_score(fit, fit_rmse)
+                screened.append((score, candidate))
+                hypotheses += 1
+                if score > best_score:
+                    best, best_score, finished = candidate, score, False
         if not finished:
             best, _ = coarse_stages(best, coarse, COARSE_SCHEDULE[SCREEN_STAGES:])
 
