@@ -25,9 +25,9 @@ SEARCH_POINTS = 512
 # Near-symmetric copies of a pose are screened together on this many points, through the coarse
 # stages; a copy is refined in full when its fitness comes within this margin of the best's and
 # its RMSE within this ratio (generous: a screened fit is not yet finished).
-NEAR_SYMMETRY_POINTS = 256
-# The quick refinement that probes a near-symmetric copy of an answer: few points, few stages.
-NEAR_SYMMETRY_PROBE = {"max_points": 192, "fine_points": 192, "coarse_points": 96}
+NEAR_SYMMETRY_POINTS = 128
+# At most this many screened rivals of an answer are finished.
+MAX_FINISHED_RIVALS = 3
 COPY_FITNESS_MARGIN = 0.05
 COPY_RMSE_RATIO = 2.0
 # A fit this complete, with an RMSE under UNEXPLAINED_FLOOR, is tight.
@@ -91,23 +91,27 @@ SPREAD_ROTATIONS = _spread_rotations(120)
 VIEW_OFFSET = 0.12
 
 
-def spread_starts(
-    cloud: np.ndarray, diagonal: float, view_offset: float = VIEW_OFFSET
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Object poses that cover all rotations, for a cloud no nearer guess fits.
-
-    Each of :data:`SPREAD_ROTATIONS` with the object's centre at the cloud's centroid, and
-    ``view_offset`` (diagonals; measured per object when it is added, ``VIEW_OFFSET`` for the
-    bunny) in front of and behind it along the cloud's thinnest principal axis (a single view
-    is thinnest along the line of sight).
-    """
+def view_centres(cloud: np.ndarray, diagonal: float, view_offset: float = VIEW_OFFSET) -> list[np.ndarray]:
+    """Where the object's centre may lie: at the cloud's centroid (a whole cloud), or
+    ``view_offset`` diagonals in front of or behind it along the cloud's thinnest principal
+    axis (a single view is thinnest along the line of sight, and its centroid lies off the
+    object's centre, towards the sensor)."""
     from service.refine import principal_axes  # open3d: only refinement searches
 
     centroid, axes = principal_axes(np.asarray(cloud, dtype=np.float64))
     offset = view_offset * diagonal * axes[2]  # the axis of least variance
+    return [centroid, centroid + offset, centroid - offset]
+
+
+def spread_starts(
+    cloud: np.ndarray, diagonal: float, view_offset: float = VIEW_OFFSET
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Object poses that cover all rotations, for a cloud no nearer guess fits: each of
+    :data:`SPREAD_ROTATIONS` at each of :func:`view_centres` (``view_offset`` is measured per
+    object when it is added, ``VIEW_OFFSET`` for the bunny)."""
     return [
-        (rotation, center)
-        for center in (centroid, centroid + offset, centroid - offset)
+        (rotation, centre)
+        for centre in view_centres(cloud, diagonal, view_offset)
         for rotation in SPREAD_ROTATIONS
     ]
 
@@ -490,16 +494,32 @@ class PoseEstimator:
         if refine and self.surface is not None:
             from service.refine import DOUBT_FITNESS, refine_pose
 
+            estimates: list[tuple] = []
+
             def half_turns():  # a generator: runs only if refinement asks for alternatives
-                yield from self._network(sample, centroid, HALF_TURNS)
+                if not estimates:
+                    estimates.extend(self._network(sample, centroid, HALF_TURNS))
+                yield from estimates
 
             options = {"max_points": REFINE_MAX_POINTS, "seed": len(cloud), "distinct": self._distinct}
-            # The network gives any of the near-symmetric copies alike: all of them go through
-            # the coarse stages together, and the best fit starts the refinement.
-            rotation, translation, close = self._screen_copies(cloud, rotation, translation, options)
+            close: list[np.ndarray] = []  # screened copies that fit about as well as the best
+            copies_screened = 0
+            if len(self.near_symmetries):
+                # The network gives any of the near-symmetric copies alike, and its estimates on
+                # half-turned copies of the cloud differ: the copies of all of them go through
+                # the coarse stages together, and the best fit starts the refinement.
+                screened = self._screen_copies(cloud, [(rotation, translation)], options)
+                rotation, translation, close = self._rank_copies(*screened)
+                if screened[1].max() < DOUBT_FITNESS:
+                    # No copy fits well: the network's estimates on half-turned clouds, too.
+                    more = self._screen_copies(cloud, list(half_turns()), options)
+                    screened = tuple(np.concatenate(pair) for pair in zip(screened, more, strict=True))
+                    rotation, translation, close = self._rank_copies(*screened)
+                copies_screened = len(screened[0]) - 1
             refinement = refine_pose(
                 cloud, self.surface, rotation, translation, alternatives=half_turns(), **options
             )
+            refinement.hypotheses += copies_screened
 
             def wider() -> list[tuple]:
                 # The network on the cube's rotations of the cloud, and the cube's rotations of
@@ -509,7 +529,11 @@ class PoseEstimator:
                 starts += [(rotation @ turn, translation) for turn in CUBE_ROTATIONS[1:]]
                 return starts
 
-            if self._tight(refinement) and not self._distinct(refinement.object_rotation, rotation):
+            if (
+                len(self.near_symmetries)
+                and self._tight(refinement)
+                and not self._distinct(refinement.object_rotation, rotation)
+            ):
                 # The best screened copy fits closely: only copies that screened about as well
                 # can compete (a view that shows only the symmetric part), and they are finished.
                 refinement = self._finish_copies(cloud, refinement, close, options)
@@ -575,10 +599,11 @@ class PoseEstimator:
 
         For objects some of whose views several poses explain (measured when the object was
         added: a box seen on two faces), a good fit alone does not make a pose right: the
-        answer's half and quarter turns about the model's axes and about the cloud's, and
-        40-degree turns, are screened, and any that fits about as well becomes a competitor.
+        answer's quarter turns about the model's axes, its half turns about the model's and the
+        cloud's axes and 40-degree turns are screened beside it, and those that fit about as
+        well are finished; any that still does becomes a competitor.
         """
-        from service.refine import refine_pose, rotation_about
+        from service.refine import object_pose, rotation_about, search_starts
 
         rotation, translation = refinement.object_rotation, refinement.object_translation
         quarter_turns = [
@@ -586,15 +611,35 @@ class PoseEstimator:
             for axis in self.surface.axes
             for sign in (1.0, -1.0)
         ]
-        return refine_pose(
+        others = [object_pose(back) for back in search_starts(rotation, translation, self.surface, cloud)]
+        return self._screened_rivals(cloud, refinement, [*quarter_turns, *others], options)
+
+    def _screened_rivals(
+        self, cloud: np.ndarray, refinement: Any, starts: list[tuple], options: dict[str, Any]
+    ) -> Any:
+        """Screen other poses beside a finished answer, all at once, and finish those that fit
+        better or about as well (:meth:`_rank_copies`); the better fit leads, and finished poses
+        that fit about as well as it stay as competitors."""
+        from service.refine import COARSE_ITERATIONS, COARSE_SCHEDULE, screen_starts
+
+        answer = (refinement.object_rotation, refinement.object_translation)
+        screened = screen_starts(
             cloud,
             self.surface,
-            rotation,
-            translation,
-            alternatives=quarter_turns,
-            doubt_fitness=ALWAYS_SCREEN,
-            **options,
+            [answer, *starts],
+            points=NEAR_SYMMETRY_POINTS,
+            stages=COARSE_SCHEDULE,
+            iterations=COARSE_ITERATIONS,
+            seed=options["seed"],
         )
+        lead_rotation, lead_translation, close = self._rank_copies(*screened, limit=MAX_FINISHED_RIVALS)
+        from service.refine import back_matrix
+
+        finish = [back_matrix(lead_rotation, lead_translation), *close]
+        finish = [back for back in finish if self._distinct(back[:3, :3], answer[0])]
+        refinement = self._finish_copies(cloud, refinement, finish, options)
+        refinement.hypotheses += len(starts)
+        return refinement
 
     def _ambiguous(self, refinement: Any) -> bool:
         """Whether another pose, beyond the object's symmetries, fits about as well."""
@@ -604,33 +649,31 @@ class PoseEstimator:
         )
 
     def _screen_copies(
-        self,
-        cloud: np.ndarray,
-        rotation: np.ndarray,
-        translation: np.ndarray,
-        options: dict[str, Any],
-    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Bring a pose and its near-symmetric copies to the cloud together, and rank them.
+        self, cloud: np.ndarray, poses: list[tuple], options: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bring poses and their near-symmetric copies to the cloud together, and measure them.
 
         An object that a turn maps nearly onto itself (measured when it was added) fits a cloud
         almost as well in the turned pose, and the network, trained up to those turns, gives
         any of them. The copies go through the coarse stages all at once (one batched ICP) and
-        are measured on the same points.
+        are measured on the same points (a seeded subsample of the cloud).
 
         Args:
-            rotation, translation: the pose whose copies are screened.
+            poses: object poses (rotation, translation) whose copies are screened.
 
         Returns:
-            The best pose (rotation, translation), and the back transforms of the others that
-            fit about as well (fitness within ``COPY_FITNESS_MARGIN``, RMSE within
-            ``COPY_RMSE_RATIO`` times): worth finishing, since the view may not tell them apart.
+            Back transforms (K, 4, 4) after the coarse stages, their fitness (K,) and RMSE (K,).
         """
-        if not len(self.near_symmetries):
-            return rotation, translation, []
-        from service.refine import COARSE_ITERATIONS, COARSE_SCHEDULE, object_pose, screen_starts
+        from service.refine import COARSE_ITERATIONS, COARSE_SCHEDULE, screen_starts
 
-        starts = [(rotation, translation)] + [(turn @ rotation, translation) for turn in self.near_symmetries]
-        backs, fitness, rmse = screen_starts(
+        turns = [np.eye(3), *self.near_symmetries]
+        starts = [(turn @ rotation, translation) for rotation, translation in poses for turn in turns]
+        # The network's translation can be off by more than a thin part's thickness: each
+        # rotation also starts from the centres that fit a single view or a whole cloud.
+        rotations = [rotation for rotation, _ in starts]
+        centred = view_centres(cloud, self.surface.diagonal, self.view_offset)
+        starts += [(rotation, centre) for centre in centred for rotation in rotations]
+        return screen_starts(
             cloud,
             self.surface,
             starts,
@@ -639,13 +682,27 @@ class PoseEstimator:
             iterations=COARSE_ITERATIONS,
             seed=options["seed"],
         )
-        order = sorted(range(len(starts)), key=lambda k: _fit_score_of(fitness[k], rmse[k]), reverse=True)
+
+    def _rank_copies(
+        self, backs: np.ndarray, fitness: np.ndarray, rmse: np.ndarray, limit: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """The best screened pose (rotation, translation), and the back transforms of at most
+        ``limit`` (default: as many as near symmetries) other poses that fit about as well
+        (fitness within ``COPY_FITNESS_MARGIN``, RMSE within ``COPY_RMSE_RATIO`` times): worth
+        finishing, since the view may not tell them apart."""
+        from service.refine import object_pose
+
+        order = sorted(range(len(backs)), key=lambda k: _fit_score_of(fitness[k], rmse[k]), reverse=True)
         lead = order[0]
-        close = [
-            backs[k]
-            for k in order[1:]
-            if fitness[k] >= fitness[lead] - COPY_FITNESS_MARGIN and rmse[k] <= COPY_RMSE_RATIO * rmse[lead]
-        ]
+        close: list[np.ndarray] = []
+        for k in order[1:]:
+            if (
+                len(close) < (len(self.near_symmetries) if limit is None else limit)
+                and fitness[k] >= fitness[lead] - COPY_FITNESS_MARGIN
+                and rmse[k] <= COPY_RMSE_RATIO * rmse[lead]
+                and all(self._distinct(backs[k][:3, :3], other[:3, :3]) for other in [backs[lead], *close])
+            ):
+                close.append(backs[k])
         return (*object_pose(backs[lead]), close)
 
     def _tight(self, refinement: Any) -> bool:
@@ -665,58 +722,21 @@ class PoseEstimator:
         for back in close:
             other = refine_pose(cloud, self.surface, *object_pose(back), doubt_fitness=0.0, **options)
             refinement = _better(refinement, other)
-        refinement.hypotheses += len(self.near_symmetries)
         return refinement
 
     def _check_near_symmetries(self, cloud: np.ndarray, refinement: Any, options: dict[str, Any]) -> Any:
-        """Refine the answer's near-symmetric copies too, and keep the better fit.
-
-        An object that a turn maps nearly onto itself (measured when it was added) fits a cloud
-        almost as well in the turned pose, and the network, trained up to those turns, gives
-        either. Each turned copy of the refined answer (close to a converged pose when the
-        answer is the wrong copy) is refined on few points; the best of them, when it fits
-        better than the answer, is refined in full and compared. Copies that fit about as well
-        as the final answer stay as competitors: the view does not tell them apart.
-        """
+        """Screen a finished answer's near-symmetric copies beside it (a turned copy of a
+        converged pose starts close to the other copy's optimum), and finish those that fit
+        better or about as well."""
         if not len(self.near_symmetries) or not refinement.refined:
             return refinement
         if self._tight(refinement) and self._coverage(cloud, refinement) >= WHOLE_COVERAGE:
             # A whole cloud fitting this closely: a near-symmetric copy differs from it by more
             # than the fit's error (else it would be an exact symmetry), so none can compete.
             return refinement
-        from service.refine import competes, refine_pose
-
-        probe = {**options, **NEAR_SYMMETRY_PROBE, "doubt_fitness": 0.0}
-        start_rotation, start_translation = refinement.object_rotation, refinement.object_translation
-        quick = [
-            refine_pose(cloud, self.surface, turn @ start_rotation, start_translation, **probe)
-            for turn in self.near_symmetries
-        ]
-        quick = [item for item in quick if item.refined]
-        if quick:
-            lead = max(quick, key=_fit_score)
-            if _fit_score(lead) > _fit_score(refinement):
-                other = refine_pose(
-                    cloud,
-                    self.surface,
-                    lead.object_rotation,
-                    lead.object_translation,
-                    doubt_fitness=0.0,
-                    **options,
-                )
-                refinement = _better(refinement, other)
-        for item in quick:
-            if (
-                competes(item, refinement)
-                and self._distinct(item.object_rotation, refinement.object_rotation)
-                and all(
-                    self._distinct(item.object_rotation, other.object_rotation)
-                    for other in refinement.competitors
-                )
-            ):
-                refinement.competitors.append(item)
-        refinement.hypotheses += len(quick)
-        return refinement
+        rotation, translation = refinement.object_rotation, refinement.object_translation
+        copies = [(turn @ rotation, translation) for turn in self.near_symmetries]
+        return self._screened_rivals(cloud, refinement, copies, options)
 
     def describe(self) -> dict[str, Any]:
         """Public metadata for ``GET /v1/model``."""

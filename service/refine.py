@@ -550,18 +550,31 @@ def _icp_batch(
         (K, 4, 4) the back transforms after the stage.
     """
     backs = np.array(backs, dtype=np.float64)
-    count, total = len(backs), len(source)
+    total = len(source)
+    active = np.arange(len(backs))  # starts still moving
     for _ in range(iterations):
-        posed = _posed_batch(source, backs).reshape(-1, 3)  # (K*N, 3)
+        count = len(active)
+        posed = _posed_batch(source, backs[active]).reshape(-1, 3)  # (K*N, 3)
         nearest, squared = index.query(posed)
         normals = np.take(model_normals, nearest, axis=0)
         residuals = np.einsum("ij,ij->i", posed - np.take(model_points, nearest, axis=0), normals)
         weights = np.square(1.0 - np.minimum(np.square(residuals / distance), 1.0))
         weights[squared >= distance * distance] = 0.0
-        jacobian = np.concatenate([np.cross(posed, normals), normals], axis=1).reshape(count, total, 6)
-        weighted = jacobian * weights.reshape(count, total, 1)
-        hessian = np.matmul(weighted.transpose(0, 2, 1), jacobian)  # (K, 6, 6)
-        gradient = np.matmul(weighted.transpose(0, 2, 1), residuals.reshape(count, total, 1))[:, :, 0]
+        # The Jacobian's rows are (x cross n, n), built transposed, (6, K*N), for contiguous writes.
+        px, py, pz = posed.T
+        nx, ny, nz = normals.T
+        jacobian = np.empty((6, len(posed)))
+        np.multiply(py, nz, out=jacobian[0])
+        jacobian[0] -= pz * ny
+        np.multiply(pz, nx, out=jacobian[1])
+        jacobian[1] -= px * nz
+        np.multiply(px, ny, out=jacobian[2])
+        jacobian[2] -= py * nx
+        jacobian[3:] = normals.T
+        jacobian = jacobian.reshape(6, count, total).transpose(1, 0, 2)  # (K, 6, N)
+        weighted = jacobian * weights.reshape(count, 1, total)
+        hessian = np.matmul(weighted, jacobian.transpose(0, 2, 1))  # (K, 6, 6)
+        gradient = np.matmul(weighted, residuals.reshape(count, total, 1))[:, :, 0]
         usable = np.count_nonzero(weights.reshape(count, total), axis=1) >= MIN_CORRESPONDENCES
         hessian += (1e-12 * np.trace(hessian, axis1=1, axis2=2) + 1e-300)[:, None, None] * np.eye(6)
         try:
@@ -573,10 +586,11 @@ def _icp_batch(
         steps[:, :3, :3] = _rotations_from_vectors(solution[:, :3])
         steps[:, :3, 3] = solution[:, 3:]
         steps[:, 3, 3] = 1.0
-        backs = steps @ backs
+        backs[active] = steps @ backs[active]
         rotated = np.linalg.norm(solution[:, :3], axis=1)
         moved = np.linalg.norm(solution[:, 3:], axis=1)
-        if ((rotated < tolerance[0]) & (moved < tolerance[1])).all():
+        active = active[(rotated >= tolerance[0]) | (moved >= tolerance[1])]
+        if not len(active):
             break
     return backs
 
@@ -658,11 +672,13 @@ def _turn(axis: np.ndarray, degrees: float) -> np.ndarray:
 
 def rotation_about(axis: np.ndarray, degrees: float) -> np.ndarray:
     """(3, 3) turn by ``degrees`` about the unit ``axis``, the matrix that left-multiplies an
-    object rotation as the half turns of :func:`_search_starts` do."""
+    object rotation as the half turns of :func:`search_starts` do."""
     return _turn(np.asarray(axis, dtype=np.float64), degrees)
 
 
-def _search_starts(back: np.ndarray, model: SurfaceModel, observed: np.ndarray) -> list[np.ndarray]:
+def search_starts(
+    rotation: np.ndarray, translation: np.ndarray, model: SurfaceModel, observed: np.ndarray
+) -> list[np.ndarray]:
     """Starting poses near the given one that ICP alone would not reach.
 
     Half turns about each principal axis of the model (canonical frame, about the object's centre)
@@ -670,7 +686,6 @@ def _search_starts(back: np.ndarray, model: SurfaceModel, observed: np.ndarray) 
     coarse estimate, and turns of ``NUDGE_DEGREES`` either way about each model axis, which reach
     beyond the basin of convergence (partial views have the narrowest).
     """
-    rotation, translation = object_pose(back)
     starts = []
     for axis in model.axes:
         flip = 2.0 * np.outer(axis, axis) - np.eye(3)
@@ -787,7 +802,7 @@ def refine_pose(
     if fitness < doubt:
         starts: list[np.ndarray] = [back_matrix(*_as_pose(pose)) for pose in alternatives]
         if search:
-            starts += _search_starts(start, model, points)
+            starts += search_starts(rotation, translation, model, points)
         screen = coarse[:SCREEN_POINTS]
         best_score = _screen_score(*_measure(screen, model, best, inlier_distance))
         screened.append((best_score, best))
