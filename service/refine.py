@@ -57,6 +57,9 @@ SCREEN_ITERATIONS = 5
 COARSE_VOXEL = 0.015
 # Cell of the coarse model's nearest-point lookup table.
 COARSE_GRID_CELL = 0.01
+# The table's distance exceeds the exact one by at most about a cell's diagonal plus half a coarse
+# voxel's (fractions of the object's diagonal); with margin.
+LOOKUP_SLACK = 0.03
 FINE_DISTANCE = 0.05
 FINE_KERNEL_RANGE = (0.01, 0.05)
 INLIER_DISTANCE = 0.025
@@ -491,14 +494,8 @@ def _measure(
     source: np.ndarray, model: SurfaceModel, back: np.ndarray, inlier_distance: float
 ) -> tuple[float, float]:
     """Fitness and inlier RMSE (point-to-plane) of ``source`` posed by ``back``."""
-    posed = source @ back[:3, :3].T + back[:3, 3]
-    nearest, squared = model.index.query(posed)
-    inlier = squared < inlier_distance * inlier_distance
-    if not inlier.any():
-        return 0.0, float("inf")
-    residuals = ((posed[inlier] - model.points[nearest[inlier]]) * model.normals[nearest[inlier]]).sum(axis=1)
-    return float(inlier.mean()), float(np.sqrt(np.mean(np.square(residuals))))
-
+    fitness, rmse = _measure_batch(source, model, back[None], inlier_distance)
+    return float(fitness[0]), float(rmse[0])
 
 def _rotations_from_vectors(vectors: np.ndarray) -> np.ndarray:
     """Rotation matrices (column vectors) of rotation vectors by Rodrigues' formula, (K, 3) -> (K, 3, 3)."""
@@ -599,14 +596,28 @@ def _measure_batch(
     source: np.ndarray, model: SurfaceModel, backs: np.ndarray, inlier_distance: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fitness and inlier RMSE (point-to-plane) of ``source`` (N, 3) under each of ``backs``
-    (K, 4, 4), with exact nearest points: shapes (K,) and (K,), RMSE inf without inliers."""
+    (K, 4, 4), with exact nearest points: shapes (K,) and (K,), RMSE inf without inliers.
+
+    The lookup table rules out the points that cannot be inliers first (its distance is within
+    ``LOOKUP_SLACK`` of the diagonal of the exact one): an exact search far from the surface is
+    slow, and a wrong pose puts many points there.
+    """
     count, total = len(backs), len(source)
     posed = _posed_batch(source, backs).reshape(-1, 3)
-    nearest, squared = model.index.query(posed)
-    residuals = np.einsum(
-        "ij,ij->i", posed - np.take(model.points, nearest, axis=0), np.take(model.normals, nearest, axis=0)
-    ).reshape(count, total)
-    inlier = (squared < inlier_distance * inlier_distance).reshape(count, total)
+    _, rough = model.coarse_index.query(posed)
+    reach = inlier_distance + LOOKUP_SLACK * model.diagonal
+    near = np.flatnonzero(rough < reach * reach)
+    nearest, squared = model.index.query(posed[near])
+    residuals = np.zeros(len(posed))
+    residuals[near] = np.einsum(
+        "ij,ij->i",
+        posed[near] - np.take(model.points, nearest, axis=0),
+        np.take(model.normals, nearest, axis=0),
+    )
+    residuals = residuals.reshape(count, total)
+    inlier = np.zeros(len(posed), dtype=bool)
+    inlier[near] = squared < inlier_distance * inlier_distance
+    inlier = inlier.reshape(count, total)
     inliers = np.count_nonzero(inlier, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         rmse = np.sqrt(np.where(inlier, np.square(residuals), 0.0).sum(axis=1) / inliers)
