@@ -54,6 +54,9 @@ COARSE_SCHEDULE = (0.20, 0.05)
 SCREEN_STAGES = 1
 SCREEN_POINTS = 128
 SCREEN_ITERATIONS = 5
+# Screened starts whose share of points near the surface after the first stage falls this far
+# below the best start's stop there.
+SCREEN_PRUNE_MARGIN = 0.15
 COARSE_VOXEL = 0.015
 # Cell of the coarse model's nearest-point lookup table.
 COARSE_GRID_CELL = 0.01
@@ -651,7 +654,15 @@ def screen_starts(
     if len(source) > points:
         source = source[np.random.default_rng(seed).choice(len(source), size=points, replace=False)]
     backs = np.stack([back_matrix(*_as_pose(pose)) for pose in starts])
-    backs = _coarse_batch(source, model, backs, stages, iterations)
+    backs = _coarse_batch(source, model, backs, stages[:1], iterations)
+    if len(stages) > 1 and len(backs) > 1:
+        # Starts that the first stage left far behind the best cannot catch up: only the others
+        # go on (the lookup table's distances, with its slack, are enough to tell).
+        posed = _posed_batch(source, backs).reshape(-1, 3)
+        reach = (INLIER_DISTANCE + LOOKUP_SLACK) * model.diagonal
+        rough = (model.coarse_index.query(posed)[1] < reach * reach).reshape(len(backs), -1).mean(axis=1)
+        going = rough >= rough.max() - SCREEN_PRUNE_MARGIN
+        backs[going] = _coarse_batch(source, model, backs[going], stages[1:], iterations)
     fitness, rmse = _measure_batch(source, model, backs, INLIER_DISTANCE * model.diagonal)
     return backs, fitness, rmse
 

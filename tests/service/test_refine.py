@@ -328,3 +328,58 @@ def test_a_fit_far_beyond_the_cloud_scatter_is_unexplained() -> None:
     assert scatter.noise is None  # below the floor nothing is measured
     assert scatter.explains(fit(0.0045), diagonal)  # within 3x of about 0.0025
     assert not scatter.explains(fit(0.02), diagonal)
+
+
+# ---------------------------------------------------------------------------------------------
+# batched screening
+
+
+def test_batched_measure_matches_exact_distances(mesh, model) -> None:
+    """Fitness and RMSE of many poses at once equal a brute-force count over exact distances,
+    for a right pose and for poses that leave most points far from the surface."""
+    observed, rotation, translation = posed_bunny(mesh, 300, seed=21)
+    poses = [(rotation, translation), perturbed(rotation, translation, 30.0, 0.2 * mesh.diagonal, 1)]
+    poses.append((rotation, translation + 0.5 * mesh.diagonal))
+    backs = np.stack([refine.back_matrix(*pose) for pose in poses])
+    inlier = refine.INLIER_DISTANCE * model.diagonal
+    fitness, rmse = refine._measure_batch(observed, model, backs, inlier)
+    for back, got_fitness, got_rmse in zip(backs, fitness, rmse, strict=True):
+        posed = observed @ back[:3, :3].T + back[:3, 3]
+        squared = ((posed[:, None, :] - model.points[None]) ** 2).sum(axis=2)  # (N, M)
+        nearest = squared.argmin(axis=1)
+        near = squared[np.arange(len(posed)), nearest] < inlier**2
+        assert got_fitness == pytest.approx(near.mean())
+        if near.any():
+            residuals = ((posed - model.points[nearest]) * model.normals[nearest]).sum(axis=1)[near]
+            assert got_rmse == pytest.approx(np.sqrt(np.mean(residuals**2)), rel=1e-9)
+        else:
+            assert got_rmse == np.inf
+    assert fitness[0] > 0.99 and fitness[2] < fitness[0]
+
+
+def test_screening_brings_every_start_towards_the_cloud_at_once(mesh, model) -> None:
+    """Starts 25 degrees off and one 10 % of the diagonal away come close to the true pose in
+    one batched run, each as far as the sequential coarse stages take a single start."""
+    observed, rotation, translation = posed_bunny(mesh, 1000, seed=22)
+    starts = [perturbed(rotation, translation, 25.0, 0.1 * mesh.diagonal, seed) for seed in range(4)]
+    backs, fitness, rmse = refine.screen_starts(
+        observed, model, starts, points=256, stages=refine.COARSE_SCHEDULE, iterations=8, seed=3
+    )
+    assert backs.shape == (4, 4, 4) and fitness.shape == rmse.shape == (4,)
+    for back in backs:
+        screened_rotation, _ = refine.object_pose(back)
+        assert rotation_error_deg(screened_rotation, rotation) < 1.0
+    assert (fitness > 0.95).all()
+
+
+def test_screening_ranks_the_right_start_first(mesh, model) -> None:
+    """Among a right start and its half-turned copies, the right one screens best."""
+    observed, rotation, translation = posed_bunny(mesh, 800, seed=23, side=0.5)
+    half_turns = [2.0 * np.outer(axis, axis) - np.eye(3) for axis in model.axes]
+    starts = [(rotation, translation), *[(turn @ rotation, translation) for turn in half_turns]]
+    _, fitness, rmse = refine.screen_starts(
+        observed, model, starts, stages=refine.COARSE_SCHEDULE, iterations=8
+    )
+    best = max(range(len(starts)), key=lambda k: (round(fitness[k], 2), -rmse[k]))
+    assert best == 0
+    assert fitness[0] > 0.99
