@@ -245,11 +245,25 @@ class _CloudScatter:
         """Whether the fit's RMSE is what the cloud's own scatter explains."""
         if not refinement.refined or refinement.inlier_rmse <= UNEXPLAINED_FLOOR * diagonal:
             return True
+        return refinement.inlier_rmse <= UNEXPLAINED_RATIO * self._noise()
+
+    def incomplete(self, refinement: Any, diagonal: float) -> bool:
+        """Whether a close fit leaves part of a clean cloud off the surface: a right pose fits
+        a clean cloud whole, a wrong one can fit most of it closely (a box seen face-on, turned
+        a quarter). Stray points do the same, so this asks for a wider search, not a verdict."""
+        return (
+            refinement.refined
+            and refinement.fitness < TIGHT_FITNESS
+            and refinement.inlier_rmse <= UNEXPLAINED_FLOOR * diagonal
+            and self._noise() <= UNEXPLAINED_FLOOR * diagonal
+        )
+
+    def _noise(self) -> float:
         if self.noise is None:
             from service.refine import surface_noise
 
             self.noise = surface_noise(self.cloud, seed=len(self.cloud))
-        return refinement.inlier_rmse <= UNEXPLAINED_RATIO * self.noise
+        return self.noise
 
 
 def _fit_score(refinement: Any) -> tuple[float, float]:
@@ -541,13 +555,15 @@ class PoseEstimator:
                 refinement = self._check_near_symmetries(cloud, refinement, options)
             scatter = _CloudScatter(cloud)
 
-            # Still doubtful, or a fit the cloud's own scatter does not explain: wider rounds of
-            # starts, the last one over all of SO(3) (every guess near the network's can miss on
-            # views that show little of the object).
+            # Still doubtful, or a fit the cloud's own scatter does not explain (or that leaves
+            # part of a clean cloud off the surface): wider rounds of starts, the last one over
+            # all of SO(3) (every guess near the network's can miss on views that show little of
+            # the object).
             for starts in (wider, lambda: spread_starts(cloud, self.surface.diagonal, self.view_offset)):
                 # Copies that fit as well as an answer the cloud's scatter explains are what the
                 # view cannot tell apart: they stay candidates, and a wider search would not help.
                 unexplained = not scatter.explains(refinement, self.surface.diagonal)
+                unexplained = unexplained or scatter.incomplete(refinement, self.surface.diagonal)
                 if refinement.fitness >= DOUBT_FITNESS and not unexplained:
                     break
                 again = refine_pose(

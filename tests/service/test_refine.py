@@ -330,6 +330,25 @@ def test_a_fit_far_beyond_the_cloud_scatter_is_unexplained() -> None:
     assert not scatter.explains(fit(0.02), diagonal)
 
 
+def test_a_close_fit_that_leaves_part_of_a_clean_cloud_off_the_surface_is_incomplete() -> None:
+    """A clean cloud fitted closely but not whole asks for a wider search; a whole fit, or a
+    noisy cloud (whose stray points explain a partial fit), does not."""
+    from service.inference import _CloudScatter
+    from service.refine import Refinement
+
+    rng = np.random.default_rng(2)
+    clean = np.column_stack([rng.uniform(-1, 1, (2000, 2)), np.zeros(2000)])
+    noisy = clean + np.column_stack([np.zeros((2000, 2)), rng.normal(0.0, 0.02, 2000)])
+    diagonal = 2.0
+
+    def fit(fitness: float) -> Refinement:
+        return Refinement(np.eye(3), np.zeros(3), fitness, 1e-4, 5e-3, 1, True, fitness)
+
+    assert _CloudScatter(clean).incomplete(fit(0.91), diagonal)
+    assert not _CloudScatter(clean).incomplete(fit(0.995), diagonal)
+    assert not _CloudScatter(noisy).incomplete(fit(0.91), diagonal)
+
+
 # ---------------------------------------------------------------------------------------------
 # batched screening
 
