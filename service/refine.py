@@ -386,15 +386,10 @@ def _rotation_from_vector(vector: np.ndarray) -> np.ndarray:
     )
 
 
-def _point_to_plane_step(
-    points: np.ndarray, normals: np.ndarray, residuals: np.ndarray, weights: np.ndarray
-) -> np.ndarray | None:
-    """One weighted Gauss-Newton step of point-to-plane ICP, as a column-vector 4x4 increment.
-
-    Minimizes ``sum w * ((x + omega cross x + v - target) . n)^2`` over the small rotation ``omega``
-    and translation ``v``, about the model's origin.
-    """
-    # The Jacobian's rows are (x cross n, n); built transposed, (6, K), for contiguous writes.
+def _point_to_plane_jacobian(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """The point-to-plane residuals' Jacobian in (rotation, translation) about the model's origin,
+    transposed: rows (x cross n, n), shape (6, K) for (K, 3) points and normals, for contiguous
+    writes."""
     px, py, pz = points.T
     nx, ny, nz = normals.T
     jacobian = np.empty((6, len(points)))
@@ -405,6 +400,18 @@ def _point_to_plane_step(
     np.multiply(px, ny, out=jacobian[2])
     jacobian[2] -= py * nx
     jacobian[3:] = normals.T
+    return jacobian
+
+
+def _point_to_plane_step(
+    points: np.ndarray, normals: np.ndarray, residuals: np.ndarray, weights: np.ndarray
+) -> np.ndarray | None:
+    """One weighted Gauss-Newton step of point-to-plane ICP, as a column-vector 4x4 increment.
+
+    Minimizes ``sum w * ((x + omega cross x + v - target) . n)^2`` over the small rotation ``omega``
+    and translation ``v``, about the model's origin.
+    """
+    jacobian = _point_to_plane_jacobian(points, normals)
     weighted = jacobian * weights
     hessian = weighted @ jacobian.T
     hessian.flat[::7] += 1e-12 * hessian.trace()
@@ -500,6 +507,7 @@ def _measure(
     fitness, rmse = _measure_batch(source, model, back[None], inlier_distance)
     return float(fitness[0]), float(rmse[0])
 
+
 def _rotations_from_vectors(vectors: np.ndarray) -> np.ndarray:
     """Rotation matrices (column vectors) of rotation vectors by Rodrigues' formula, (K, 3) -> (K, 3, 3)."""
     angle = np.linalg.norm(vectors, axis=1)
@@ -560,18 +568,7 @@ def _icp_batch(
         residuals = np.einsum("ij,ij->i", posed - np.take(model_points, nearest, axis=0), normals)
         weights = np.square(1.0 - np.minimum(np.square(residuals / distance), 1.0))
         weights[squared >= distance * distance] = 0.0
-        # The Jacobian's rows are (x cross n, n), built transposed, (6, K*N), for contiguous writes.
-        px, py, pz = posed.T
-        nx, ny, nz = normals.T
-        jacobian = np.empty((6, len(posed)))
-        np.multiply(py, nz, out=jacobian[0])
-        jacobian[0] -= pz * ny
-        np.multiply(pz, nx, out=jacobian[1])
-        jacobian[1] -= px * nz
-        np.multiply(px, ny, out=jacobian[2])
-        jacobian[2] -= py * nx
-        jacobian[3:] = normals.T
-        jacobian = jacobian.reshape(6, count, total).transpose(1, 0, 2)  # (K, 6, N)
+        jacobian = _point_to_plane_jacobian(posed, normals).reshape(6, count, total).transpose(1, 0, 2)
         weighted = jacobian * weights.reshape(count, 1, total)
         hessian = np.matmul(weighted, jacobian.transpose(0, 2, 1))  # (K, 6, 6)
         gradient = np.matmul(weighted, residuals.reshape(count, total, 1))[:, :, 0]
