@@ -189,14 +189,19 @@ def drop_stray_points(points: np.ndarray, neighbours: int = 4, spread: float = 3
 PLAUSIBLE_SPAN = (0.2, 3.0)
 
 
+def cloud_span(cloud: np.ndarray) -> float:
+    """Diagonal of the box holding the middle 96 % of the points per axis (strays ignored)."""
+    low, high = np.percentile(np.asarray(cloud, dtype=np.float64), [2.0, 98.0], axis=0)
+    return float(np.linalg.norm(high - low))
+
+
 def size_warnings(cloud: np.ndarray, diagonal: float) -> list[str] | None:
     """A warning when the cloud's size does not fit the object's (points in other units?).
 
     The span is the diagonal of the box holding the middle 96 % of the points on each axis, so a
     few stray points do not count.
     """
-    low, high = np.percentile(np.asarray(cloud, dtype=np.float64), [2.0, 98.0], axis=0)
-    span = float(np.linalg.norm(high - low))
+    span = cloud_span(cloud)
     if PLAUSIBLE_SPAN[0] * diagonal <= span <= PLAUSIBLE_SPAN[1] * diagonal:
         return None
     return [
@@ -243,9 +248,11 @@ class _CloudScatter:
 
     def explains(self, refinement: Any, diagonal: float) -> bool:
         """Whether the fit's RMSE is what the cloud's own scatter explains."""
-        if not refinement.refined or refinement.inlier_rmse <= UNEXPLAINED_FLOOR * diagonal:
-            return True
-        return refinement.inlier_rmse <= UNEXPLAINED_RATIO * self._noise()
+        return not refinement.refined or self.explains_rmse(refinement.inlier_rmse, diagonal)
+
+    def explains_rmse(self, rmse: float, diagonal: float) -> bool:
+        """Whether a fit's inlier RMSE is what the cloud's own scatter explains."""
+        return rmse <= UNEXPLAINED_FLOOR * diagonal or rmse <= UNEXPLAINED_RATIO * self._noise()
 
     def incomplete(self, refinement: Any, diagonal: float) -> bool:
         """Whether a close fit leaves part of a clean cloud off the surface: a right pose fits
@@ -506,7 +513,7 @@ class PoseEstimator:
         ((rotation, translation),) = self._network(sample, centroid, CUBE_ROTATIONS[:1])
         refinement = None
         if refine and self.surface is not None:
-            from service.refine import DOUBT_FITNESS, refine_pose
+            from service.refine import DOUBT_FITNESS, object_pose, refine_pose
 
             estimates: list[tuple] = []
 
@@ -518,17 +525,30 @@ class PoseEstimator:
             options = {"max_points": REFINE_MAX_POINTS, "seed": len(cloud), "distinct": self._distinct}
             close: list[np.ndarray] = []  # screened copies that fit about as well as the best
             copies_screened = 0
+            scatter = _CloudScatter(cloud)
             if len(self.near_symmetries):
-                # The network gives any of the near-symmetric copies alike, and its estimates on
-                # half-turned copies of the cloud differ: the copies of all of them go through
-                # the coarse stages together, and the best fit starts the refinement.
-                screened = self._screen_copies(cloud, [(rotation, translation)], options)
-                rotation, translation, close = self._rank_copies(*screened)
-                if screened[1].max() < DOUBT_FITNESS:
-                    # No copy fits well: the network's estimates on half-turned clouds, too.
-                    more = self._screen_copies(cloud, list(half_turns()), options)
+                # The network gives any of the near-symmetric copies alike: they go through the
+                # coarse stages together, and the best fit starts the refinement.
+                estimate = (rotation, translation)
+                # The network's translation can be off by more than a thin part is thick; a
+                # single view's centre lies behind its centroid: the view centre on the side
+                # the network puts the object is tried as well.
+                centre = min(
+                    view_centres(cloud, self.surface.diagonal, self.view_offset)[1:],
+                    key=lambda point: float(np.linalg.norm(point - translation)),
+                )
+                screened = self._screen_copies(cloud, [estimate, (rotation, centre)], options)
+                lead, close = self._rank_copies(*screened)
+                if not (
+                    screened[1][lead] >= DOUBT_FITNESS
+                    and scatter.explains_rmse(screened[2][lead], self.surface.diagonal)
+                ):
+                    # None fits well: the copies from every view centre too, and those of the
+                    # network's estimates on half-turned clouds, which differ.
+                    more = self._screen_copies(cloud, [estimate, *half_turns()], options, centres=True)
                     screened = tuple(np.concatenate(pair) for pair in zip(screened, more, strict=True))
-                    rotation, translation, close = self._rank_copies(*screened)
+                    lead, close = self._rank_copies(*screened)
+                rotation, translation = object_pose(screened[0][lead])
                 copies_screened = len(screened[0]) - 1
             refinement = refine_pose(
                 cloud, self.surface, rotation, translation, alternatives=half_turns(), **options
@@ -553,7 +573,6 @@ class PoseEstimator:
                 refinement = self._finish_copies(cloud, refinement, close, options)
             else:
                 refinement = self._check_near_symmetries(cloud, refinement, options)
-            scatter = _CloudScatter(cloud)
 
             # Still doubtful, or a fit the cloud's own scatter does not explain (or that leaves
             # part of a clean cloud off the surface): wider rounds of starts, the last one over
@@ -588,6 +607,10 @@ class PoseEstimator:
                 refinement = _better(refinement, self._view_check(cloud, refinement, options))
             refinement.explained = scatter.explains(refinement, self.surface.diagonal)
             refinement.surface_noise = scatter.noise
+            if cloud_span(cloud) < PLAUSIBLE_SPAN[0] * self.surface.diagonal:
+                # A cloud this much smaller than the object lies closely on some patch of its
+                # surface in many poses: no fit of it is evidence of a pose.
+                refinement.confidence = 0.0
             rotation, translation = refinement.object_rotation, refinement.object_translation
         back_rotation = rotation.T
         warnings = None
@@ -648,11 +671,8 @@ class PoseEstimator:
             iterations=COARSE_ITERATIONS,
             seed=options["seed"],
         )
-        lead_rotation, lead_translation, close = self._rank_copies(*screened, limit=MAX_FINISHED_RIVALS)
-        from service.refine import back_matrix
-
-        finish = [back_matrix(lead_rotation, lead_translation), *close]
-        finish = [back for back in finish if self._distinct(back[:3, :3], answer[0])]
+        lead, close = self._rank_copies(*screened, limit=MAX_FINISHED_RIVALS)
+        finish = [back for back in [screened[0][lead], *close] if self._distinct(back[:3, :3], answer[0])]
         refinement = self._finish_copies(cloud, refinement, finish, options)
         refinement.hypotheses += len(starts)
         return refinement
@@ -665,7 +685,7 @@ class PoseEstimator:
         )
 
     def _screen_copies(
-        self, cloud: np.ndarray, poses: list[tuple], options: dict[str, Any]
+        self, cloud: np.ndarray, poses: list[tuple], options: dict[str, Any], centres: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Bring poses and their near-symmetric copies to the cloud together, and measure them.
 
@@ -676,6 +696,7 @@ class PoseEstimator:
 
         Args:
             poses: object poses (rotation, translation) whose copies are screened.
+            centres: each copy also starts from each of :func:`view_centres`.
 
         Returns:
             Back transforms (K, 4, 4) after the coarse stages, their fitness (K,) and RMSE (K,).
@@ -684,11 +705,10 @@ class PoseEstimator:
 
         turns = [np.eye(3), *self.near_symmetries]
         starts = [(turn @ rotation, translation) for rotation, translation in poses for turn in turns]
-        # The network's translation can be off by more than a thin part's thickness: each
-        # rotation also starts from the centres that fit a single view or a whole cloud.
-        rotations = [rotation for rotation, _ in starts]
-        centred = view_centres(cloud, self.surface.diagonal, self.view_offset)
-        starts += [(rotation, centre) for centre in centred for rotation in rotations]
+        if centres:
+            rotations = [rotation for rotation, _ in starts]
+            centred = view_centres(cloud, self.surface.diagonal, self.view_offset)
+            starts += [(rotation, centre) for centre in centred for rotation in rotations]
         return screen_starts(
             cloud,
             self.surface,
@@ -701,13 +721,11 @@ class PoseEstimator:
 
     def _rank_copies(
         self, backs: np.ndarray, fitness: np.ndarray, rmse: np.ndarray, limit: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """The best screened pose (rotation, translation), and the back transforms of at most
-        ``limit`` (default: as many as near symmetries) other poses that fit about as well
-        (fitness within ``COPY_FITNESS_MARGIN``, RMSE within ``COPY_RMSE_RATIO`` times): worth
-        finishing, since the view may not tell them apart."""
-        from service.refine import object_pose
-
+    ) -> tuple[int, list[np.ndarray]]:
+        """The index of the best screened pose, and the back transforms of at most ``limit``
+        (default: as many as near symmetries) other poses that fit about as well (fitness within
+        ``COPY_FITNESS_MARGIN``, RMSE within ``COPY_RMSE_RATIO`` times): worth finishing, since
+        the view may not tell them apart."""
         order = sorted(range(len(backs)), key=lambda k: _fit_score_of(fitness[k], rmse[k]), reverse=True)
         lead = order[0]
         close: list[np.ndarray] = []
@@ -719,7 +737,7 @@ class PoseEstimator:
                 and all(self._distinct(backs[k][:3, :3], other[:3, :3]) for other in [backs[lead], *close])
             ):
                 close.append(backs[k])
-        return (*object_pose(backs[lead]), close)
+        return lead, close
 
     def _tight(self, refinement: Any) -> bool:
         """Whether a fit is nearly complete and close: a clean cloud in its right pose."""

@@ -29,6 +29,7 @@ from service.inference import (
     PLAUSIBLE_SPAN,
     Pose,
     PoseEstimator,
+    cloud_span,
     column_pose_matrix,
     quaternion_xyzw,
 )
@@ -94,12 +95,6 @@ class ObjectPose:
             **({"candidates": self.candidates} if self.candidates else {}),
             **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
-
-
-def _span(cloud: np.ndarray) -> float:
-    """Diagonal of the box holding the middle 96 % of the points per axis (strays ignored)."""
-    low, high = np.percentile(cloud, [2.0, 98.0], axis=0)
-    return float(np.linalg.norm(high - low))
 
 
 def degenerate_reason(cloud: np.ndarray) -> str | None:
@@ -207,7 +202,7 @@ class ServedObject:
 
     def _scale_tries(self, cloud: np.ndarray) -> list[tuple[float, str | None]]:
         """Scales to try for a cloud of undeclared units whose size does not fit the object."""
-        span = _span(cloud)
+        span = cloud_span(cloud)
         object_m = self.metres_per_unit
         if object_m is not None:
             options = [(UNITS_M[name] / object_m, name) for name in TRIED_UNITS]
@@ -245,7 +240,7 @@ class ServedObject:
         unit_name = units if units is not None else self.units
         warnings: list[str] = []
         low, high = PLAUSIBLE_SPAN
-        fits = low * self.diagonal <= _span(cloud * scale) <= high * self.diagonal
+        fits = low * self.diagonal <= cloud_span(cloud * scale) <= high * self.diagonal
         tries = [(scale, unit_name)]
         if units is None and not fits and refine:
             # The usual unit scales that make the size fit go first; the object's own goes last.

@@ -509,22 +509,10 @@ def _measure(
 
 
 def _rotations_from_vectors(vectors: np.ndarray) -> np.ndarray:
-    """Rotation matrices (column vectors) of rotation vectors by Rodrigues' formula, (K, 3) -> (K, 3, 3)."""
-    angle = np.linalg.norm(vectors, axis=1)
-    axis = vectors / np.maximum(angle, 1e-15)[:, None]
-    x, y, z = axis.T
-    sin, cos = np.sin(angle), 1.0 - np.cos(angle)
-    rotations = np.empty((len(vectors), 3, 3))
-    rotations[:, 0, 0] = 1.0 - cos * (y * y + z * z)
-    rotations[:, 0, 1] = cos * x * y - sin * z
-    rotations[:, 0, 2] = cos * x * z + sin * y
-    rotations[:, 1, 0] = cos * x * y + sin * z
-    rotations[:, 1, 1] = 1.0 - cos * (x * x + z * z)
-    rotations[:, 1, 2] = cos * y * z - sin * x
-    rotations[:, 2, 0] = cos * x * z - sin * y
-    rotations[:, 2, 1] = cos * y * z + sin * x
-    rotations[:, 2, 2] = 1.0 - cos * (x * x + y * y)
-    return rotations
+    """Rotation matrices (column vectors) of rotation vectors, (K, 3) -> (K, 3, 3)."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_rotvec(vectors).as_matrix()
 
 
 def _posed_batch(source: np.ndarray, backs: np.ndarray) -> np.ndarray:
