@@ -22,14 +22,14 @@ from service.symmetry import Symmetry, geodesic_deg
 MIN_POINTS = 32
 REFINE_MAX_POINTS = 1024
 SEARCH_POINTS = 512
-# Near-symmetric copies of a pose are screened together on this many points, through the coarse
-# stages; a copy is refined in full when its fitness comes within this margin of the best's and
-# its RMSE within this ratio (generous: a screened fit is not yet finished).
+# Near-symmetric copies of a pose (and rivals of an answer) are screened together on this many
+# points, through the coarse stages; one is refined in full when its fitness comes within this
+# margin of the best's and its RMSE within this ratio (generous: a screened fit is not yet
+# finished), at most MAX_FINISHED_RIVALS rivals of an answer.
 NEAR_SYMMETRY_POINTS = 128
-# At most this many screened rivals of an answer are finished.
-MAX_FINISHED_RIVALS = 3
 COPY_FITNESS_MARGIN = 0.05
 COPY_RMSE_RATIO = 2.0
+MAX_FINISHED_RIVALS = 3
 # A fit this complete, with an RMSE under UNEXPLAINED_FLOOR, is tight.
 TIGHT_FITNESS = 0.98
 # A cloud covering this share of the model's surface is whole: no view of it is ambiguous.
