@@ -529,25 +529,36 @@ class PoseEstimator:
             if len(self.near_symmetries):
                 # The network gives any of the near-symmetric copies alike: they go through the
                 # coarse stages together, and the best fit starts the refinement.
+                centres = view_centres(cloud, self.surface.diagonal, self.view_offset)
+
+                def with_view_centre(pose: tuple) -> list[tuple]:
+                    # The network's translation can be off by more than a thin part is thick;
+                    # a single view's centre lies behind its centroid: the view centre on the
+                    # side the network puts the object is tried as well.
+                    near = min(centres[1:], key=lambda point: float(np.linalg.norm(point - pose[1])))
+                    return [pose, (pose[0], near)]
+
                 estimate = (rotation, translation)
-                # The network's translation can be off by more than a thin part is thick; a
-                # single view's centre lies behind its centroid: the view centre on the side
-                # the network puts the object is tried as well.
-                centre = min(
-                    view_centres(cloud, self.surface.diagonal, self.view_offset)[1:],
-                    key=lambda point: float(np.linalg.norm(point - translation)),
+                # Wider and wider until a copy fits well: the network's estimate; its estimates
+                # on half-turned clouds, which differ; all of them from every view centre.
+                rounds = (
+                    lambda: with_view_centre(estimate),
+                    lambda: [start for pose in half_turns() for start in with_view_centre(pose)],
+                    lambda: [(pose[0], centre) for pose in [estimate, *half_turns()] for centre in centres],
                 )
-                screened = self._screen_copies(cloud, [estimate, (rotation, centre)], options)
-                lead, close = self._rank_copies(*screened)
-                if not (
-                    screened[1][lead] >= DOUBT_FITNESS
-                    and scatter.explains_rmse(screened[2][lead], self.surface.diagonal)
-                ):
-                    # None fits well: the copies from every view centre too, and those of the
-                    # network's estimates on half-turned clouds, which differ.
-                    more = self._screen_copies(cloud, [estimate, *half_turns()], options, centres=True)
-                    screened = tuple(np.concatenate(pair) for pair in zip(screened, more, strict=True))
+                screened = None
+                for poses in rounds:
+                    more = self._screen_copies(cloud, poses(), options)
+                    screened = (
+                        more
+                        if screened is None
+                        else tuple(np.concatenate(pair) for pair in zip(screened, more, strict=True))
+                    )
                     lead, close = self._rank_copies(*screened)
+                    if screened[1][lead] >= DOUBT_FITNESS and scatter.explains_rmse(
+                        screened[2][lead], self.surface.diagonal
+                    ):
+                        break
                 rotation, translation = object_pose(screened[0][lead])
                 copies_screened = len(screened[0]) - 1
             refinement = refine_pose(
@@ -685,18 +696,18 @@ class PoseEstimator:
         )
 
     def _screen_copies(
-        self, cloud: np.ndarray, poses: list[tuple], options: dict[str, Any], centres: bool = False
+        self, cloud: np.ndarray, poses: list[tuple], options: dict[str, Any]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Bring poses and their near-symmetric copies to the cloud together, and measure them.
 
         An object that a turn maps nearly onto itself (measured when it was added) fits a cloud
         almost as well in the turned pose, and the network, trained up to those turns, gives
         any of them. The copies go through the coarse stages all at once (one batched ICP) and
-        are measured on the same points (a seeded subsample of the cloud).
+        are measured on the same points (a seeded subsample of the cloud, the same for every
+        call on one cloud, so screens add up).
 
         Args:
             poses: object poses (rotation, translation) whose copies are screened.
-            centres: each copy also starts from each of :func:`view_centres`.
 
         Returns:
             Back transforms (K, 4, 4) after the coarse stages, their fitness (K,) and RMSE (K,).
@@ -705,10 +716,6 @@ class PoseEstimator:
 
         turns = [np.eye(3), *self.near_symmetries]
         starts = [(turn @ rotation, translation) for rotation, translation in poses for turn in turns]
-        if centres:
-            rotations = [rotation for rotation, _ in starts]
-            centred = view_centres(cloud, self.surface.diagonal, self.view_offset)
-            starts += [(rotation, centre) for centre in centred for rotation in rotations]
         return screen_starts(
             cloud,
             self.surface,
