@@ -22,8 +22,8 @@ Schedule (the choice is measured by ``benchmarks/refine_choice.py``):
   ``fine_points`` of the points, or all ``max_points`` when its first step shows noise;
 * when the first coarse result is doubtful (fitness below 0.9), the caller's alternatives, half
   turns about the model's and the observed cloud's principal axes and 40-degree turns about the
-  model's axes are screened (first coarse stage on fewer points), and the best by fitness (then
-  RMSE) is finished.
+  model's axes are screened (first coarse stage on fewer points, every start at once in one
+  batched ICP, :func:`screen_starts`), and the best by fitness (then RMSE) is finished.
 
 The fine stage's nearest neighbours and the fitness come from an exact index built once per model
 (``small_gicp.KdTree`` when that package is installed, else open3d's ``NearestNeighborSearch``);
