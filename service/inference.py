@@ -274,12 +274,10 @@ class _CloudScatter:
 
 
 def _fit_score(refinement: Any) -> tuple[float, float]:
-    """Order of fits: fitness to two decimals, then the smaller RMSE."""
-    return _fit_score_of(refinement.fitness, refinement.inlier_rmse)
+    """Order of fits: :func:`service.refine.fit_score` of a refinement."""
+    from service.refine import fit_score
 
-
-def _fit_score_of(fitness: float, rmse: float) -> tuple[float, float]:
-    return round(float(fitness), 2), -float(rmse)
+    return fit_score(refinement.fitness, refinement.inlier_rmse)
 
 
 @dataclass
@@ -733,7 +731,9 @@ class PoseEstimator:
         (default: as many as near symmetries) other poses that fit about as well (fitness within
         ``COPY_FITNESS_MARGIN``, RMSE within ``COPY_RMSE_RATIO`` times): worth finishing, since
         the view may not tell them apart."""
-        order = sorted(range(len(backs)), key=lambda k: _fit_score_of(fitness[k], rmse[k]), reverse=True)
+        from service.refine import fit_score
+
+        order = sorted(range(len(backs)), key=lambda k: fit_score(fitness[k], rmse[k]), reverse=True)
         lead = order[0]
         close: list[np.ndarray] = []
         for k in order[1:]:

@@ -535,8 +535,8 @@ def _icp_batch(
     The coarse stages of :func:`_icp` (a fixed Tukey scale equal to ``distance``), run for every
     start together: one nearest-point query and one batched solve per iteration for all of them,
     so screening dozens of starts costs about as much Python as refining one. Points beyond
-    ``distance`` get no weight (rather than being dropped), and every start iterates until all
-    meet ``tolerance`` or the cap.
+    ``distance`` get no weight (rather than being dropped), and each start stops once a step
+    meets ``tolerance`` (or at the cap), as :func:`_icp` does.
 
     Args:
         source: (N, 3) observed points.
@@ -580,6 +580,13 @@ def _icp_batch(
     return backs
 
 
+def _may_be_inliers(posed: np.ndarray, model: SurfaceModel, inlier_distance: float) -> np.ndarray:
+    """(Q,) bool: the points (Q, 3) that the lookup table does not rule out as inliers (its
+    distance exceeds the exact one by at most ``LOOKUP_SLACK`` of the diagonal)."""
+    reach = inlier_distance + LOOKUP_SLACK * model.diagonal
+    return model.coarse_index.query(posed)[1] < reach * reach
+
+
 def _measure_batch(
     source: np.ndarray, model: SurfaceModel, backs: np.ndarray, inlier_distance: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -592,9 +599,7 @@ def _measure_batch(
     """
     count, total = len(backs), len(source)
     posed = _posed_batch(source, backs).reshape(-1, 3)
-    _, rough = model.coarse_index.query(posed)
-    reach = inlier_distance + LOOKUP_SLACK * model.diagonal
-    near = np.flatnonzero(rough < reach * reach)
+    near = np.flatnonzero(_may_be_inliers(posed, model, inlier_distance))
     nearest, squared = model.index.query(posed[near])
     residuals = np.zeros(len(posed))
     residuals[near] = np.einsum(
@@ -644,8 +649,8 @@ def screen_starts(
         # Starts that the first stage left far behind the best cannot catch up: only the others
         # go on (the lookup table's distances, with its slack, are enough to tell).
         posed = _posed_batch(source, backs).reshape(-1, 3)
-        reach = (INLIER_DISTANCE + LOOKUP_SLACK) * model.diagonal
-        rough = (model.coarse_index.query(posed)[1] < reach * reach).reshape(len(backs), -1).mean(axis=1)
+        inlier_distance = INLIER_DISTANCE * model.diagonal
+        rough = _may_be_inliers(posed, model, inlier_distance).reshape(len(backs), -1).mean(axis=1)
         going = rough >= rough.max() - SCREEN_PRUNE_MARGIN
         backs[going] = _coarse_batch(source, model, backs[going], stages[1:], iterations)
     fitness, rmse = _measure_batch(source, model, backs, INLIER_DISTANCE * model.diagonal)
@@ -811,7 +816,7 @@ def refine_pose(
         if search:
             starts += search_starts(rotation, translation, model, points)
         screen = coarse[:SCREEN_POINTS]
-        best_score = _screen_score(*_measure(screen, model, best, inlier_distance))
+        best_score = fit_score(*_measure(screen, model, best, inlier_distance))
         screened.append((best_score, best))
         finished = True
         if starts:
@@ -820,7 +825,7 @@ def refine_pose(
             )
             fits, rmses = _measure_batch(screen, model, candidates, inlier_distance)
             for candidate, fit, fit_rmse in zip(candidates, fits, rmses, strict=True):
-                score = _screen_score(fit, fit_rmse)
+                score = fit_score(fit, fit_rmse)
                 screened.append((score, candidate))
                 hypotheses += 1
                 if score > best_score:
@@ -919,9 +924,9 @@ def competes(candidate: Refinement, reference: Refinement) -> bool:
     )
 
 
-def _screen_score(fitness: float, rmse: float) -> tuple[float, float]:
-    """Order of hypotheses: fitness to two decimals, then the smaller RMSE."""
-    return round(fitness, 2), -rmse
+def fit_score(fitness: float, rmse: float) -> tuple[float, float]:
+    """Order of hypotheses and fits: fitness to two decimals, then the smaller RMSE."""
+    return round(float(fitness), 2), -float(rmse)
 
 
 def _as_pose(pose: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
