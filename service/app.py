@@ -1,35 +1,68 @@
-"""The HTTP API: ``create_app(settings)`` builds a FastAPI app whose lifespan loads the model.
+"""The HTTP API: ``create_app(settings)`` builds a FastAPI app whose lifespan loads the object store.
 
 Every package of the object store is served (``/v1/objects/{name}/pose``); ``/v1/pose`` answers for
-the default object. Routes stay thin: parse and validate the payload (``service.clouds``), run
-the object's estimator (``service.objects``), shape the response. Bad input is a 4xx with a
-fixed ``detail``.
+the default object. Routes stay thin: read the body on the event loop, then parse, check and
+estimate in one job of the bounded pose pool (``service.compute``) under a compute budget
+(``service.budget``), and send the answer. Bad input is a 4xx with a fixed ``detail``; a full
+pool is a 503 with ``Retry-After``.
+
+Operations: ``/health`` (liveness) and ``/ready`` (readiness) are always open and never wait for
+the pool; ``/metrics`` is Prometheus; every answer carries ``X-Request-ID`` and one JSON log line;
+optional API keys; CORS off unless configured; ``POST /v1/admin/reload`` or SIGHUP reloads and
+verifies the store while the old objects keep serving.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import logging
+import re
+import signal
 import time
+import uuid
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import schemas
 from service.clouds import CloudError, as_cloud, read_cloud_file
+from service.compute import PoseWorkers, Saturated
+from service.metrics import ServiceMetrics
 from service.objects import ObjectPose, ServedObject
 from service.settings import Settings
-from service.store import ObjectStore, StoreError
+from service.store import UNITS_M, ObjectStore, StoreError
 
-JSON_BODY_EXAMPLE = {"points": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]}
+access_log = logging.getLogger("cloudpose.access")
+logger = logging.getLogger("cloudpose.service")
+
+JSON_BODY_EXAMPLE = {"points": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.2, 0.9, 0.1]]}
+REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+RETRY_AFTER_S = 1
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+class BodyTooSlow(Exception):
+    pass
+
+
+def _error_message(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps({"detail": detail}), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 class BodySizeLimit:
@@ -71,38 +104,86 @@ class BodySizeLimit:
                 await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {"detail": f"request body is larger than this service's limit of {self.max_bytes} bytes"},
-            status_code=413,
+        response = _error_message(
+            413,
+            f"request body is larger than this service's limit of {self.max_bytes} bytes",
+            {"connection": "close"},
         )
         await response(scope, receive, send)
 
 
-# Dependencies and cheap endpoints are ``async def``: FastAPI runs plain ``def`` ones in the
-# thread pool, a thread hop per call that costs more than the work they do.
-async def get_objects(request: Request) -> ObjectRegistry:
-    return request.app.state.objects
+class RequestGuard:
+    """Outermost ASGI middleware: request id, one access-log line, the body deadline, and quiet
+    client disconnects.
 
+    - ``X-Request-ID``: the client's (if it is a short token) or a new one; echoed in the answer.
+    - The body must arrive within ``body_timeout_s`` of the request's start: else 408 and the
+      connection is closed (a client sending a byte every few seconds holds nothing for long).
+    - A client that goes away mid-request is one log line, never a traceback.
+    """
 
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    def __init__(self, app: ASGIApp, body_timeout_s: float, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.body_timeout_s = body_timeout_s
+        self.metrics = metrics
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        deadline = time.monotonic() + self.body_timeout_s
+        given = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 0
+        body_done = False
 
-Refine = Annotated[
-    bool,
-    Query(
-        description="Register the cloud against the object's surface after the network (order-free models)."
-    ),
-]
-Units = Annotated[
-    str | None,
-    Query(
-        description="What the points are in (mm, cm, m, in, ...); the answer comes back in them. "
-        "Without it, a cloud whose size does not fit the object is tried at the usual unit scales."
-    ),
-]
-Objects = Annotated["ObjectRegistry", Depends(get_objects)]
-ServiceSettings = Annotated[Settings, Depends(get_settings)]
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise BodyTooSlow from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def tagged_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        outcome = None
+        try:
+            await self.app(scope, timed_receive, tagged_send)
+        except BodyTooSlow:
+            outcome = "body too slow"
+            if not status:
+                response = _error_message(
+                    408,
+                    f"the request body did not arrive within {self.body_timeout_s:g} s",
+                    {"connection": "close"},
+                )
+                await response(scope, receive, tagged_send)
+        except ClientDisconnect:
+            outcome = "client disconnected"
+        finally:
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "status": status or None,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "client": (scope.get("client") or ("", 0))[0],
+                    **({"outcome": outcome} if outcome else {}),
+                },
+            )
 
 
 class ObjectRegistry:
@@ -114,7 +195,8 @@ class ObjectRegistry:
 
     @classmethod
     def load(cls, settings: Settings) -> ObjectRegistry:
-        """Every package of the store (or the one bare model); raises StoreError when there is none."""
+        """Every package of the store (or the one bare model), verified; raises StoreError when
+        there is none or one is broken."""
         if settings.model_path is not None:
             served = ServedObject.from_model(settings.model_path, threads=settings.threads)
             return cls({served.name: served}, served.name)
@@ -148,70 +230,67 @@ class ObjectRegistry:
             raise CloudError(404, f"unknown object {name!r}; known objects: {known}")
         return self.objects[name]
 
-
-# Up to this many points in a request, inference runs on the event loop: an exam model answers
-# in well under a millisecond and a refined order-free pose in a few, while a hop to the thread
-# pool and back cost about 2 ms on a 2-core machine (benchmarks/latency.py, N = 2048 with
-# refinement). Larger requests go to the pool so the event loop keeps answering meanwhile.
-INLINE_ESTIMATE_POINTS = 16_384
+    def model_ids(self) -> dict[str, str]:
+        return {name: served.model_id for name, served in self.objects.items()}
 
 
-async def estimate(
-    served: ServedObject, clouds: list[np.ndarray], refine: bool, units: str | None
-) -> list[ObjectPose]:
-    """``served.estimate(clouds)``; inline for requests of up to ``INLINE_ESTIMATE_POINTS``
-    points, in the thread pool for larger ones."""
-    if sum(len(cloud) for cloud in clouds) <= INLINE_ESTIMATE_POINTS:
-        return served.estimate(clouds, refine, units)
-    return await run_in_threadpool(served.estimate, clouds, refine, units)
+# Dependencies and cheap endpoints are ``async def``: FastAPI runs plain ``def`` ones in the
+# thread pool, a thread hop per call that costs more than the work they do.
+async def get_objects(request: Request) -> ObjectRegistry:
+    return request.app.state.objects
+
+
+BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
+HEADER_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: KEY")
+
+
+async def require_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    key: Annotated[str | None, Depends(HEADER_KEY)],
+) -> None:
+    """With API keys configured, a valid one is needed (compared in constant time)."""
+    api_keys: list[bytes] = request.app.state.api_keys
+    if not api_keys:
+        return
+    offered = (credentials.credentials if credentials else key or "").encode()
+    matched = False
+    for valid in api_keys:  # every key is compared, so timing tells nothing about which
+        matched |= hmac.compare_digest(offered, valid)
+    if not matched:
+        raise CloudError(401, "a valid API key is required: send 'Authorization: Bearer KEY' or 'X-API-Key'")
+
+
+Refine = Annotated[
+    bool,
+    Query(
+        description="Register the cloud against the object's surface after the network (order-free models)."
+    ),
+]
+Units = Annotated[
+    str | None,
+    Query(
+        json_schema_extra={"enum": list(UNITS_M)},
+        description="What the points are in; the answer comes back in them. Without it, a cloud "
+        "whose size does not fit the object is tried at the usual unit scales.",
+    ),
+]
+Objects = Annotated[ObjectRegistry, Depends(get_objects)]
+ObjectName = Annotated[str, "the object's name, as listed by GET /v1/objects"]
 
 
 def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
 
 
-async def read_clouds(
-    request: Request, settings: Settings, batch: bool
-) -> tuple[list[np.ndarray], list[str | None], str | None]:
-    """Clouds from a JSON body or a multipart upload (field ``file``; ``files`` for a batch).
+def _request_units(query: str | None, body: str | None) -> str | None:
+    if query is not None and body is not None and query != body:
+        raise CloudError(422, f"units given twice and differently: ?units={query} and 'units': {body!r}")
+    return query if query is not None else body
 
-    Returns:
-        The clouds, the uploaded file names (None for JSON clouds), and the body's ``units``
-        field when the JSON body has one.
-    """
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        try:
-            form = await request.form(max_files=settings.max_batch, max_part_size=settings.max_body_bytes)
-        except BodyTooLarge:  # a streamed body over the limit: BodySizeLimit answers 413
-            raise
-        except HTTPException as error:  # starlette's 400 for a broken body or a multipart limit
-            if str(error.detail).startswith("Too many files"):
-                raise CloudError(
-                    413, f"too many clouds: more files than limit {settings.max_batch}"
-                ) from error
-            raise CloudError(400, "malformed multipart body") from error
-        except Exception as error:  # starlette raises several types for broken multipart
-            raise CloudError(400, "malformed multipart body") from error
-        uploads = [
-            value for key, value in form.multi_items() if key in ("file", "files") and hasattr(value, "read")
-        ]
-        if not uploads:
-            raise CloudError(422, "multipart body has no file: upload the cloud in a field named 'file'")
-        if not batch and len(uploads) > 1:
-            raise CloudError(422, "send one file to /v1/pose, or several to /v1/pose/batch")
-        if len(uploads) > settings.max_batch:
-            raise CloudError(413, f"too many clouds: {len(uploads)} > limit {settings.max_batch}")
-        clouds = [
-            read_cloud_file(upload.filename or "", await upload.read(), settings.max_points)
-            for upload in uploads
-        ]
-        return clouds, [upload.filename for upload in uploads], None
-    if content_type not in ("application/json", ""):
-        raise CloudError(
-            415, f"unsupported content type {content_type!r}; send application/json or multipart/form-data"
-        )
-    body = await request.body()
+
+def clouds_from_json(body: bytes, settings: Settings, batch: bool) -> tuple[list[np.ndarray], str | None]:
+    """Clouds and the ``units`` field of a JSON body (in a worker thread: parsing is CPU work)."""
     if not body:
         raise CloudError(400, 'empty request body: send JSON like {"points": [[x, y, z], ...]}')
     try:
@@ -224,7 +303,7 @@ async def read_clouds(
     if not batch:
         if not isinstance(payload, dict) or "points" not in payload:
             raise CloudError(422, "JSON body must be an object with a 'points' list of [x, y, z] triples")
-        return [as_cloud(payload["points"], settings.max_points)], [None], units
+        return [as_cloud(payload["points"], settings.max_points)], units
     clouds = payload.get("clouds") if isinstance(payload, dict) else None
     if not isinstance(clouds, list) or not clouds:
         raise CloudError(
@@ -237,48 +316,175 @@ async def read_clouds(
         if not isinstance(cloud, dict) or "points" not in cloud:
             raise CloudError(422, f"clouds[{index}] must be an object with a 'points' list")
         result.append(as_cloud(cloud["points"], settings.max_points, where=f"clouds[{index}].points"))
-    return result, [None] * len(result), units
+    return result, units
 
 
-def _units(query: str | None, body: str | None) -> str | None:
-    if query is not None and body is not None and query != body:
-        raise CloudError(422, f"units given twice and differently: ?units={query} and 'units': {body!r}")
-    return query if query is not None else body
+async def read_body(request: Request, settings: Settings, batch: bool) -> tuple[str, Any]:
+    """The raw request on the event loop: ``("json", bytes)`` or ``("files", [(name, bytes)])``."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=settings.max_batch, max_part_size=settings.max_body_bytes)
+        except (BodyTooLarge, BodyTooSlow, ClientDisconnect):
+            raise
+        except HTTPException as error:  # starlette's 400 for a broken body or a multipart limit
+            if str(error.detail).startswith("Too many files"):
+                raise CloudError(
+                    413, f"too many clouds: more files than limit {settings.max_batch}"
+                ) from error
+            raise CloudError(400, "malformed multipart body") from error
+        except Exception as error:  # python-multipart raises several types for broken bodies
+            raise CloudError(400, "malformed multipart body") from error
+        uploads = [
+            value for key, value in form.multi_items() if key in ("file", "files") and hasattr(value, "read")
+        ]
+        if not uploads:
+            raise CloudError(422, "multipart body has no file: upload the cloud in a field named 'file'")
+        if not batch and len(uploads) > 1:
+            raise CloudError(422, "send one file to /v1/pose, or several to /v1/pose/batch")
+        if len(uploads) > settings.max_batch:
+            raise CloudError(413, f"too many clouds: {len(uploads)} > limit {settings.max_batch}")
+        return "files", [(upload.filename or "", await upload.read()) for upload in uploads]
+    if content_type not in ("application/json", ""):
+        raise CloudError(
+            415, f"unsupported content type {content_type!r}; send application/json or multipart/form-data"
+        )
+    return "json", await request.body()
+
+
+def decode_clouds(
+    kind: str, raw: Any, settings: Settings, batch: bool
+) -> tuple[list[np.ndarray], list[str | None], str | None]:
+    """Clouds, their file names (None for JSON) and the body's units, from :func:`read_body`'s result."""
+    if kind == "files":
+        clouds = [read_cloud_file(name, data, settings.max_points) for name, data in raw]
+        return clouds, [name for name, _ in raw], None
+    clouds, units = clouds_from_json(raw, settings, batch)
+    return clouds, [None] * len(clouds), units
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API. Settings come from the environment unless given."""
     settings = settings if settings is not None else Settings()
+    metrics = ServiceMetrics()
+    workers = PoseWorkers(
+        settings.pool_threads, settings.queue_limit, settings.hard_lanes, settings.slow_after_ms / 1000
+    )
+    api_keys = [key.encode() for key in settings.keys()]
+
+    async def reload_objects(app: FastAPI) -> ObjectRegistry:
+        """Load and verify the store beside the served one, then swap; requests in flight keep
+        the objects they started with. Raises StoreError (the old objects stay)."""
+        async with app.state.reload_lock:
+            try:
+                registry = await asyncio.to_thread(ObjectRegistry.load, settings)
+            except StoreError as error:
+                logger.error("reload refused, still serving the previous objects: %s", error)
+                raise
+            app.state.objects = registry
+            metrics.models(registry.model_ids())
+            logger.info("reloaded the object store: %s", registry.model_ids())
+            return registry
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.settings = settings
+        app.state.reload_lock = asyncio.Lock()
         app.state.objects = ObjectRegistry.load(settings)
+        metrics.models(app.state.objects.model_ids())
+        workers.start()
+        loop = asyncio.get_running_loop()
+
+        def on_hangup() -> None:
+            async def reload() -> None:
+                try:
+                    await reload_objects(app)
+                except StoreError:
+                    pass  # logged; the previous objects keep serving
+
+            loop.create_task(reload())
+
+        try:
+            loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals
+            pass
         yield
+        workers.stop()
 
     app = FastAPI(
         title="cloudpose",
         summary="Rigid pose of known objects in point clouds",
-        version="0.2.0",
+        version="0.3.0",
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.origins():
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.origins(),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "x-api-key", "content-type", "x-request-id"],
+            expose_headers=["x-request-id", "retry-after"],
+        )
+    app.add_middleware(RequestGuard, body_timeout_s=settings.body_timeout_s, metrics=metrics)
+
+    Authorized = [Depends(require_key)]
+
+    app.state.api_keys = api_keys
 
     @app.exception_handler(CloudError)
     async def cloud_error(_: Request, error: CloudError) -> Response:
-        return json_response({"detail": error.detail}, status_code=error.status)
+        headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
+        return _error_message(error.status, error.detail, headers)
 
-    @app.get("/health")
-    async def health(objects: Objects) -> dict[str, Any]:
-        """Liveness, the served objects and the default object's model id."""
+    @app.exception_handler(Saturated)
+    async def saturated(_: Request, error: Saturated) -> Response:
+        return _error_message(
+            503, f"busy: {error}; retry in {RETRY_AFTER_S} s", {"retry-after": str(RETRY_AFTER_S)}
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameters(_: Request, error: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
+        )
+        return _error_message(422, f"invalid request parameters: {problems}")
+
+    @app.get("/health", response_model=schemas.Health)
+    async def health(request: Request) -> Response:
+        """Liveness: the process answers. Never waits for the pose workers; needs no key."""
+        objects: ObjectRegistry = request.app.state.objects
         default = objects.objects.get(objects.default) if objects.default else None
-        return {
-            "status": "ok",
-            "model_id": default.model_id if default else None,
-            "objects": list(objects.objects),
-        }
+        return json_response(
+            {
+                "status": "ok",
+                "model_id": default.model_id if default else None,
+                "objects": list(objects.objects),
+            }
+        )
 
-    @app.get("/v1/objects")
+    @app.get(
+        "/ready",
+        response_model=schemas.Ready,
+        responses={503: {"model": schemas.Ready, "description": "Busy: the pose workers are full."}},
+    )
+    async def ready() -> Response:
+        """Readiness: objects loaded and room in the pose workers (503 while saturated)."""
+        busy = workers.saturated()
+        return Response(
+            orjson.dumps(
+                {
+                    "status": "busy" if busy else "ready",
+                    "pending": workers.pending,
+                    "capacity": workers.threads + workers.queue_limit,
+                }
+            ),
+            status_code=503 if busy else 200,
+            media_type="application/json",
+            headers={"retry-after": str(RETRY_AFTER_S)} if busy else None,
+        )
+
+    @app.get("/v1/objects", dependencies=Authorized, responses=schemas.error_responses(401))
     async def list_objects(objects: Objects) -> Response:
         """Every served object: name, units, size, symmetry, model id, bench figures."""
         return json_response(
@@ -288,13 +494,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
         )
 
-    @app.get("/v1/objects/{name}")
-    async def describe_object(name: str, objects: Objects) -> Response:
+    @app.get("/v1/objects/{name}", dependencies=Authorized, responses=schemas.error_responses(401, 404))
+    async def describe_object(name: ObjectName, objects: Objects) -> Response:
         """One served object."""
         return json_response(objects.get(name).describe())
 
-    @app.get("/v1/model")
-    def model(objects: Objects, settings: ServiceSettings) -> Response:
+    @app.get("/v1/model", dependencies=Authorized, responses=schemas.error_responses(401, 404))
+    async def model(objects: Objects) -> Response:
         """The default object's model: kind, expected N, convention, units, metrics, limits."""
         served = objects.get(None)
         description = served.estimator.describe()
@@ -303,99 +509,162 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "max_points": settings.max_points,
             "max_body_bytes": settings.max_body_bytes,
             "max_batch": settings.max_batch,
+            "pose_budget_ms": settings.pose_budget_ms,
+            "batch_budget_s": settings.batch_budget_s,
         }
         return json_response(description)
 
-    body_doc = {
-        "requestBody": {
-            "content": {
-                "application/json": {"example": JSON_BODY_EXAMPLE},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"file": {"type": "string", "format": "binary"}},
-                    }
+    @app.post(
+        "/v1/admin/reload",
+        response_model=schemas.Reloaded,
+        responses=schemas.error_responses(401, 403, 409),
+    )
+    async def admin_reload(request: Request, _: Annotated[None, Depends(require_key)]) -> Response:
+        """Reload and verify the object store; the old objects serve until the new ones are ready
+        (a broken package is refused and nothing changes). Needs API keys to be configured."""
+        if not api_keys:
+            raise CloudError(403, "admin routes are off: start the service with CLOUDPOSE_API_KEYS set")
+        try:
+            registry = await reload_objects(request.app)
+        except StoreError as error:
+            raise CloudError(409, f"reload refused, still serving the previous objects: {error}") from error
+        return json_response({"objects": registry.model_ids()})
+
+    pose_errors = schemas.error_responses(400, 401, 404, 408, 413, 415, 422, 503)
+
+    def body_doc(model: type[schemas.BaseModel], file_field: str, many: bool) -> dict[str, Any]:
+        binary = {"type": "string", "format": "binary"}
+        return {
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": schemas.inline_schema(model)},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": [file_field],
+                            "properties": {
+                                file_field: {"type": "array", "items": binary, "minItems": 1}
+                                if many
+                                else binary
+                            },
+                        }
+                    },
                 },
             }
         }
-    }
-    batch_doc = {
-        "requestBody": {
-            "content": {
-                "application/json": {"example": {"clouds": [JSON_BODY_EXAMPLE, JSON_BODY_EXAMPLE]}},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                        },
-                    }
-                },
-            }
-        }
-    }
 
-    async def answer_one(request: Request, served: ServedObject, refine: bool, units: str | None) -> Response:
-        started = time.perf_counter()
-        (points,), _, body_units = await read_clouds(request, settings, batch=False)
-        served.check_cloud(points)
-        (result,) = await estimate(served, [points], refine, _units(units, body_units))
-        return json_response(
-            {
-                **result.to_dict(),
-                "object": served.name,
-                "model_id": served.model_id,
-                "n_points": int(points.shape[0]),
-                "server_time_ms": (time.perf_counter() - started) * 1000,
-            }
-        )
+    def budgets_for(count: int):
+        """Each cloud's budget: the per-cloud allowance, within the batch's cap."""
+        per_cloud_s = settings.pose_budget_ms / 1000
+        batch_end = time.monotonic() + min(settings.batch_budget_s, per_cloud_s * count)
 
-    async def answer_batch(
-        request: Request, served: ServedObject, refine: bool, units: str | None
-    ) -> Response:
+        def make():
+            return workers.budget(max(0.0, min(per_cloud_s, batch_end - time.monotonic())))
+
+        return make
+
+    def pose_job(
+        served: ServedObject,
+        kind: str,
+        raw: Any,
+        refine: bool,
+        units: str | None,
+        batch: bool,
+        request_id: str,
+    ) -> bytes:
+        """Parse, check and estimate (a worker thread); returns the JSON answer."""
         started = time.perf_counter()
-        clouds, names, body_units = await read_clouds(request, settings, batch=True)
+        clouds, names, body_units = decode_clouds(kind, raw, settings, batch)
         for index, points in enumerate(clouds):
-            served.check_cloud(points, where=f"clouds[{index}]")
-        results = await estimate(served, clouds, refine, _units(units, body_units))
-        return json_response(
-            {
-                "poses": [
-                    {**result.to_dict(), "n_points": int(points.shape[0]), **({"file": name} if name else {})}
-                    for result, points, name in zip(results, clouds, names, strict=True)
-                ],
-                "object": served.name,
-                "model_id": served.model_id,
-                "server_time_ms": (time.perf_counter() - started) * 1000,
-            }
+            served.check_cloud(points, where=f"clouds[{index}]" if batch else "points")
+        results: list[ObjectPose] = served.estimate(
+            clouds, refine, _request_units(units, body_units), budgets=budgets_for(len(clouds))
         )
+        metrics.observe(served, results, time.perf_counter() - started)
+        answers = [
+            {**result.to_dict(), "n_points": int(points.shape[0]), **({"file": name} if name else {})}
+            for result, points, name in zip(results, clouds, names, strict=True)
+        ]
+        common = {
+            "object": served.name,
+            "model_id": served.model_id,
+            "server_time_ms": (time.perf_counter() - started) * 1000,
+        }
+        if batch:
+            return orjson.dumps({"poses": answers, **common})
+        return orjson.dumps({**answers[0], **common, "request_id": request_id})
 
-    @app.post("/v1/pose", openapi_extra=body_doc)
+    async def answer(
+        request: Request, served: ServedObject, refine: bool, units: str | None, batch: bool
+    ) -> Response:
+        kind, raw = await read_body(request, settings, batch)
+        request_id = request.scope["state"].get("request_id", "")
+        metrics.queue(workers.pending + 1)
+        try:
+            body = await workers.run(
+                lambda: pose_job(served, kind, raw, refine, units, batch, request_id),
+                settings.queue_timeout_s,
+            )
+        finally:
+            metrics.queue(workers.pending)
+        return Response(body, media_type="application/json")
+
+    one_doc = body_doc(schemas.CloudBody, "file", many=False)
+    batch_doc = body_doc(schemas.BatchBody, "files", many=True)
+
+    @app.post(
+        "/v1/pose",
+        openapi_extra=one_doc,
+        response_model=schemas.PoseResponse,
+        responses=pose_errors,
+        dependencies=Authorized,
+    )
     async def pose(
         request: Request, objects: Objects, refine: Refine = True, units: Units = None
     ) -> Response:
-        """Pose of one cloud of the default object: JSON ``{"points": [[x, y, z], ...]}`` or a file."""
-        return await answer_one(request, objects.get(None), refine, units)
+        """Pose of one cloud of the default object: JSON ``{"points": [[x, y, z], ...]}`` or a file
+        (.ply, .pcd, .xyz, .npy) in the multipart field ``file``."""
+        return await answer(request, objects.get(None), refine, units, batch=False)
 
-    @app.post("/v1/pose/batch", openapi_extra=batch_doc)
+    @app.post(
+        "/v1/pose/batch",
+        openapi_extra=batch_doc,
+        response_model=schemas.BatchResponse,
+        responses=pose_errors,
+        dependencies=Authorized,
+    )
     async def pose_batch(
         request: Request, objects: Objects, refine: Refine = True, units: Units = None
     ) -> Response:
         """Poses of several clouds of the default object: JSON ``{"clouds": [...]}`` or files."""
-        return await answer_batch(request, objects.get(None), refine, units)
+        return await answer(request, objects.get(None), refine, units, batch=True)
 
-    @app.post("/v1/objects/{name}/pose", openapi_extra=body_doc)
+    @app.post(
+        "/v1/objects/{name}/pose",
+        openapi_extra=one_doc,
+        response_model=schemas.PoseResponse,
+        responses=pose_errors,
+        dependencies=Authorized,
+    )
     async def object_pose(
-        name: str, request: Request, objects: Objects, refine: Refine = True, units: Units = None
+        name: ObjectName, request: Request, objects: Objects, refine: Refine = True, units: Units = None
     ) -> Response:
         """Pose of one cloud of the named object (file frame, the cloud's units)."""
-        return await answer_one(request, objects.get(name), refine, units)
+        return await answer(request, objects.get(name), refine, units, batch=False)
 
-    @app.post("/v1/objects/{name}/pose/batch", openapi_extra=batch_doc)
+    @app.post(
+        "/v1/objects/{name}/pose/batch",
+        openapi_extra=batch_doc,
+        response_model=schemas.BatchResponse,
+        responses=pose_errors,
+        dependencies=Authorized,
+    )
     async def object_pose_batch(
-        name: str, request: Request, objects: Objects, refine: Refine = True, units: Units = None
+        name: ObjectName, request: Request, objects: Objects, refine: Refine = True, units: Units = None
     ) -> Response:
         """Poses of several clouds of the named object."""
-        return await answer_batch(request, objects.get(name), refine, units)
+        return await answer(request, objects.get(name), refine, units, batch=True)
 
+    metrics.expose(app, dependencies=Authorized)
     return app

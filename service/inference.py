@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from service import budget
 from service.clouds import CloudError
 from service.store import ObjectPackage, StoreError, read_model_sidecar
 from service.symmetry import Symmetry, geodesic_deg
@@ -553,8 +554,9 @@ class PoseEstimator:
                         else tuple(np.concatenate(pair) for pair in zip(screened, more, strict=True))
                     )
                     lead, close = self._rank_copies(*screened)
-                    if screened[1][lead] >= DOUBT_FITNESS and scatter.explains_rmse(
-                        screened[2][lead], self.surface.diagonal
+                    if budget.expired() or (
+                        screened[1][lead] >= DOUBT_FITNESS
+                        and scatter.explains_rmse(screened[2][lead], self.surface.diagonal)
                     ):
                         break
                 rotation, translation = object_pose(screened[0][lead])
@@ -592,7 +594,7 @@ class PoseEstimator:
                 # view cannot tell apart: they stay candidates, and a wider search would not help.
                 unexplained = not scatter.explains(refinement, self.surface.diagonal)
                 unexplained = unexplained or scatter.incomplete(refinement, self.surface.diagonal)
-                if refinement.fitness >= DOUBT_FITNESS and not unexplained:
+                if (refinement.fitness >= DOUBT_FITNESS and not unexplained) or budget.expired():
                     break
                 again = refine_pose(
                     cloud,
@@ -609,6 +611,7 @@ class PoseEstimator:
                 refinement = _better(refinement, again)
             if (
                 self.check_views
+                and not budget.expired()
                 and refinement.refined
                 and not self._ambiguous(refinement)
                 and self._coverage(cloud, refinement) < WHOLE_COVERAGE
@@ -769,7 +772,7 @@ class PoseEstimator:
         """Screen a finished answer's near-symmetric copies beside it (a turned copy of a
         converged pose starts close to the other copy's optimum), and finish those that fit
         better or about as well."""
-        if not len(self.near_symmetries) or not refinement.refined:
+        if not len(self.near_symmetries) or not refinement.refined or budget.expired():
             return refinement
         if self._tight(refinement) and self._coverage(cloud, refinement) >= WHOLE_COVERAGE:
             # A whole cloud fitting this closely: a near-symmetric copy differs from it by more
@@ -797,7 +800,6 @@ class PoseEstimator:
             "mesh": meta["mesh"],
             "metrics": meta.get("training", {}).get("validation", {}),
             "evaluation": meta.get("evaluation"),
-            "versions": meta.get("versions", {}),
         }
         if self.order_free:
             description["input_requirement"] = (

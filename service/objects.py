@@ -19,11 +19,13 @@ another does, the answer lists the competing poses with their scores.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from service import budget
 from service.inference import (
     DISTINCT_DEGREES,
     PLAUSIBLE_SPAN,
@@ -219,7 +221,11 @@ class ServedObject:
         return plausible[:MAX_SCALE_TRIES]
 
     def estimate(
-        self, clouds: list[np.ndarray], refine: bool = True, units: str | None = None
+        self,
+        clouds: list[np.ndarray],
+        refine: bool = True,
+        units: str | None = None,
+        budgets: Callable[[], budget.Budget | None] | None = None,
     ) -> list[ObjectPose]:
         """Poses of clouds (each (N, 3), checked with :meth:`check_cloud`), in the cloud's units.
 
@@ -228,8 +234,23 @@ class ServedObject:
             refine: register against the surface after the network (or the search alone).
             units: what the points are in; None tries the usual unit scales when the cloud's
                 size does not fit the object.
+            budgets: makes each cloud's compute budget (None: no limit). A cloud whose budget
+                runs out gets the best pose found so far, marked not found.
         """
-        return [self._estimate_one(cloud, refine, units) for cloud in clouds]
+        answers = []
+        for cloud in clouds:
+            with budget.limited(budgets() if budgets is not None else None) as allowance:
+                answer = self._estimate_one(cloud, refine, units)
+            if allowance is not None and allowance.exhausted:
+                ran_out = (
+                    f"the compute budget ({allowance.seconds * 1000:.0f} ms) ran out before the search ended"
+                )
+                answer.warnings.append(ran_out)
+                if answer.found:
+                    answer.found = False
+                    answer.reason = f"{ran_out}: this pose is the best so far, not confirmed"
+            answers.append(answer)
+        return answers
 
     def _estimate_one(self, cloud: np.ndarray, refine: bool, units: str | None) -> ObjectPose:
         reason = degenerate_reason(cloud)
@@ -247,6 +268,8 @@ class ServedObject:
             tries = [*self._scale_tries(cloud), (scale, unit_name)]
         answer = None
         for tried_scale, tried_name in tries:
+            if answer is not None and budget.expired():
+                break
             pose = self.estimator.estimate([cloud * tried_scale], refine)[0]
             tried = self._answer(pose, tried_scale, tried_name, refine)
             if answer is None or tried.found or _score(tried) > _score(answer):

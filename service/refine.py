@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import open3d as o3d
 
+from service import budget
+
 try:  # optional: a faster exact nearest-neighbour index, same results
     import small_gicp
 except ImportError:  # pragma: no cover - depends on the environment
@@ -549,6 +551,8 @@ def _icp_batch(
     total = len(source)
     active = np.arange(len(backs))  # starts still moving
     for _ in range(iterations):
+        if budget.expired():  # the starts stop where they are; the caller ranks them as they stand
+            break
         count = len(active)
         posed = _posed_batch(source, backs[active]).reshape(-1, 3)  # (K*N, 3)
         nearest, squared = index.query(posed)

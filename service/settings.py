@@ -11,7 +11,7 @@ DEFAULT_STORE = Path("models/objects")
 
 
 class Settings(BaseSettings):
-    """Limits and the objects to serve.
+    """Limits, budgets, security and the objects to serve.
 
     Attributes:
         store: the object store; every package in it is served.
@@ -20,8 +20,28 @@ class Settings(BaseSettings):
         model_path: serve this bare exported ONNX model (sidecar beside it) instead of the store.
         max_points: largest cloud accepted, in points (larger clouds get 413).
         max_body_bytes: largest request body accepted (larger bodies get 413).
-        max_batch: most clouds in one ``/v1/pose/batch`` request.
+        max_batch: most clouds in one batch request.
         threads: onnxruntime intra-op threads (1 keeps latency low under concurrent requests).
+        pose_budget_ms: how long one cloud's search may run; past it the answer is the best pose
+            so far, marked not found. The hardest single views of the bunny need about 0.9 s on
+            2 CPU cores, so the default leaves them room.
+        batch_budget_s: cap on a whole batch's search (each cloud still gets at most
+            ``pose_budget_ms``; clouds after the cap get their best pose at once).
+        pool_threads: pose jobs computing at once in one process.
+        queue_limit: pose jobs waiting at most; beyond, 503 with Retry-After.
+        queue_timeout_s: longest wait for a free worker before 503.
+        slow_after_ms: a cloud still computing after this long is hard: it yields the CPU to
+            easy ones and takes turns with other hard ones (``hard_lanes`` at once).
+        hard_lanes: hard clouds computing at once.
+        body_timeout_s: a request body must arrive within this (else 408 and the connection
+            is closed).
+        header_timeout_s: a request's headers must arrive within this of connecting.
+        keep_alive_s: an idle kept-alive connection is closed after this.
+        max_connections: open connections at most; the longest-idle one makes room for a new one.
+        api_keys: comma-separated keys; when set, every route except ``/health`` and ``/ready``
+            needs one (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``).
+        cors_origins: comma-separated origins allowed by CORS (none: CORS off).
+        log_format: ``json`` (one JSON object a line) or ``text``.
     """
 
     model_config = SettingsConfigDict(env_prefix="CLOUDPOSE_")
@@ -33,3 +53,23 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_batch: int = Field(default=256, gt=0)
     threads: int = Field(default=1, gt=0)
+    pose_budget_ms: float = Field(default=1000.0, gt=0)
+    batch_budget_s: float = Field(default=20.0, gt=0)
+    pool_threads: int = Field(default=4, gt=0)
+    queue_limit: int = Field(default=64, ge=0)
+    queue_timeout_s: float = Field(default=10.0, gt=0)
+    slow_after_ms: float = Field(default=50.0, gt=0)
+    hard_lanes: int = Field(default=1, gt=0)
+    body_timeout_s: float = Field(default=20.0, gt=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keep_alive_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=4096, gt=0)
+    api_keys: str = ""
+    cors_origins: str = ""
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+
+    def keys(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+    def origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

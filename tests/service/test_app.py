@@ -199,6 +199,8 @@ def test_model_description(client: TestClient, sidecar: dict, template: np.ndarr
         "max_points": MAX_POINTS,
         "max_body_bytes": MAX_BODY_BYTES,
         "max_batch": MAX_BATCH,
+        "pose_budget_ms": 1000.0,
+        "batch_budget_s": 20.0,
     }
 
 

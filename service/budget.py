@@ -1,0 +1,86 @@
+"""Compute budgets: how long one cloud's pose search may run, checked where the search widens.
+
+The search (``service.inference``, ``service.refine``) calls :func:`expired` before each wider
+round and inside its batched iterations. Without a budget in force (the library, the bench) it
+never expires. The service puts one in force per cloud with :func:`limited`; when it runs out,
+the search stops widening and the answer is the best pose so far, marked not found.
+
+A budget can also say when a cloud has turned out to be hard (``slow_after_s``): the service
+then moves its work behind easy requests (``on_slow``), so a few hard clouds cannot slow down
+everybody else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+
+class Budget:
+    """A wall-clock allowance for one cloud.
+
+    Args:
+        seconds: how long the search may run; None never expires.
+        slow_after_s: after this long the cloud counts as hard and ``on_slow`` runs once.
+        on_slow: called (in the computing thread) when the cloud turns out to be hard; it may
+            block, e.g. to wait for a slot for hard work, and returns whether to go on (False
+            expires the budget).
+    """
+
+    def __init__(
+        self,
+        seconds: float | None,
+        slow_after_s: float | None = None,
+        on_slow: Callable[[Budget], bool] | None = None,
+    ) -> None:
+        self.started = time.monotonic()
+        self.seconds = seconds
+        self.slow_after_s = slow_after_s
+        self.on_slow = on_slow
+        self.exhausted = False
+        self.slow = False
+
+    def remaining_s(self) -> float | None:
+        if self.seconds is None:
+            return None
+        return self.seconds - (time.monotonic() - self.started)
+
+    def expired(self) -> bool:
+        """Whether the search must stop widening; once True, stays True."""
+        if self.exhausted:
+            return True
+        elapsed = time.monotonic() - self.started
+        if not self.slow and self.slow_after_s is not None and elapsed > self.slow_after_s:
+            self.slow = True
+            if self.on_slow is not None and not self.on_slow(self):
+                self.exhausted = True
+                return True
+        if self.seconds is not None and time.monotonic() - self.started > self.seconds:
+            self.exhausted = True
+        return self.exhausted
+
+
+_current: ContextVar[Budget | None] = ContextVar("cloudpose_budget", default=None)
+
+
+def current() -> Budget | None:
+    """The budget in force in this thread's context, if any."""
+    return _current.get()
+
+
+def expired() -> bool:
+    """Whether the budget in force (if any) has run out."""
+    budget = _current.get()
+    return budget is not None and budget.expired()
+
+
+@contextmanager
+def limited(budget: Budget | None) -> Iterator[Budget | None]:
+    """Put ``budget`` in force for the code inside (None: no limit)."""
+    token = _current.set(budget)
+    try:
+        yield budget
+    finally:
+        _current.reset(token)

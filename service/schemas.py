@@ -1,0 +1,153 @@
+"""Request and response models of the API, for the OpenAPI document.
+
+The routes parse bodies themselves (JSON and multipart share a route, and a cloud of 250,000
+points is parsed in a worker thread, not by pydantic on the event loop), so these models
+describe what is sent and received; tests check the answers against them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_ABS_COORDINATE = 1e9  # TEMP until clouds.py defines it
+from service.store import UNITS_M
+
+Coordinate = Annotated[float, Field(ge=-MAX_ABS_COORDINATE, le=MAX_ABS_COORDINATE)]
+Point = Annotated[list[Coordinate], Field(min_length=3, max_length=3)]
+UnitName = Literal[tuple(UNITS_M)]  # type: ignore[valid-type]
+
+
+class CloudBody(BaseModel):
+    """One cloud: ``points`` as [x, y, z] rows, any order, in the object's units or ``units``."""
+
+    points: list[Point] = Field(min_length=1, description="The cloud's points, one [x, y, z] each.")
+    units: UnitName | None = Field(default=None, description="What the points are in (or ?units=).")
+
+
+class BatchCloud(BaseModel):
+    points: list[Point] = Field(min_length=1)
+
+
+class BatchBody(BaseModel):
+    """Several clouds of one object."""
+
+    clouds: list[BatchCloud] = Field(min_length=1, description="Each cloud's points.")
+    units: UnitName | None = Field(default=None, description="What every cloud's points are in.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: one sentence that says what was wrong and what to send instead."""
+
+    detail: str
+
+
+class Confidence(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    confidence: float
+    confident: bool
+    fitness: float
+    inlier_rmse: float | None
+    inlier_rmse_percent: float | None
+    hypotheses: int
+    refined: bool
+    explained: bool
+    surface_noise: float | None
+
+
+Matrix3 = Annotated[list[Annotated[list[float], Field(min_length=3, max_length=3)]], Field(min_length=3)]
+
+
+class Candidate(BaseModel):
+    rotation: Matrix3
+    translation: list[float]
+    fitness: float
+    inlier_rmse: float | None
+    confidence: float
+
+
+class PoseAnswer(BaseModel):
+    """One cloud's pose. ``canonical = points @ rotation + translation`` (row vectors, the mesh
+    file's frame, the cloud's units). Use it only when ``found`` is true."""
+
+    found: bool = Field(description="Whether the pose may be used; see reason when not.")
+    rotation: Matrix3
+    translation: list[float]
+    pose_matrix: Annotated[list[list[float]], Field(min_length=4, max_length=4)]
+    quaternion_xyzw: list[float]
+    refined: bool
+    confidence: Confidence | None
+    units: str | None
+    scale: float
+    reason: str | None = None
+    symmetry: dict[str, Any] | None = None
+    candidates: list[Candidate] | None = None
+    warnings: list[str] | None = None
+    n_points: int
+    file: str | None = None
+
+
+class PoseResponse(PoseAnswer):
+    object: str
+    model_id: str
+    server_time_ms: float
+    request_id: str | None = None
+
+
+class BatchResponse(BaseModel):
+    poses: list[PoseAnswer]
+    object: str
+    model_id: str
+    server_time_ms: float
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model_id: str | None
+    objects: list[str]
+
+
+class Ready(BaseModel):
+    status: Literal["ready", "busy", "loading"]
+    pending: int
+    capacity: int
+
+
+class Reloaded(BaseModel):
+    objects: dict[str, str] = Field(description="Served object names and their model ids.")
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its ``$defs`` inlined (OpenAPI request bodies cannot see them)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries with :class:`ErrorBody` for these statuses."""
+    meaning = {
+        400: "Malformed body (not JSON, broken multipart, empty).",
+        401: "An API key is required and was missing or wrong.",
+        403: "Admin routes are off (no API keys are configured).",
+        404: "Unknown object (the detail lists the known ones).",
+        408: "The request body did not arrive in time.",
+        409: "The object store failed verification; the served objects are unchanged.",
+        413: "Too large: body bytes, points per cloud or clouds per batch.",
+        415: "Unsupported content type or cloud file type.",
+        422: "Unusable content: wrong shape, NaN/Inf, absurd coordinates, unknown units, bad parameters.",
+        503: "Busy: the pose workers are full; retry after the Retry-After seconds.",
+    }
+    return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
