@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,11 +94,27 @@ def train(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Ignore an existing checkpoint and start over.")
     ] = False,
+    nproc_per_node: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Data-parallel processes on this node (one per GPU); each takes --batch-size clouds a step.",
+        ),
+    ] = 1,
+    nnodes: Annotated[int, typer.Option(min=1, help="Nodes taking part (multi-node runs).")] = 1,
+    node_rank: Annotated[int, typer.Option(min=0, help="This node's rank, 0 to nnodes - 1.")] = 0,
+    master_addr: Annotated[str | None, typer.Option(help="Address of node 0 (multi-node runs).")] = None,
+    master_port: Annotated[int, typer.Option(help="Port of node 0 (multi-node runs).")] = 29500,
 ) -> None:
-    """Train a pose regressor on synthesized posed clouds; resumes from the run folder's checkpoint."""
+    """Train a pose regressor on synthesized posed clouds; resumes from the run folder's checkpoint.
+
+    With --nproc-per-node K (and --nnodes for several nodes) the command re-launches itself
+    through torchrun: K data-parallel processes, rank 0 writing the run folder.
+    """
     with expected_failures():
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+        from pipeline import distributed
         from pipeline.config import load_config
         from pipeline.train import describe_device, resolve_device, time_to_bar
         from pipeline.train import train as run_training
@@ -119,7 +136,26 @@ def train(
             "out_dir": str(out_dir) if out_dir else None,
         }
         cfg = load_config(config, overrides)
-        typer.echo(f"training on {describe_device(resolve_device(cfg.device))}", err=True)
+        resolved = resolve_device(cfg.device)
+        device = describe_device(resolved)
+        if (nproc_per_node > 1 or nnodes > 1) and not distributed.launched_by_torchrun():
+            distributed.check_launch(resolved, nproc_per_node, nnodes, node_rank, master_addr)
+            typer.echo(
+                f"launching {nproc_per_node * nnodes} training processes ({nproc_per_node} on this node) "
+                "through torchrun",
+                err=True,
+            )
+            forwarded = _train_flags(config, {**overrides, "hidden": hidden}, fresh)
+            launch = distributed.torchrun_command(
+                forwarded, nproc_per_node, nnodes, node_rank, master_addr, master_port
+            )
+            raise typer.Exit(_run_launcher(launch))
+        main_rank = distributed.rank_from_environment() == 0
+        if main_rank:
+            typer.echo(f"training on {device}", err=True)
+        if distributed.launched_by_torchrun():
+            # torchrun stops its workers with SIGTERM: let rank 0 save a checkpoint first.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
         columns = (
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -127,16 +163,23 @@ def train(
             TextColumn("loss {task.fields[loss]:.2e}  val median {task.fields[val]:.4f} deg"),
             TimeElapsedColumn(),
         )
-        with Progress(*columns, transient=False, disable=not sys.stderr.isatty()) as bar:
+        with Progress(*columns, transient=False, disable=not (sys.stderr.isatty() and main_rank)) as bar:
             task = bar.add_task("train", total=cfg.steps, loss=float("nan"), val=float("nan"))
 
             def report(step: int, total: int, values: dict[str, float]) -> None:
                 bar.update(task, completed=step, loss=values["total"], val=values["val_median_deg"])
 
-            result = run_training(cfg, progress=report, fresh=fresh)
+            try:
+                result = run_training(cfg, progress=report, fresh=fresh)
+            finally:
+                distributed.cleanup()
+        if not main_rank:
+            return
         summary = {
             "device": result.device,
+            "world_size": result.world_size,
             "steps": result.steps,
+            "resumed_from_step": result.resumed_from_step,
             "elapsed_s": round(result.elapsed_s, 2),
             "samples_per_s": round(result.samples_per_s),
             "stopped_because": result.stopped_because,
@@ -145,6 +188,29 @@ def train(
             **{key: round(value, 6) for key, value in result.validation.items() if isinstance(value, float)},
         }
         typer.echo(json.dumps(summary, indent=2))
+
+
+def _train_flags(config: Path | None, values: dict[str, object], fresh: bool) -> list[str]:
+    """The ``train`` command line that reproduces these options (for the launched processes)."""
+    flags = ["train"]
+    if config is not None:
+        flags += ["--config", str(config)]
+    for name, value in values.items():
+        if value is not None:
+            flags += [f"--{name.replace('_', '-')}", str(value)]
+    return [*flags, "--fresh"] if fresh else flags
+
+
+def _run_launcher(command: list[str]) -> int:
+    """Run torchrun and return its exit status; Ctrl-C reaches its workers too, so wait for them
+    to save a checkpoint and stop."""
+    import subprocess
+
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        return process.wait()
 
 
 @app.command()
@@ -233,18 +299,44 @@ def serve(
     model: Annotated[
         Path | None, typer.Option(help="Serve this bare exported model.onnx instead of the store.")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Worker processes on one socket; use the number of CPU cores (nproc)."),
+    ] = 1,
 ) -> None:
-    """Serve the HTTP API with uvicorn: every object of the store, or one exported model."""
-    with expected_failures():
-        import uvicorn
+    """Serve the HTTP API with uvicorn: every object of the store, or one exported model.
 
-        from service.app import ObjectRegistry, create_app
+    Settings come from CLOUDPOSE_* environment variables (README: "Running the service"); the
+    options here override them. With --workers K, SIGHUP to this process replaces the workers one
+    by one with ones that reload the store.
+    """
+    with expected_failures():
+        import os
+        import tempfile
+
+        from service.app import ObjectRegistry
+        from service.logs import log_config
+        from service.server import serve as run_server
         from service.settings import Settings
 
         overrides = {"store": store, "default_object": default_object, "model_path": model}
-        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+        for key, value in overrides.items():
+            if value is not None:  # worker processes build their settings from the environment
+                os.environ[f"CLOUDPOSE_{key.upper()}"] = str(value)
+        settings = Settings()
         ObjectRegistry.load(settings)  # fail here, with one line, rather than inside the server
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            # /metrics then sums every worker, whichever answers the scrape.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="cloudpose-metrics-")
+        run_server(
+            host,
+            port,
+            workers=workers,
+            header_timeout_s=settings.header_timeout_s,
+            keep_alive_s=settings.keep_alive_s,
+            max_connections=settings.max_connections,
+            log_config=log_config(settings.log_format),
+        )
 
 
 @app.command()

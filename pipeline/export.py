@@ -1,9 +1,9 @@
 """ONNX export: the model file, its sidecar JSON and template, checked and parity-tested.
 
 An export folder holds ``model.onnx``, ``model.json`` (everything the service needs to know:
-N, convention, units, template file and hash, training metrics, versions, the ONNX file's
-hash) and ``template.npy``, plus ``example.xyz`` / ``example.json``: one posed cloud and its
-true pose, for trying the service by hand.
+N, convention, units, template file and hash, training metrics and the checkpoint's hash,
+versions, the ONNX file's hash) and ``template.npy``, plus ``example.xyz`` /
+``example.json``: one posed cloud and its true pose, for trying the service by hand.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pipeline.config import ConfigError
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_bytes
 from pipeline.mesh import load_mesh
 from pipeline.synth import HELD_OUT_OFFSET, held_out_batch, make_template
-from pipeline.train import load_checkpoint, model_from_checkpoint, template_of
+from pipeline.train import model_from_checkpoint, read_checkpoint, template_of
 from service.refine import sample_surface_with_normals
 from service.store import MODEL_FORMAT
 
@@ -99,7 +99,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
     import onnxruntime
 
     out_dir = Path(out_dir)
-    state = load_checkpoint(checkpoint)
+    state, checkpoint_sha = read_checkpoint(checkpoint)
     model = model_from_checkpoint(state)
     template = template_of(state)
     cfg = state["config"]
@@ -173,6 +173,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
             "stopped_because": state.get("stopped_because", ""),
             "device": state.get("device", ""),
             "validation": state["validation"],
+            "checkpoint_sha256": checkpoint_sha,
         },
         "parity_max_abs_diff": parity,
         "onnx_sha256": model_sha,

@@ -4,6 +4,10 @@
 time budget, whichever comes first. A run's folder holds ``checkpoint.pt`` (model, optimizer,
 schedule, step, config, template), ``metrics.csv`` (one row per validation) and
 ``summary.json``. Calling ``train`` again on the same folder resumes from the checkpoint.
+
+Under ``torchrun`` (see :mod:`pipeline.distributed`) every process trains a data-parallel copy
+on its own batches of ``batch_size`` clouds (a step sees world size × ``batch_size``); rank 0
+validates, decides when to stop and writes the run folder, and every rank resumes from it.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import torch
 
 from models.geometry import nearest_equivalent, orthogonality_penalty, project_to_so3
 from models.pose import build_pose_model
+from pipeline import distributed
 from pipeline.config import ConfigError, TrainConfig
-from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_bytes
 from pipeline.mesh import Mesh, load_mesh
 from pipeline.metrics import pose_metrics
 from pipeline.synth import (
@@ -284,6 +289,8 @@ class TrainResult:
     reached_target: bool
     validation: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_step: int = 0
+    world_size: int = 1
 
 
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
@@ -291,15 +298,23 @@ ProgressCallback = Callable[[int, int, dict[str, float]], None]
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`train`."""
+    return read_checkpoint(path, map_location)[0]
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], str]:
+    """A checkpoint and the sha256 of the very bytes it was read from (a running training may
+    replace the file at any moment)."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError as error:
+        data = Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError) as error:
         raise ConfigError(f"checkpoint not found: {path}") from error
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as error:  # torch raises several types for a corrupt or foreign file
         raise ConfigError(f"not a cloudpose checkpoint: {path} ({error})") from error
     if not isinstance(state, dict) or "model_arguments" not in state or "config" not in state:
         raise ConfigError(f"not a cloudpose checkpoint: {path}")
-    return state
+    return state, sha256_bytes(data)
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
@@ -310,22 +325,36 @@ def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (a crash mid-write never leaves a torn file)."""
+    """Write a checkpoint atomically: a temporary file beside it, fsync, then a rename, so a
+    process killed at any moment leaves the previous checkpoint or the new one, never a part."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def batch_seed(seed: int, step: int, rank: int = 0, world_size: int = 1) -> int:
+    """Seed of the batch a rank draws at a step.
+
+    The ranks of a step take consecutive batches of the run's stream, so no two ranks (and no
+    two steps) ever draw the same batch, and a single process draws exactly the stream of
+    ``seed * 1_000_003 + step``. Seeding by step makes a resumed run draw the same batches as an
+    uninterrupted one.
+    """
+    return seed * 1_000_003 + step * world_size + rank
+
+
 def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: bool = False) -> TrainResult:
     """Train a pose regressor as ``cfg`` says, resuming from ``cfg.out_dir`` unless ``fresh``.
 
+    Under torchrun, every rank calls this with the same ``cfg``; see the module docstring.
+
     Args:
         cfg: validated configuration.
-        progress: called after every step with ``(step, total_steps, latest_values)``.
+        progress: called after every step with ``(step, total_steps, latest_values)`` (on rank 0).
         fresh: ignore an existing checkpoint and start over.
     """
     cfg.validate()
-    device = resolve_device(cfg.device)
+    ranks, device = distributed.setup(resolve_device(cfg.device))
     out_dir = Path(cfg.out_dir)
     checkpoint_path = out_dir / CHECKPOINT_NAME
     mesh = load_mesh(cfg.mesh or None)
@@ -338,6 +367,9 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.steps))
     step, elapsed_before, history = 0, 0.0, []
 
+    if ranks.is_main:
+        for leftover in out_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # a process killed mid-write
+            leftover.unlink(missing_ok=True)
     if checkpoint_path.exists() and not fresh:
         state = load_checkpoint(checkpoint_path, map_location=device)
         previous = state["config"]
@@ -351,8 +383,19 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         step, elapsed_before, history = state["step"], state["elapsed_s"], state["history"]
+    if not ranks.all_equal(step):
+        raise ConfigError(
+            f"the ranks found different checkpoints in {out_dir}: every rank must see one folder"
+        )
+    resumed_from_step = step
+    trained = model
+    if ranks.distributed:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
-    data = training_data(cfg, mesh, device, out_dir)
+    with ranks.main_first():  # rank 0 renders and writes the order-free view bank, once
+        data = training_data(cfg, mesh, device, out_dir)
     symmetries = None
     if cfg.symmetry_file:
         group = np.load(cfg.symmetry_file, allow_pickle=False).astype(np.float32).reshape(-1, 3, 3)
@@ -361,6 +404,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
     generator = generator_for(cfg.seed, device)
 
     def snapshot(last_metrics: dict[str, float], reason: str) -> None:
+        if not ranks.is_main:
+            return
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -375,42 +420,47 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
             "validation": last_metrics,
             "stopped_because": reason,
             "device": describe_device(device),
+            "world_size": ranks.world_size,
         }
         save_checkpoint(checkpoint_path, state)
         _write_metrics_csv(out_dir / "metrics.csv", history)
 
     started = time.perf_counter()
-    samples_before = step * cfg.batch_size
-    metrics = (
-        history[-1] if history else validate(model, validation_set, mesh.diagonal, symmetries=symmetries)
-    )
-    reason = "target reached" if (history and reached_target(metrics, cfg)) else ""
+    metrics: dict[str, float] = {}
+    if ranks.is_main:
+        metrics = (
+            history[-1] if history else validate(model, validation_set, mesh.diagonal, symmetries=symmetries)
+        )
+    reason = "target reached" if (history and reached_target(history[-1], cfg)) else ""
     try:
-        while not reason:
-            if step >= cfg.steps:
+        while True:
+            elapsed = elapsed_before + (time.perf_counter() - started)
+            if not reason and step >= cfg.steps:
                 reason = "step budget"
-                break
-            if elapsed_before + (time.perf_counter() - started) >= cfg.time_budget_s:
+            elif not reason and elapsed >= cfg.time_budget_s:
                 reason = "time budget"
+            # DDP needs every rank to take the same steps at the same learning rate: rank 0's
+            # clock and validation decide for all.
+            reason, elapsed = ranks.broadcast((reason, elapsed))
+            if reason:
                 break
-            # Reseeding per step makes a resumed run draw the same batches as an uninterrupted one.
-            generator.manual_seed(cfg.seed * 1_000_003 + step)
+            generator.manual_seed(batch_seed(cfg.seed, step, ranks.rank, ranks.world_size))
             batch = data.batch(generator)
-            _, losses = train_step(model, batch, cfg, mesh.diagonal, symmetries)
+            _, losses = train_step(trained, batch, cfg, mesh.diagonal, symmetries)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             if cfg.schedule_by == "time":
                 # The schedule spans the time budget: the step budget is only a cap.
-                fraction = (elapsed_before + time.perf_counter() - started) / cfg.time_budget_s
+                fraction = elapsed / cfg.time_budget_s
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * warmup_cosine_at(fraction)
             optimizer.step()
             schedule.step()
             step += 1
             values = {name: float(value.detach()) for name, value in losses.items()}
-            if step % cfg.val_every == 0 or step == cfg.steps:
+            if ranks.is_main and (step % cfg.val_every == 0 or step == cfg.steps):
                 metrics = validate(model, validation_set, mesh.diagonal, symmetries=symmetries)
                 elapsed = elapsed_before + (time.perf_counter() - started)
                 history.append(
@@ -425,41 +475,49 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
                 snapshot(metrics, "")
                 if reached_target(metrics, cfg):
                     reason = "target reached"
-            if progress is not None:
+            if progress is not None and ranks.is_main:
                 progress(step, cfg.steps, {**values, "val_median_deg": metrics["rotation_median_deg"]})
     except KeyboardInterrupt:
         snapshot(metrics, "interrupted")
         raise
     elapsed_now = time.perf_counter() - started
-    if not history or history[-1]["step"] != step:
+    if ranks.is_main and (not history or history[-1]["step"] != step):
         metrics = validate(model, validation_set, mesh.diagonal, symmetries=symmetries)
     snapshot(metrics, reason)
+    metrics, history = ranks.broadcast((metrics, history))
     result = TrainResult(
         out_dir=out_dir,
         checkpoint=checkpoint_path,
         device=describe_device(device),
         steps=step,
         elapsed_s=elapsed_before + elapsed_now,
-        samples_per_s=(step * cfg.batch_size - samples_before) / max(elapsed_now, 1e-9),
+        samples_per_s=(step - resumed_from_step) * cfg.batch_size * ranks.world_size / max(elapsed_now, 1e-9),
         stopped_because=reason,
         reached_target=reached_target(metrics, cfg),
         validation=metrics,
         history=history,
+        resumed_from_step=resumed_from_step,
+        world_size=ranks.world_size,
     )
-    atomic_write_json(
-        out_dir / "summary.json",
-        {
-            "device": result.device,
-            "steps": result.steps,
-            "elapsed_s": round(result.elapsed_s, 3),
-            "samples_per_s": round(result.samples_per_s, 1),
-            "stopped_because": result.stopped_because,
-            "reached_target": result.reached_target,
-            "time_to_bar": time_to_bar(history),
-            "validation": metrics,
-            "config": cfg.to_dict(),
-        },
-    )
+    if ranks.is_main:
+        atomic_write_json(
+            out_dir / "summary.json",
+            {
+                "device": result.device,
+                "world_size": result.world_size,
+                "global_batch_size": cfg.batch_size * result.world_size,
+                "steps": result.steps,
+                "resumed_from_step": result.resumed_from_step,
+                "elapsed_s": round(result.elapsed_s, 3),
+                "samples_per_s": round(result.samples_per_s, 1),
+                "stopped_because": result.stopped_because,
+                "reached_target": result.reached_target,
+                "time_to_bar": time_to_bar(history),
+                "validation": metrics,
+                "config": cfg.to_dict(),
+            },
+        )
+    ranks.barrier()  # the run folder is complete wherever train returns
     return result
 
 

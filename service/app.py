@@ -15,6 +15,7 @@ verifies the store while the old objects keep serving.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import logging
 import re
@@ -41,7 +42,7 @@ from service.compute import PoseWorkers, Saturated
 from service.metrics import ServiceMetrics
 from service.objects import ObjectPose, ServedObject
 from service.settings import Settings
-from service.store import UNITS_M, ObjectStore, StoreError
+from service.store import UNITS_M, ObjectStore, StoreError, metres_per_unit
 
 access_log = logging.getLogger("cloudpose.access")
 logger = logging.getLogger("cloudpose.service")
@@ -253,12 +254,22 @@ async def require_key(
     api_keys: list[bytes] = request.app.state.api_keys
     if not api_keys:
         return
-    offered = (credentials.credentials if credentials else key or "").encode()
+    # Every credential offered must be valid: a wrong Authorization beside a right X-API-Key is
+    # still refused. An Authorization that is not Bearer offers an empty (invalid) key.
+    offered = []
+    if "authorization" in request.headers:
+        offered.append(credentials.credentials if credentials else "")
+    if key is not None:
+        offered.append(key)
+    if not offered or not all(_valid_key(candidate.encode(), api_keys) for candidate in offered):
+        raise CloudError(401, "a valid API key is required: send 'Authorization: Bearer KEY' or 'X-API-Key'")
+
+
+def _valid_key(offered: bytes, api_keys: list[bytes]) -> bool:
     matched = False
     for valid in api_keys:  # every key is compared, so timing tells nothing about which
         matched |= hmac.compare_digest(offered, valid)
-    if not matched:
-        raise CloudError(401, "a valid API key is required: send 'Authorization: Bearer KEY' or 'X-API-Key'")
+    return matched
 
 
 Refine = Annotated[
@@ -284,9 +295,16 @@ def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
 
 
 def _request_units(query: str | None, body: str | None) -> str | None:
+    """The cloud's declared unit (query or body, which must agree), checked before any work."""
     if query is not None and body is not None and query != body:
         raise CloudError(422, f"units given twice and differently: ?units={query} and 'units': {body!r}")
-    return query if query is not None else body
+    units = query if query is not None else body
+    if units is not None:
+        try:
+            metres_per_unit(units)
+        except StoreError as error:
+            raise CloudError(422, str(error)) from error
+    return units
 
 
 def clouds_from_json(body: bytes, settings: Settings, batch: bool) -> tuple[list[np.ndarray], str | None]:
@@ -428,7 +446,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(RequestGuard, body_timeout_s=settings.body_timeout_s, metrics=metrics)
 
-    Authorized = [Depends(require_key)]
+    # Routes declare the key only when keys are configured, so the OpenAPI document tells the truth.
+    Authorized = [Depends(require_key)] if api_keys else []
+    unauthorized = (401,) if api_keys else ()
 
     app.state.api_keys = api_keys
 
@@ -484,7 +504,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"retry-after": str(RETRY_AFTER_S)} if busy else None,
         )
 
-    @app.get("/v1/objects", dependencies=Authorized, responses=schemas.error_responses(401))
+    @app.get("/v1/objects", dependencies=Authorized, responses=schemas.error_responses(*unauthorized))
     async def list_objects(objects: Objects) -> Response:
         """Every served object: name, units, size, symmetry, model id, bench figures."""
         return json_response(
@@ -494,12 +514,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
         )
 
-    @app.get("/v1/objects/{name}", dependencies=Authorized, responses=schemas.error_responses(401, 404))
+    @app.get(
+        "/v1/objects/{name}",
+        dependencies=Authorized,
+        responses=schemas.error_responses(*unauthorized, 404, 422),
+    )
     async def describe_object(name: ObjectName, objects: Objects) -> Response:
         """One served object."""
         return json_response(objects.get(name).describe())
 
-    @app.get("/v1/model", dependencies=Authorized, responses=schemas.error_responses(401, 404))
+    @app.get("/v1/model", dependencies=Authorized, responses=schemas.error_responses(*unauthorized, 404))
     async def model(objects: Objects) -> Response:
         """The default object's model: kind, expected N, convention, units, metrics, limits."""
         served = objects.get(None)
@@ -517,9 +541,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/v1/admin/reload",
         response_model=schemas.Reloaded,
-        responses=schemas.error_responses(401, 403, 409),
+        responses=schemas.error_responses(*unauthorized, 403, 409),
+        dependencies=Authorized,
     )
-    async def admin_reload(request: Request, _: Annotated[None, Depends(require_key)]) -> Response:
+    async def admin_reload(request: Request) -> Response:
         """Reload and verify the object store; the old objects serve until the new ones are ready
         (a broken package is refused and nothing changes). Needs API keys to be configured."""
         if not api_keys:
@@ -530,7 +555,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise CloudError(409, f"reload refused, still serving the previous objects: {error}") from error
         return json_response({"objects": registry.model_ids()})
 
-    pose_errors = schemas.error_responses(400, 401, 404, 408, 413, 415, 422, 503)
+    pose_errors = schemas.error_responses(400, *unauthorized, 404, 408, 413, 415, 422, 503)
 
     def body_doc(model: type[schemas.BaseModel], file_field: str, many: bool) -> dict[str, Any]:
         binary = {"type": "string", "format": "binary"}
@@ -576,11 +601,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Parse, check and estimate (a worker thread); returns the JSON answer."""
         started = time.perf_counter()
         clouds, names, body_units = decode_clouds(kind, raw, settings, batch)
+        units = _request_units(units, body_units)
         for index, points in enumerate(clouds):
             served.check_cloud(points, where=f"clouds[{index}]" if batch else "points")
-        results: list[ObjectPose] = served.estimate(
-            clouds, refine, _request_units(units, body_units), budgets=budgets_for(len(clouds))
-        )
+        results: list[ObjectPose] = served.estimate(clouds, refine, units, budgets=budgets_for(len(clouds)))
         metrics.observe(served, results, time.perf_counter() - started)
         answers = [
             {**result.to_dict(), "n_points": int(points.shape[0]), **({"file": name} if name else {})}
@@ -666,5 +690,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Poses of several clouds of the named object."""
         return await answer(request, objects.get(name), refine, units, batch=True)
 
-    metrics.expose(app, dependencies=Authorized)
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, with the served object names as the values of ``{name}``."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            app.openapi_schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+        document = copy.deepcopy(app.openapi_schema)
+        registry = getattr(app.state, "objects", None)
+        if registry is not None:
+            for path in document["paths"].values():
+                for operation in path.values():
+                    for parameter in operation.get("parameters", []):
+                        if parameter["in"] == "path" and parameter["name"] == "name":
+                            parameter["schema"]["enum"] = list(registry.objects)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    metrics.expose(
+        app,
+        dependencies=Authorized,
+        responses={
+            200: {
+                "description": "Prometheus text format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **schemas.error_responses(*unauthorized),
+        },
+    )
     return app

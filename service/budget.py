@@ -23,7 +23,8 @@ class Budget:
 
     Args:
         seconds: how long the search may run; None never expires.
-        slow_after_s: after this long the cloud counts as hard and ``on_slow`` runs once.
+        slow_after_s: after this much CPU time of its thread the cloud counts as hard and
+            ``on_slow`` runs once (make the budget in the thread that computes).
         on_slow: called (in the computing thread) when the cloud turns out to be hard; it may
             block, e.g. to wait for a slot for hard work, and returns whether to go on (False
             expires the budget).
@@ -36,6 +37,7 @@ class Budget:
         on_slow: Callable[[Budget], bool] | None = None,
     ) -> None:
         self.started = time.monotonic()
+        self.cpu_started = time.thread_time()
         self.seconds = seconds
         self.slow_after_s = slow_after_s
         self.on_slow = on_slow
@@ -51,8 +53,10 @@ class Budget:
         """Whether the search must stop widening; once True, stays True."""
         if self.exhausted:
             return True
-        elapsed = time.monotonic() - self.started
-        if not self.slow and self.slow_after_s is not None and elapsed > self.slow_after_s:
+        # Hard is judged by this thread's own CPU time: under load every cloud waits for the CPU,
+        # and waiting does not make a cloud hard.
+        computed = time.thread_time() - self.cpu_started
+        if not self.slow and self.slow_after_s is not None and computed > self.slow_after_s:
             self.slow = True
             if self.on_slow is not None and not self.on_slow(self):
                 self.exhausted = True

@@ -1,18 +1,29 @@
 """Turning request payloads (JSON arrays or uploaded files) into validated (N, 3) clouds.
 
-Every failure raises :class:`CloudError` with the HTTP status and the message the client sees.
+Every failure raises :class:`CloudError` with the HTTP status and the message the client sees:
+413 for a cloud over the limits, 415 for a file type cloudpose does not read, 422 for content it
+cannot use. Uploaded files are read by :mod:`service.cloudfiles`, which checks what a file
+declares before it allocates anything.
 """
 
 from __future__ import annotations
 
-import io
+import itertools
 import os
-import tempfile
-import warnings
 
 import numpy as np
 
-CLOUD_SUFFIXES = (".ply", ".pcd", ".xyz", ".npy")
+from service.cloudfiles import BadCloudFile, read_npy, read_pcd, read_ply, read_xyz
+
+CLOUD_SUFFIXES = (".ply", ".pcd", ".xyz", ".npy", ".npz")
+# Coordinates beyond this magnitude are refused. 1e9 is far beyond any object in any unit
+# (1000 km in millimetres), yet far inside float32's range (3.4e38), so squared distances,
+# SVDs and KD-trees downstream stay finite and well conditioned.
+MAX_ABS_COORDINATE = 1e9
+# Long file names are cut to this many characters in error details.
+MAX_SHOWN_NAME = 100
+
+_READERS = {".npy": read_npy, ".npz": read_npy, ".xyz": read_xyz, ".ply": read_ply, ".pcd": read_pcd}
 
 
 class CloudError(ValueError):
@@ -28,7 +39,7 @@ def as_cloud(value: object, max_points: int, where: str = "points") -> np.ndarra
     """Validate a JSON value (list of [x, y, z]) or an array as a cloud.
 
     Returns:
-        (N, 3) float64, finite, N >= 1.
+        (N, 3) float64, finite, every coordinate within ``MAX_ABS_COORDINATE``, N >= 1.
     """
     if isinstance(value, np.ndarray):
         array = value
@@ -41,13 +52,18 @@ def as_cloud(value: object, max_points: int, where: str = "points") -> np.ndarra
             raise CloudError(
                 413, f"{where} has {len(value)} points; this service accepts at most {max_points}"
             )
+        not_numbers = CloudError(422, f"{where} must be a list of [x, y, z] triples of numbers")
         try:
             # No dtype here: numpy would turn "1.5", true and null into numbers; they are not JSON numbers.
             array = np.array(value)
         except (ValueError, TypeError) as error:
-            raise CloudError(422, f"{where} must be a list of [x, y, z] triples of numbers") from error
+            raise not_numbers from error
         if array.dtype.kind not in "fiu":
-            raise CloudError(422, f"{where} must be a list of [x, y, z] triples of numbers")
+            raise not_numbers
+        # Booleans mixed with numbers come back as numbers (true -> 1): look for them once the
+        # shape says every row is a list of scalars.
+        if array.ndim == 2 and bool in set(map(type, itertools.chain.from_iterable(value))):
+            raise not_numbers
     if array.dtype.kind not in "fiu":
         raise CloudError(422, f"{where} must hold numbers, got dtype {array.dtype}")
     if array.ndim != 2 or array.shape[1] != 3:
@@ -59,63 +75,46 @@ def as_cloud(value: object, max_points: int, where: str = "points") -> np.ndarra
             413, f"{where} has {array.shape[0]} points; this service accepts at most {max_points}"
         )
     array = array.astype(np.float64, copy=False)
-    finite = np.isfinite(array).all(axis=1)
-    if not finite.all():
-        raise CloudError(422, f"{where} contains NaN or Inf (first at point {int(np.argmin(finite))})")
+    # One comparison finds NaN (never <= anything), Inf and absurd magnitudes alike.
+    within = (np.abs(array) <= MAX_ABS_COORDINATE).all(axis=1)
+    if not within.all():
+        finite = np.isfinite(array).all(axis=1)
+        if not finite.all():
+            raise CloudError(422, f"{where} contains NaN or Inf (first at point {int(np.argmin(finite))})")
+        index = int(np.argmin(within))
+        value = float(array[index][np.abs(array[index]) > MAX_ABS_COORDINATE][0])
+        raise CloudError(
+            422,
+            f"{where} has a coordinate of {value:.6g} at point {index}; cloudpose accepts coordinates "
+            f"within +-{MAX_ABS_COORDINATE:.0e} (far beyond any object in any unit): are the points "
+            "scaled or encoded wrongly?",
+        )
     return array
 
 
 def read_cloud_file(filename: str, data: bytes, max_points: int) -> np.ndarray:
-    """Parse an uploaded cloud file by its suffix: .ply, .pcd, .xyz (text) or .npy."""
+    """Parse an uploaded cloud file by its suffix: .ply, .pcd, .xyz (text), .npy or .npz.
+
+    Returns:
+        (N, 3) float64, validated as :func:`as_cloud` does.
+    """
+    shown = filename if len(filename or "") <= MAX_SHOWN_NAME else filename[: MAX_SHOWN_NAME - 3] + "..."
     suffix = os.path.splitext(filename or "")[1].lower()
     if suffix not in CLOUD_SUFFIXES:
         raise CloudError(
             415, f"unsupported file type {suffix or '(none)'!r}; send one of {', '.join(CLOUD_SUFFIXES)}"
         )
     if not data:
-        raise CloudError(422, f"the uploaded file {filename!r} is empty")
-    reader = {".npy": _read_npy, ".xyz": _read_xyz, ".ply": _read_ply, ".pcd": _read_pcd}[suffix]
+        raise CloudError(422, f"the uploaded file {shown!r} is empty")
     try:
-        array = reader(data)
-    except CloudError:
-        raise
-    except Exception as error:  # each parser fails in its own way on corrupt bytes
+        array = _READERS[suffix](data, max_points)
+    except BadCloudFile as error:
+        member = f" (member {error.member!r})" if error.member else ""
+        raise CloudError(error.status, f"{shown!r}{member} {error.problem}") from error
+    except Exception as error:  # each library fails in its own way on corrupt bytes
         raise CloudError(
-            422, f"could not read {filename!r} as {suffix}: the file is corrupt or not a point cloud"
+            422, f"could not read {shown!r} as {suffix}: the file is corrupt or not a point cloud"
         ) from error
     if array.size == 0:
-        raise CloudError(422, f"{filename!r} holds no points")
-    return as_cloud(array, max_points, where=filename)
-
-
-def _read_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
-def _read_xyz(data: bytes) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # loadtxt warns on a file with no data rows
-        rows = np.loadtxt(io.StringIO(data.decode("utf-8")), ndmin=2, comments="#")
-    if rows.size == 0:
-        return rows.reshape(0, 3)
-    if rows.shape[1] < 3:
-        raise CloudError(422, f"an .xyz file needs 3 numbers per line (x y z), found {rows.shape[1]}")
-    return rows[:, :3]
-
-
-def _read_ply(data: bytes) -> np.ndarray:
-    import trimesh
-
-    loaded = trimesh.load(io.BytesIO(data), file_type="ply", process=False)
-    return np.asarray(loaded.vertices, dtype=np.float64)
-
-
-def _read_pcd(data: bytes) -> np.ndarray:
-    import open3d
-
-    # open3d reads PCD only from a path; it reports failures by returning an empty cloud.
-    with tempfile.NamedTemporaryFile(suffix=".pcd") as handle:
-        handle.write(data)
-        handle.flush()
-        cloud = open3d.io.read_point_cloud(handle.name, format="pcd")
-    return np.asarray(cloud.points, dtype=np.float64)
+        raise CloudError(422, f"{shown!r} holds no points")
+    return as_cloud(array, max_points, where=shown)

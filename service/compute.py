@@ -8,13 +8,15 @@ only reads bodies and writes answers and ``/health`` stays quick whatever the cl
   longer than its queue timeout is dropped unstarted (503 as well): no unbounded waits.
 - **Hard clouds yield to easy ones.** Most clouds are answered in a few milliseconds; a few
   (a sphere, another object, a cloud in other units) search for up to their budget. A cloud that
-  is still computing after ``slow_after_s`` (its :class:`service.budget.Budget` says so) lowers
-  its thread's CPU priority and waits for one of ``hard_lanes`` slots, so hard clouds take turns
-  on part of the CPU while easy ones keep their pace. The wait counts against the cloud's budget:
-  when none is free in time, the answer is the best pose so far, marked not found.
+  is still computing after ``slow_after_s`` (its :class:`service.budget.Budget` says so) leaves
+  the workers (a fresh thread takes its place at once), lowers its thread's CPU priority and
+  waits for one of ``hard_lanes`` slots, so hard clouds take turns on part of the CPU while easy
+  ones keep their pace and their workers. The wait counts against the cloud's budget: when no
+  lane is free in time, the answer is the best pose so far, marked not found. Hard jobs are
+  still counted in ``pending``, so the queue limit bounds them too.
 
-A thread that lowered its priority cannot raise it again (that needs privileges), so it retires
-after its job and the event loop starts a fresh one in its place.
+A thread that lowered its priority cannot raise it again (that needs privileges), so it ends
+with its job.
 """
 
 from __future__ import annotations
@@ -139,8 +141,7 @@ class PoseWorkers:
                 if state.holds_lane:
                     self._lane.release()
             self._loop.call_soon_threadsafe(_settle, job.future, outcome, failed)
-            if state.demoted:
-                self._loop.call_soon_threadsafe(self._replace)
+            if state.demoted:  # its replacement started when it turned hard
                 return
 
     def _replace(self) -> None:
@@ -154,6 +155,9 @@ class PoseWorkers:
             return True
         if not state.demoted:
             state.demoted = True
+            # A fresh thread takes this one's place among the workers at once, so hard clouds
+            # waiting for a lane never hold up easy ones; this thread ends with its job.
+            self._loop.call_soon_threadsafe(self._replace)
             try:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HARD_NICE)
             except (OSError, AttributeError):  # not Linux-like: the lane alone still serializes

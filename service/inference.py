@@ -192,8 +192,13 @@ PLAUSIBLE_SPAN = (0.2, 3.0)
 
 def cloud_span(cloud: np.ndarray) -> float:
     """Diagonal of the box holding the middle 96 % of the points per axis (strays ignored)."""
-    low, high = np.percentile(np.asarray(cloud, dtype=np.float64), [2.0, 98.0], axis=0)
-    return float(np.linalg.norm(high - low))
+    points = np.asarray(cloud, dtype=np.float64)
+    # Order statistics by partition (nearest rank): np.percentile's sort and interpolation cost
+    # about ten times more on a request-sized cloud, for the same span within a point's spacing.
+    low_rank = int(0.02 * (len(points) - 1))
+    high_rank = int(np.ceil(0.98 * (len(points) - 1)))
+    ranked = np.partition(points, [low_rank, high_rank], axis=0)
+    return float(np.linalg.norm(ranked[high_rank] - ranked[low_rank]))
 
 
 def size_warnings(cloud: np.ndarray, diagonal: float) -> list[str] | None:

@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_ABS_COORDINATE = 1e9  # TEMP until clouds.py defines it
+from service.clouds import MAX_ABS_COORDINATE
+from service.inference import MIN_POINTS
 from service.store import UNITS_M
 
 Coordinate = Annotated[float, Field(ge=-MAX_ABS_COORDINATE, le=MAX_ABS_COORDINATE)]
@@ -22,12 +23,15 @@ UnitName = Literal[tuple(UNITS_M)]  # type: ignore[valid-type]
 class CloudBody(BaseModel):
     """One cloud: ``points`` as [x, y, z] rows, any order, in the object's units or ``units``."""
 
-    points: list[Point] = Field(min_length=1, description="The cloud's points, one [x, y, z] each.")
+    points: list[Point] = Field(
+        min_length=MIN_POINTS,
+        description="The cloud's points, one [x, y, z] each (an exam-setting model takes exactly its N).",
+    )
     units: UnitName | None = Field(default=None, description="What the points are in (or ?units=).")
 
 
 class BatchCloud(BaseModel):
-    points: list[Point] = Field(min_length=1)
+    points: list[Point] = Field(min_length=MIN_POINTS)
 
 
 class BatchBody(BaseModel):

@@ -458,46 +458,84 @@ def test_unsupported_content_type(client: TestClient, content_type: str) -> None
 )
 def test_unsupported_file_suffix(client: TestClient, posed: Posed, name: str, suffix: str) -> None:
     response = client.post("/v1/pose", files=upload(name, posed.xyz()))
-    assert_error(response, 415, f"unsupported file type {suffix}; send one of .ply, .pcd, .xyz, .npy")
+    assert_error(response, 415, f"unsupported file type {suffix}; send one of .ply, .pcd, .xyz, .npy, .npz")
+
+
+PLY_XYZ_HEADER = (
+    b"ply\nformat binary_little_endian 1.0\nelement vertex 64\nproperty float x\nproperty float y\n"
+    b"property float z\nend_header\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "detail"),
+    [
+        (
+            "bad.ply",
+            b"this is not a ply file at all",
+            "is not a PLY file: it does not start with the line 'ply'",
+        ),
+        (
+            "bad.ply",
+            b"ply\nformat binary_little_endian 1.0\nelement vertex 64\nproperty float x\nend_header\n\x01",
+            "has no x, y and z vertex properties (it has x)",
+        ),
+        (
+            "bad.ply",
+            PLY_XYZ_HEADER + b"\x01",
+            "is truncated: its header declares 768 bytes of data (element vertex 64) but 1 byte follows",
+        ),
+        (
+            "bad.npy",
+            b"not an npy file",
+            "is not an .npy file: it does not start with NumPy's magic bytes (save it with numpy.save)",
+        ),
+        (
+            "bad.npy",
+            b"\x93NUMPY\x01\x00garbage",
+            "has a corrupt .npy header: the file is damaged or not an .npy",
+        ),
+        ("bad.xyz", bytes(range(256)), "is not UTF-8 text: an .xyz file holds lines of 'x y z'"),
+        (
+            "bad.pcd",
+            b"this is not a pcd file",
+            "has no DATA line in its first 65536 bytes: not a PCD file, or its header is cut short",
+        ),
+        (
+            "bad.pcd",
+            b"# .PCD v0.7\nVERSION 0.7\nFIELDS x y z\nPOINTS 64\nDATA binary\n\x00\x01",
+            "has no SIZE or TYPE line in its PCD header",
+        ),
+    ],
+    ids=[
+        "ply-text",
+        "ply-without-y-z",
+        "ply-truncated",
+        "npy-text",
+        "npy-header",
+        "xyz-binary",
+        "pcd-text",
+        "pcd-truncated-header",
+    ],
+)
+def test_corrupt_file(client: TestClient, name: str, data: bytes, detail: str) -> None:
+    response = client.post("/v1/pose", files=upload(name, data))
+    assert_error(response, 422, f"{name!r} {detail}")
 
 
 @pytest.mark.parametrize(
     ("name", "data"),
-    [
-        ("bad.ply", b"this is not a ply file at all"),
-        (
-            "bad.ply",
-            b"ply\nformat binary_little_endian 1.0\nelement vertex 64\nproperty float x\nend_header\n\x01",
-        ),
-        ("bad.npy", b"not an npy file"),
-        ("bad.npy", b"\x93NUMPY\x01\x00garbage"),
-        ("bad.xyz", b"hello world\n"),
-        ("bad.xyz", b"1 2 3\n4 5\n"),
-        ("bad.xyz", bytes(range(256))),
-    ],
-    ids=["ply-text", "ply-truncated", "npy-text", "npy-header", "xyz-words", "xyz-ragged", "xyz-binary"],
+    [("bad.xyz", b"hello world\n"), ("bad.xyz", b"1 2 3\n4 5\n")],
+    ids=["xyz-words", "xyz-ragged"],
 )
-def test_corrupt_file(client: TestClient, name: str, data: bytes) -> None:
-    suffix = name[name.rindex(".") :]
+def test_unparseable_file(client: TestClient, name: str, data: bytes) -> None:
     response = client.post("/v1/pose", files=upload(name, data))
-    assert_error(
-        response, 422, f"could not read {name!r} as {suffix}: the file is corrupt or not a point cloud"
-    )
-
-
-@pytest.mark.parametrize(
-    "data",
-    [b"this is not a pcd file", b"# .PCD v0.7\nVERSION 0.7\nFIELDS x y z\nPOINTS 64\nDATA binary\n\x00\x01"],
-    ids=["text", "truncated"],
-)
-def test_corrupt_pcd(client: TestClient, data: bytes) -> None:
-    # open3d reports an unreadable PCD as an empty cloud.
-    assert_error(client.post("/v1/pose", files=upload("bad.pcd", data)), 422, "'bad.pcd' holds no points")
+    assert_error(response, 422, f"could not read {name!r} as .xyz: the file is corrupt or not a point cloud")
 
 
 def test_xyz_with_two_columns(client: TestClient) -> None:
     response = client.post("/v1/pose", files=upload("flat.xyz", b"1 2\n3 4\n"))
-    assert_error(response, 422, "an .xyz file needs 3 numbers per line (x y z), found 2")
+    assert_error(response, 422, "'flat.xyz' has 2 numbers on a line; an .xyz file needs 3 per line (x y z)")
 
 
 def test_xyz_with_only_comments(client: TestClient) -> None:
@@ -548,7 +586,10 @@ def test_npy_with_pickled_objects(client: TestClient) -> None:
     np.save(buffer, np.array([[1, 2, {"x": 3}]], dtype=object), allow_pickle=True)
     response = client.post("/v1/pose", files=upload("pickle.npy", buffer.getvalue()))
     assert_error(
-        response, 422, "could not read 'pickle.npy' as .npy: the file is corrupt or not a point cloud"
+        response,
+        422,
+        "'pickle.npy' holds Python objects (dtype object), which only unpickling could read: cloudpose "
+        "never unpickles uploads; save a numeric (N, 3) array",
     )
 
 
@@ -557,7 +598,9 @@ def test_uploaded_file_with_too_many_points(client: TestClient) -> None:
     np.save(buffer, np.zeros((MAX_POINTS + 1, 3)))
     response = client.post("/v1/pose", files=upload("many.npy", buffer.getvalue()))
     assert_error(
-        response, 413, f"many.npy has {MAX_POINTS + 1} points; this service accepts at most {MAX_POINTS}"
+        response,
+        413,
+        f"'many.npy' declares {MAX_POINTS + 1} points; this service accepts at most {MAX_POINTS} points",
     )
 
 
@@ -662,7 +705,11 @@ def test_batch_malformed_json(client: TestClient) -> None:
 def test_batch_multipart_bad_file_at_index_1(client: TestClient, posed: Posed) -> None:
     files = upload("good.npy", posed.npy(), "files") + upload("bad.npy", b"junk", "files")
     response = client.post("/v1/pose/batch", files=files)
-    assert_error(response, 422, "could not read 'bad.npy' as .npy: the file is corrupt or not a point cloud")
+    assert_error(
+        response,
+        422,
+        "'bad.npy' is not an .npy file: it does not start with NumPy's magic bytes (save it with numpy.save)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
