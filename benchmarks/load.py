@@ -118,7 +118,7 @@ def build_bodies(kind: str, points: int, count: int, folder: Path) -> tuple[list
     return paths, content_type
 
 
-def check_answers(url: str, points: int, api_key: str | None) -> list[str]:
+def check_answers(url: str, points: int, api_key: str | None, path: str = "/v1/pose") -> list[str]:
     """One request of each body kind, its pose checked against the cloud; a line per kind."""
     import httpx
 
@@ -128,7 +128,7 @@ def check_answers(url: str, points: int, api_key: str | None) -> list[str]:
     bodies = {"json": (serving.json_body(cloud.observed), "application/json"), "npy": (npy, npy_type)}
     for kind, (body, content_type) in bodies.items():
         headers = {"content-type": content_type, **serving.auth_headers(api_key)}
-        response = httpx.post(f"{url}/v1/pose", content=body, headers=headers, timeout=60)
+        response = httpx.post(f"{url}{path}", content=body, headers=headers, timeout=60)
         if response.status_code != 200:
             raise RuntimeError(f"{kind} body: {response.status_code} {response.text[:300]}")
         error = serving.pose_error(response.json(), cloud)
@@ -193,12 +193,13 @@ def run_wrk(
     content_type: str,
     api_key: str | None,
     folder: Path,
+    path: str = "/v1/pose",
 ) -> dict[str, Any]:
     """One wrk run; its result line, plus the CPU seconds wrk used."""
     script = folder / "post.lua"
     script.write_text(WRK_SCRIPT)
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration_s}s", f"--timeout={timeout_s:g}s"]
-    command += ["-s", str(script), f"{url}/v1/pose", "--", "/v1/pose", content_type, api_key or ""]
+    command += ["-s", str(script), f"{url}{path}", "--", path, content_type, api_key or ""]
     command += map(str, bodies)
     with open(folder / "wrk.out", "w+b") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
@@ -277,7 +278,9 @@ def one_run(
         killer = threading.Timer(args.kill_one_replica_at_s, lambda: os.killpg(victim.pid, signal.SIGKILL))
         killer.start()
     started = time.monotonic()
-    result = run_wrk(topology.url, concurrency, args.duration_s, args.timeout_s, *bodies, api_key, folder)
+    result = run_wrk(
+        topology.url, concurrency, args.duration_s, args.timeout_s, *bodies, api_key, folder, args.path
+    )
     wall_s = time.monotonic() - started
     server_cpu_s = sum(serving.cpu_seconds(pid) for pid in measured) - cpu_before
     retried = topology.retried_by_nginx(log_offset)
@@ -339,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,64", help="requests in flight, comma-separated")
     parser.add_argument("--bodies", default="json,npy", help="body kinds: json, npy (multipart)")
     parser.add_argument("--points", type=int, default=1024, help="points per cloud")
+    parser.add_argument(
+        "--path", default="/v1/pose", help="route and query, e.g. '/v1/pose?refine=false' (the network alone)"
+    )
     parser.add_argument("--distinct-clouds", type=int, default=64, help="different posed clouds sent in turn")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of each started server")
     parser.add_argument("--replicas", type=int, default=1, help="servers to start")
@@ -383,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             f"cloudpose load: {described}; {args.points}-point posed bunny clouds, "
             f"{args.duration_s} s per run"
         )
-        for line in check_answers(topology.url, args.points, api_key):
+        for line in check_answers(topology.url, args.points, api_key, args.path):
             print(f"  {line}")
         for kind in args.bodies:
             for concurrency in concurrencies:
@@ -413,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     header = ["body", "concurrency", "requests", "req/s", "p50 ms", "p99 ms", "errors", "what failed"]
     serving.print_table(
-        f"cloudpose load: POST /v1/pose, {args.points} points, {args.duration_s} s per row",
+        f"cloudpose load: POST {args.path}, {args.points} points, {args.duration_s} s per row",
         [*header, "server CPU", "wrk CPU"],
         rows,
         notes,

@@ -314,8 +314,8 @@ def serve(
         import os
         import tempfile
 
-        from service.app import ObjectRegistry
         from service.logs import log_config
+        from service.objects import ObjectRegistry
         from service.server import serve as run_server
         from service.settings import Settings
 
@@ -356,8 +356,8 @@ def predict(
 ) -> None:
     """Estimate a cloud's pose locally, with the service's code but no server; prints JSON."""
     with expected_failures():
-        from service.app import ObjectRegistry
         from service.clouds import read_cloud_file
+        from service.objects import ObjectRegistry
         from service.settings import Settings
 
         settings = Settings(store=store, model_path=model)

@@ -37,12 +37,14 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import schemas
+from service.budget import Budget, TurnedHard
 from service.clouds import CloudError, as_cloud, read_cloud_file
 from service.compute import PoseWorkers, Saturated
+from service.hard import HardProcesses
 from service.metrics import ServiceMetrics
-from service.objects import ObjectPose, ServedObject
+from service.objects import ObjectPose, ObjectRegistry, ServedObject
 from service.settings import Settings
-from service.store import UNITS_M, ObjectStore, StoreError, metres_per_unit
+from service.store import UNITS_M, StoreError, metres_per_unit
 
 access_log = logging.getLogger("cloudpose.access")
 logger = logging.getLogger("cloudpose.service")
@@ -185,54 +187,6 @@ class RequestGuard:
                     **({"outcome": outcome} if outcome else {}),
                 },
             )
-
-
-class ObjectRegistry:
-    """The served objects by name, and the one ``/v1/pose`` answers for."""
-
-    def __init__(self, objects: dict[str, ServedObject], default: str | None) -> None:
-        self.objects = objects
-        self.default = default
-
-    @classmethod
-    def load(cls, settings: Settings) -> ObjectRegistry:
-        """Every package of the store (or the one bare model), verified; raises StoreError when
-        there is none or one is broken."""
-        if settings.model_path is not None:
-            served = ServedObject.from_model(settings.model_path, threads=settings.threads)
-            return cls({served.name: served}, served.name)
-        store = ObjectStore(settings.store)
-        names = store.names()
-        if not names:
-            raise StoreError(
-                f"the object store {settings.store} holds no objects: add one with "
-                "`cloudpose object add NAME MESH_FILE`, or serve a model with --model"
-            )
-        objects = {
-            name: ServedObject.from_package(store.get(name), threads=settings.threads) for name in names
-        }
-        default = settings.default_object if settings.default_object in objects else None
-        if default is None and len(objects) == 1:
-            default = names[0]
-        return cls(objects, default)
-
-    def get(self, name: str | None) -> ServedObject:
-        """The object of that name (the default for None); 404 with the known names otherwise."""
-        known = ", ".join(self.objects)
-        if name is None:
-            if self.default is None:
-                raise CloudError(
-                    404,
-                    f"no default object is set: use /v1/objects/NAME/pose (known objects: {known}) or "
-                    "start the service with CLOUDPOSE_DEFAULT_OBJECT=NAME",
-                )
-            return self.objects[self.default]
-        if name not in self.objects:
-            raise CloudError(404, f"unknown object {name!r}; known objects: {known}")
-        return self.objects[name]
-
-    def model_ids(self) -> dict[str, str]:
-        return {name: served.model_id for name, served in self.objects.items()}
 
 
 # Dependencies and cheap endpoints are ``async def``: FastAPI runs plain ``def`` ones in the
@@ -386,8 +340,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
     metrics = ServiceMetrics()
     workers = PoseWorkers(
-        settings.pool_threads, settings.queue_limit, settings.hard_lanes, settings.slow_after_ms / 1000
+        settings.pool_threads,
+        settings.queue_limit,
+        settings.hard_lanes,
+        settings.slow_after_ms / 1000,
+        hard_in_processes=settings.hard_processes,
     )
+    hard: list[HardProcesses] = []  # the current hard-cloud processes, replaced on reload
     api_keys = [key.encode() for key in settings.keys()]
 
     async def reload_objects(app: FastAPI) -> ObjectRegistry:
@@ -400,6 +359,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 logger.error("reload refused, still serving the previous objects: %s", error)
                 raise
             app.state.objects = registry
+            if hard:
+                # Fresh processes load the new store; the old ones finish their jobs and end.
+                old, hard[0] = hard[0], HardProcesses(settings, settings.hard_lanes)
+                old.shutdown()
             metrics.models(registry.model_ids())
             logger.info("reloaded the object store: %s", registry.model_ids())
             return registry
@@ -411,6 +374,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.objects = ObjectRegistry.load(settings)
         metrics.models(app.state.objects.model_ids())
         workers.start()
+        if settings.hard_processes:
+            hard.append(HardProcesses(settings, settings.hard_lanes))
         loop = asyncio.get_running_loop()
 
         def on_hangup() -> None:
@@ -428,6 +393,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pass
         yield
         workers.stop()
+        for processes in hard:
+            processes.shutdown()
 
     app = FastAPI(
         title="cloudpose",
@@ -489,14 +456,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={503: {"model": schemas.Ready, "description": "Busy: the pose workers are full."}},
     )
     async def ready() -> Response:
-        """Readiness: objects loaded and room in the pose workers (503 while saturated)."""
+        """Readiness: objects loaded and room in the pose workers (503 while saturated).
+        ``hard_processes`` says whether the hard-cloud processes have loaded the store (until
+        then, and for a moment after a reload, hard clouds get their best pose at once)."""
         busy = workers.saturated()
+        hard_state = "off" if not hard else "ready" if hard[0].ready() else "loading"
         return Response(
             orjson.dumps(
                 {
                     "status": "busy" if busy else "ready",
                     "pending": workers.pending,
                     "capacity": workers.threads + workers.queue_limit,
+                    "hard_processes": hard_state,
                 }
             ),
             status_code=503 if busy else 200,
@@ -579,15 +550,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
         }
 
-    def budgets_for(count: int):
-        """Each cloud's budget: the per-cloud allowance, within the batch's cap."""
+    def estimate_clouds(
+        served: ServedObject, clouds: list[np.ndarray], refine: bool, units: str | None
+    ) -> list[ObjectPose]:
+        """Each cloud under its budget (the per-cloud allowance, within the batch's cap); a cloud
+        that turns out to be hard goes, with the rest of the request, to a hard-cloud process,
+        or gets its best pose at once when those are all busy."""
         per_cloud_s = settings.pose_budget_ms / 1000
-        batch_end = time.monotonic() + min(settings.batch_budget_s, per_cloud_s * count)
+        total_s = min(settings.batch_budget_s, per_cloud_s * len(clouds))
+        batch_end, end_wall = time.monotonic() + total_s, time.time() + total_s
 
-        def make():
-            return workers.budget(max(0.0, min(per_cloud_s, batch_end - time.monotonic())))
+        def left() -> float:
+            return max(0.0, min(per_cloud_s, batch_end - time.monotonic()))
 
-        return make
+        try:
+            return served.estimate(clouds, refine, units, budgets=lambda: workers.budget(left(), per_cloud_s))
+        except TurnedHard as turned:
+            rest = clouds[len(turned.answered) :]
+            answers = (
+                hard[0].estimate(served.name, rest, refine, units, per_cloud_s, end_wall) if hard else None
+            )
+            where = "process" if answers is not None else "at once"
+            if answers is None:  # every hard-cloud process is busy: the best pose within what is left
+                answers = served.estimate(
+                    rest, refine, units, budgets=lambda: Budget(left(), nominal_s=per_cloud_s)
+                )
+            metrics.hard_clouds.labels(served.name, where).inc(len(rest))
+            return turned.answered + answers
 
     def pose_job(
         served: ServedObject,
@@ -604,7 +593,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         units = _request_units(units, body_units)
         for index, points in enumerate(clouds):
             served.check_cloud(points, where=f"clouds[{index}]" if batch else "points")
-        results: list[ObjectPose] = served.estimate(clouds, refine, units, budgets=budgets_for(len(clouds)))
+        results = estimate_clouds(served, clouds, refine, units)
         metrics.observe(served, results, time.perf_counter() - started)
         answers = [
             {**result.to_dict(), "n_points": int(points.shape[0]), **({"file": name} if name else {})}

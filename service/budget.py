@@ -18,6 +18,15 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 
+class TurnedHard(Exception):
+    """Raised by ``on_slow`` to move a cloud's work elsewhere; ``answered`` holds the answers
+    of the clouds before it in the same request."""
+
+    def __init__(self) -> None:
+        super().__init__("the cloud turned out to be hard")
+        self.answered: list = []
+
+
 class Budget:
     """A wall-clock allowance for one cloud.
 
@@ -28,6 +37,8 @@ class Budget:
         on_slow: called (in the computing thread) when the cloud turns out to be hard; it may
             block, e.g. to wait for a slot for hard work, and returns whether to go on (False
             expires the budget).
+        nominal_s: the allowance to name in messages when ``seconds`` is what is left of it
+            (a batch's last clouds, or a cloud moved to another process).
     """
 
     def __init__(
@@ -35,7 +46,9 @@ class Budget:
         seconds: float | None,
         slow_after_s: float | None = None,
         on_slow: Callable[[Budget], bool] | None = None,
+        nominal_s: float | None = None,
     ) -> None:
+        self.nominal_s = seconds if nominal_s is None else nominal_s
         self.started = time.monotonic()
         self.cpu_started = time.thread_time()
         self.seconds = seconds
@@ -53,6 +66,9 @@ class Budget:
         """Whether the search must stop widening; once True, stays True."""
         if self.exhausted:
             return True
+        if self.seconds is not None and time.monotonic() - self.started > self.seconds:
+            self.exhausted = True  # out of time: moving the cloud elsewhere would not help
+            return True
         # Hard is judged by this thread's own CPU time: under load every cloud waits for the CPU,
         # and waiting does not make a cloud hard.
         computed = time.thread_time() - self.cpu_started
@@ -60,9 +76,6 @@ class Budget:
             self.slow = True
             if self.on_slow is not None and not self.on_slow(self):
                 self.exhausted = True
-                return True
-        if self.seconds is not None and time.monotonic() - self.started > self.seconds:
-            self.exhausted = True
         return self.exhausted
 
 

@@ -32,7 +32,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from service.budget import Budget
+from service.budget import Budget, TurnedHard
 
 logger = logging.getLogger("cloudpose.compute")
 
@@ -66,12 +66,22 @@ class PoseWorkers:
     Args:
         threads: jobs computing at once.
         queue_limit: jobs waiting at most; more are refused.
-        hard_lanes: hard clouds computing at once (after ``slow_after_s``).
-        slow_after_s: when a cloud counts as hard.
+        hard_lanes: hard clouds computing at once in this process (after ``slow_after_s``).
+        slow_after_s: when a cloud counts as hard (CPU time).
+        hard_in_processes: a hard cloud raises :class:`TurnedHard` instead of waiting for a lane
+            here: its job hands it to a hard-cloud process (``service.hard``).
     """
 
-    def __init__(self, threads: int, queue_limit: int, hard_lanes: int, slow_after_s: float) -> None:
+    def __init__(
+        self,
+        threads: int,
+        queue_limit: int,
+        hard_lanes: int,
+        slow_after_s: float,
+        hard_in_processes: bool = False,
+    ) -> None:
         self.threads = threads
+        self.hard_in_processes = hard_in_processes
         self.queue_limit = queue_limit
         self.slow_after_s = slow_after_s
         self._lane = threading.BoundedSemaphore(hard_lanes)
@@ -115,9 +125,9 @@ class PoseWorkers:
         finally:
             self.pending -= 1
 
-    def budget(self, seconds: float | None) -> Budget:
+    def budget(self, seconds: float | None, nominal_s: float | None = None) -> Budget:
         """A budget for one cloud of the current job, with this pool's rule for hard clouds."""
-        return Budget(seconds, slow_after_s=self.slow_after_s, on_slow=self._hard)
+        return Budget(seconds, slow_after_s=self.slow_after_s, on_slow=self._hard, nominal_s=nominal_s)
 
     def _spawn(self) -> None:
         self._workers += 1
@@ -162,6 +172,8 @@ class PoseWorkers:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HARD_NICE)
             except (OSError, AttributeError):  # not Linux-like: the lane alone still serializes
                 pass
+        if self.hard_in_processes:
+            raise TurnedHard  # the job hands the rest to a hard-cloud process (service.hard)
         remaining = budget.remaining_s()
         acquired = self._lane.acquire(timeout=None if remaining is None else max(0.0, remaining))
         state.holds_lane = acquired

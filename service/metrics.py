@@ -45,6 +45,13 @@ class ServiceMetrics:
             ["object", "found"],
             registry=self.registry,
         )
+        self.hard_clouds = Counter(
+            "cloudpose_hard_clouds",
+            "Clouds that turned out hard, by where they were finished (a hard-cloud process, or at "
+            "once when those were busy).",
+            ["object", "where"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "cloudpose_queue_depth",
             "Pose requests computing or waiting for a worker.",

@@ -21,11 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from service import budget
+from service.clouds import CloudError
 from service.inference import (
     DISTINCT_DEGREES,
     PLAUSIBLE_SPAN,
@@ -35,8 +36,11 @@ from service.inference import (
     column_pose_matrix,
     quaternion_xyzw,
 )
-from service.store import UNITS_M, ObjectPackage, StoreError, metres_per_unit
+from service.store import UNITS_M, ObjectPackage, ObjectStore, StoreError, metres_per_unit
 from service.symmetry import Symmetry
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 # Unit scales tried for a cloud without declared units whose size does not fit the object.
 TRIED_UNITS = ("m", "cm", "mm", "in")
@@ -102,6 +106,9 @@ class ObjectPose:
 def degenerate_reason(cloud: np.ndarray) -> str | None:
     """Why a cloud cannot fix a pose (all points equal, or on one line), or None."""
     sample = cloud if len(cloud) <= 4096 else cloud[:: math.ceil(len(cloud) / 4096)]
+    if len(sample) >= 50:  # a few far strays must not make a cloud look like a line
+        distance = np.linalg.norm(sample - np.median(sample, axis=0), axis=1)
+        sample = sample[distance <= np.quantile(distance, 0.98)]
     centred = sample - sample.mean(axis=0)
     spread = np.linalg.svd(centred, compute_uv=False)
     size = float(np.abs(sample).max()) + 1.0
@@ -188,13 +195,9 @@ class ServedObject:
         try:
             cloud_m = metres_per_unit(units)
         except StoreError as error:
-            from service.clouds import CloudError
-
             raise CloudError(422, str(error)) from error
         object_m = self.metres_per_unit
         if object_m is None:
-            from service.clouds import CloudError
-
             raise CloudError(
                 422,
                 f"object {self.name!r} was added without units, so a cloud in {units!r} cannot be "
@@ -236,14 +239,23 @@ class ServedObject:
                 size does not fit the object.
             budgets: makes each cloud's compute budget (None: no limit). A cloud whose budget
                 runs out gets the best pose found so far, marked not found.
+
+        Raises:
+            budget.TurnedHard: a budget moved a hard cloud's work elsewhere; it carries the
+                answers of the clouds before it.
         """
         answers = []
         for cloud in clouds:
             with budget.limited(budgets() if budgets is not None else None) as allowance:
-                answer = self._estimate_one(cloud, refine, units)
+                try:
+                    answer = self._estimate_one(cloud, refine, units)
+                except budget.TurnedHard as turned:
+                    turned.answered = answers
+                    raise
             if allowance is not None and allowance.exhausted:
                 ran_out = (
-                    f"the compute budget ({allowance.seconds * 1000:.0f} ms) ran out before the search ended"
+                    f"the compute budget ({allowance.nominal_s * 1000:.0f} ms) ran out before the "
+                    "search ended"
                 )
                 answer.warnings.append(ran_out)
                 if answer.found:
@@ -384,3 +396,51 @@ MAX_CANDIDATES = 4
 
 def _score(answer: ObjectPose) -> float:
     return -1.0 if answer.confidence is None else float(answer.confidence["confidence"])
+
+
+class ObjectRegistry:
+    """The served objects by name, and the one ``/v1/pose`` answers for."""
+
+    def __init__(self, objects: dict[str, ServedObject], default: str | None) -> None:
+        self.objects = objects
+        self.default = default
+
+    @classmethod
+    def load(cls, settings: Settings) -> ObjectRegistry:
+        """Every package of the store (or the one bare model), verified; raises StoreError when
+        there is none or one is broken."""
+        if settings.model_path is not None:
+            served = ServedObject.from_model(settings.model_path, threads=settings.threads)
+            return cls({served.name: served}, served.name)
+        store = ObjectStore(settings.store)
+        names = store.names()
+        if not names:
+            raise StoreError(
+                f"the object store {settings.store} holds no objects: add one with "
+                "`cloudpose object add NAME MESH_FILE`, or serve a model with --model"
+            )
+        objects = {
+            name: ServedObject.from_package(store.get(name), threads=settings.threads) for name in names
+        }
+        default = settings.default_object if settings.default_object in objects else None
+        if default is None and len(objects) == 1:
+            default = names[0]
+        return cls(objects, default)
+
+    def get(self, name: str | None) -> ServedObject:
+        """The object of that name (the default for None); 404 with the known names otherwise."""
+        known = ", ".join(self.objects)
+        if name is None:
+            if self.default is None:
+                raise CloudError(
+                    404,
+                    f"no default object is set: use /v1/objects/NAME/pose (known objects: {known}) or "
+                    "start the service with CLOUDPOSE_DEFAULT_OBJECT=NAME",
+                )
+            return self.objects[self.default]
+        if name not in self.objects:
+            raise CloudError(404, f"unknown object {name!r}; known objects: {known}")
+        return self.objects[name]
+
+    def model_ids(self) -> dict[str, str]:
+        return {name: served.model_id for name, served in self.objects.items()}

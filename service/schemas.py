@@ -114,9 +114,10 @@ class Health(BaseModel):
 
 
 class Ready(BaseModel):
-    status: Literal["ready", "busy", "loading"]
+    status: Literal["ready", "busy"]
     pending: int
     capacity: int
+    hard_processes: Literal["ready", "loading", "off"]
 
 
 class Reloaded(BaseModel):

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         slow_after_ms: a cloud still computing after this long is hard: it yields the CPU to
             easy ones and takes turns with other hard ones (``hard_lanes`` at once).
         hard_lanes: hard clouds computing at once.
+        hard_processes: hard clouds compute in ``hard_lanes`` processes of their own at a lower
+            priority (``service.hard``), so they cannot slow easy ones down through the
+            interpreter lock; False keeps them in this process's threads.
         body_timeout_s: a request body must arrive within this (else 408 and the connection
             is closed).
         header_timeout_s: a request's headers must arrive within this of connecting.
@@ -60,6 +63,7 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(default=10.0, gt=0)
     slow_after_ms: float = Field(default=50.0, gt=0)
     hard_lanes: int = Field(default=1, gt=0)
+    hard_processes: bool = True
     body_timeout_s: float = Field(default=20.0, gt=0)
     header_timeout_s: float = Field(default=10.0, gt=0)
     keep_alive_s: float = Field(default=5.0, gt=0)

@@ -565,3 +565,11 @@ def test_http_json_batch_at_the_default_route(
     for pose, posed in zip(answer["poses"], (clouds["bunny"], other), strict=True):
         assert "file" not in pose
         assert_poses(pose, posed)
+
+
+def test_a_far_stray_does_not_make_a_cloud_a_line(bunny_example: dict) -> None:
+    # One point a billion units away: the spread of the rest decides, not the stray's axis.
+    cloud = np.vstack([bunny_example["points"], [[1e9, 0.0, 0.0]]])
+    assert degenerate_reason(cloud) is None
+    line = np.linspace(0.0, 1.0, 300)[:, None] * [[60.0, -20.0, 10.0]]
+    assert degenerate_reason(np.vstack([line, [[0.0, 50.0, 0.0]]])) == ON_A_LINE

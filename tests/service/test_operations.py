@@ -87,6 +87,7 @@ def key(index: int = 0) -> dict[str, str]:
 
 def test_health_and_ready_need_no_key(guarded: Served) -> None:
     assert httpx.get(f"{guarded.url}/health").json()["objects"] == ["bunny"]
+    wait_ready(guarded)
     ready = httpx.get(f"{guarded.url}/ready")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
@@ -212,6 +213,7 @@ def test_budget_ends_the_search_and_says_so(narrow: Served, example: dict) -> No
 
 
 def test_full_pool_answers_503_and_ready_says_busy(narrow: Served, example: dict) -> None:
+    wait_ready(narrow)
     with ThreadPoolExecutor(1) as pool:
         batch = pool.submit(
             httpx.post,
@@ -310,3 +312,25 @@ def test_openapi_documents_bodies_statuses_and_errors(guarded: Served) -> None:
     name = document["paths"]["/v1/objects/{name}/pose"]["post"]["parameters"][0]
     assert name["schema"]["enum"] == ["bunny"]
     assert pose["security"]  # the keys are declared when they are configured
+
+
+def wait_ready(served: Served) -> None:
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{served.url}/ready").json()["hard_processes"] != "ready":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_a_hard_cloud_is_finished_in_a_lower_priority_process(guarded: Served) -> None:
+    wait_ready(guarded)
+    (sphere,) = hard_clouds(1)
+    answer = httpx.post(f"{guarded.url}/v1/pose", json={"points": sphere}, headers=key(), timeout=30).json()
+    assert answer["found"] is False and answer["confidence"]["hypotheses"] > 1
+    text = httpx.get(f"{guarded.url}/metrics", headers=key()).text
+    assert 'cloudpose_hard_clouds_total{object="bunny",where="process"} 1.0' in text, [
+        line for line in text.splitlines() if "hard" in line
+    ]
+    server = _server_pid(guarded.port)
+    children = [int(pid) for pid in Path(f"/proc/{server}/task/{server}/children").read_text().split()]
+    niceness = [int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16]) for pid in children]
+    assert 10 in niceness  # the hard-cloud process runs at a lower priority
