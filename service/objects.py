@@ -246,7 +246,11 @@ class ServedObject:
         """
         answers = []
         for cloud in clouds:
-            with budget.limited(budgets() if budgets is not None else None) as allowance:
+            allowance = budgets() if budgets is not None else None
+            if allowance is not None and allowance.seconds is not None and allowance.seconds <= 0:
+                answers.append(self._unexamined(allowance))  # a batch whose time is up
+                continue
+            with budget.limited(allowance):
                 try:
                     answer = self._estimate_one(cloud, refine, units)
                 except budget.TurnedHard as turned:
@@ -263,6 +267,15 @@ class ServedObject:
                     answer.reason = f"{ran_out}: this pose is the best so far, not confirmed"
             answers.append(answer)
         return answers
+
+    def _unexamined(self, allowance: budget.Budget) -> ObjectPose:
+        """The answer for a cloud the request's budget left no time to look at."""
+        identity = np.eye(3)
+        reason = (
+            f"the request's compute budget ran out before this cloud was looked at (each cloud gets "
+            f"at most {allowance.nominal_s * 1000:.0f} ms, a batch at most its cap): send it again"
+        )
+        return ObjectPose(identity, np.zeros(3), identity, np.zeros(3), False, reason=reason)
 
     def _estimate_one(self, cloud: np.ndarray, refine: bool, units: str | None) -> ObjectPose:
         reason = degenerate_reason(cloud)

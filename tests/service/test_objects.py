@@ -573,3 +573,14 @@ def test_a_far_stray_does_not_make_a_cloud_a_line(bunny_example: dict) -> None:
     assert degenerate_reason(cloud) is None
     line = np.linspace(0.0, 1.0, 300)[:, None] * [[60.0, -20.0, 10.0]]
     assert degenerate_reason(np.vstack([line, [[0.0, 50.0, 0.0]]])) == ON_A_LINE
+
+
+def test_a_cloud_past_the_budget_is_not_looked_at(bunny: ServedObject, bunny_example: dict) -> None:
+    from service.budget import Budget
+
+    (answer,) = bunny.estimate([bunny_example["points"]], budgets=lambda: Budget(0.0, nominal_s=0.25))
+    assert answer.found is False
+    assert answer.reason.startswith("the request's compute budget ran out before this cloud was looked at")
+    assert "at most 250 ms" in answer.reason
+    (timely,) = bunny.estimate([bunny_example["points"]], budgets=lambda: Budget(5.0))
+    assert timely.found is True and not timely.warnings
