@@ -35,6 +35,8 @@ logger = logging.getLogger("cloudpose.hard")
 HARD_NICE = 10
 # Hard jobs waiting per process at most; beyond, a hard cloud gets its best pose at once.
 WAITING_PER_PROCESS = 2
+# How often a hard-cloud process checks that its server is still there.
+PARENT_CHECK_S = 1.0
 # How long past a request's budget its answer may take to come back from a process.
 RESULT_GRACE_S = 1.0
 
@@ -47,7 +49,17 @@ def _start(settings_json: str) -> None:
         os.nice(HARD_NICE)
     except OSError:
         pass
+    parent = os.getppid()
+    threading.Thread(target=_end_with, args=(parent,), name="cloudpose-parent-watch", daemon=True).start()
     _registry = ObjectRegistry.load(Settings.model_validate_json(settings_json))
+
+
+def _end_with(parent: int) -> None:
+    """End this process soon after the server that started it, however the server ended (a
+    SIGKILL leaves no chance to stop its children)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 def _ready() -> bool:

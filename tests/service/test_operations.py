@@ -334,3 +334,23 @@ def test_a_hard_cloud_is_finished_in_a_lower_priority_process(guarded: Served) -
     children = [int(pid) for pid in Path(f"/proc/{server}/task/{server}/children").read_text().split()]
     niceness = [int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16]) for pid in children]
     assert 10 in niceness  # the hard-cloud process runs at a lower priority
+
+
+def test_hard_cloud_processes_end_with_a_killed_server(tmp_path: Path) -> None:
+    for served in start(tmp_path, {}):
+        wait_ready(served)
+        server = _server_pid(served.port)
+        children = [int(pid) for pid in Path(f"/proc/{server}/task/{server}/children").read_text().split()]
+        assert children
+        os.kill(server, signal.SIGKILL)  # no chance to stop its children itself
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in children):
+            assert time.monotonic() < deadline, "a hard-cloud process outlived its server"
+            time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
