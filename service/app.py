@@ -376,6 +376,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         workers.start()
         if settings.hard_processes:
             hard.append(HardProcesses(settings, settings.hard_lanes))
+            workers.hard_ready = lambda: hard[0].ready()
         loop = asyncio.get_running_loop()
 
         def on_hangup() -> None:
@@ -626,13 +627,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     one_doc = body_doc(schemas.CloudBody, "file", many=False)
     batch_doc = body_doc(schemas.BatchBody, "files", many=True)
 
-    @app.post(
-        "/v1/pose",
-        openapi_extra=one_doc,
-        response_model=schemas.PoseResponse,
-        responses=pose_errors,
-        dependencies=Authorized,
-    )
+    def pose_route(path: str, batch: bool):
+        """``app.post`` with a pose route's documented body, answer, errors and key."""
+        return app.post(
+            path,
+            openapi_extra=batch_doc if batch else one_doc,
+            response_model=schemas.BatchResponse if batch else schemas.PoseResponse,
+            responses=pose_errors,
+            dependencies=Authorized,
+        )
+
+    @pose_route("/v1/pose", batch=False)
     async def pose(
         request: Request, objects: Objects, refine: Refine = True, units: Units = None
     ) -> Response:
@@ -640,39 +645,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (.ply, .pcd, .xyz, .npy) in the multipart field ``file``."""
         return await answer(request, objects.get(None), refine, units, batch=False)
 
-    @app.post(
-        "/v1/pose/batch",
-        openapi_extra=batch_doc,
-        response_model=schemas.BatchResponse,
-        responses=pose_errors,
-        dependencies=Authorized,
-    )
+    @pose_route("/v1/pose/batch", batch=True)
     async def pose_batch(
         request: Request, objects: Objects, refine: Refine = True, units: Units = None
     ) -> Response:
         """Poses of several clouds of the default object: JSON ``{"clouds": [...]}`` or files."""
         return await answer(request, objects.get(None), refine, units, batch=True)
 
-    @app.post(
-        "/v1/objects/{name}/pose",
-        openapi_extra=one_doc,
-        response_model=schemas.PoseResponse,
-        responses=pose_errors,
-        dependencies=Authorized,
-    )
+    @pose_route("/v1/objects/{name}/pose", batch=False)
     async def object_pose(
         name: ObjectName, request: Request, objects: Objects, refine: Refine = True, units: Units = None
     ) -> Response:
         """Pose of one cloud of the named object (file frame, the cloud's units)."""
         return await answer(request, objects.get(name), refine, units, batch=False)
 
-    @app.post(
-        "/v1/objects/{name}/pose/batch",
-        openapi_extra=batch_doc,
-        response_model=schemas.BatchResponse,
-        responses=pose_errors,
-        dependencies=Authorized,
-    )
+    @pose_route("/v1/objects/{name}/pose/batch", batch=True)
     async def object_pose_batch(
         name: ObjectName, request: Request, objects: Objects, refine: Refine = True, units: Units = None
     ) -> Response:

@@ -82,6 +82,8 @@ class PoseWorkers:
     ) -> None:
         self.threads = threads
         self.hard_in_processes = hard_in_processes
+        # Whether the hard-cloud processes have loaded; until then hard clouds stay here.
+        self.hard_ready: Callable[[], bool] = lambda: True
         self.queue_limit = queue_limit
         self.slow_after_s = slow_after_s
         self._lane = threading.BoundedSemaphore(hard_lanes)
@@ -172,7 +174,7 @@ class PoseWorkers:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HARD_NICE)
             except (OSError, AttributeError):  # not Linux-like: the lane alone still serializes
                 pass
-        if self.hard_in_processes:
+        if self.hard_in_processes and self.hard_ready():
             raise TurnedHard  # the job hands the rest to a hard-cloud process (service.hard)
         remaining = budget.remaining_s()
         acquired = self._lane.acquire(timeout=None if remaining is None else max(0.0, remaining))

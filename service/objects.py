@@ -247,8 +247,9 @@ class ServedObject:
         answers = []
         for cloud in clouds:
             allowance = budgets() if budgets is not None else None
-            if allowance is not None and allowance.seconds is not None and allowance.seconds <= 0:
-                answers.append(self._unexamined(allowance))  # a batch whose time is up
+            out_of_time = allowance is not None and allowance.seconds is not None and allowance.seconds <= 0
+            if out_of_time and answers:  # a batch whose time is up: the first cloud still gets a look
+                answers.append(self._unexamined(allowance))
                 continue
             with budget.limited(allowance):
                 try:
