@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as ResultTimeout
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -43,20 +43,20 @@ RESULT_GRACE_S = 1.0
 _registry: ObjectRegistry | None = None  # in each hard-cloud process
 
 
-def _start(settings_json: str) -> None:
+def _start(settings_json: str, server_pid: int) -> None:
     global _registry
     try:
         os.nice(HARD_NICE)
     except OSError:
         pass
-    parent = os.getppid()
-    threading.Thread(target=_end_with, args=(parent,), name="cloudpose-parent-watch", daemon=True).start()
+    threading.Thread(target=_end_with, args=(server_pid,), name="cloudpose-parent-watch", daemon=True).start()
     _registry = ObjectRegistry.load(Settings.model_validate_json(settings_json))
 
 
 def _end_with(parent: int) -> None:
     """End this process soon after the server that started it, however the server ended (a
-    SIGKILL leaves no chance to stop its children)."""
+    SIGKILL leaves no chance to stop its children), also when that happened while this process
+    was still starting."""
     while os.getppid() == parent:
         time.sleep(PARENT_CHECK_S)
     os._exit(0)
@@ -89,6 +89,7 @@ class HardProcesses:
         self.processes = processes
         self._settings_json = settings.model_dump_json()
         self._lock = threading.Lock()
+        self._closed = False
         self.pending = 0
         self._executor = self._start_processes()
 
@@ -97,7 +98,7 @@ class HardProcesses:
             self.processes,
             mp_context=get_context("spawn"),
             initializer=_start,
-            initargs=(self._settings_json,),
+            initargs=(self._settings_json, os.getpid()),
         )
         # Start them now, not on the first hard cloud; ready() says when they have loaded.
         self._warm = [executor.submit(_ready) for _ in range(self.processes)]
@@ -130,10 +131,12 @@ class HardProcesses:
         except ResultTimeout:
             future.cancel()  # if it has not started, it never will
             return None
-        except BrokenProcessPool:  # a process died (killed, out of memory): start afresh
-            logger.error("a hard-cloud process died; starting new ones")
+        except CancelledError:  # shut down (a reload) before it started
+            return None
+        except BrokenProcessPool:  # a process died (killed, out of memory, a reload's shutdown)
             with self._lock:
-                if self._executor is executor:
+                if self._executor is executor and not self._closed:
+                    logger.error("a hard-cloud process died; starting new ones")
                     self._executor = self._start_processes()
             return None
         finally:
@@ -141,5 +144,12 @@ class HardProcesses:
                 self.pending -= 1
 
     def shutdown(self) -> None:
-        """Let running jobs finish, then end the processes (does not wait)."""
+        """End the processes now (does not wait). A job still running is cut short; its request
+        gets its best pose at once (``estimate`` returns None)."""
+        with self._lock:
+            self._closed = True
+        processes = list((self._executor._processes or {}).values())  # the executor keeps no public list
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
