@@ -1,4 +1,4 @@
-"""Pose work off the event loop: a bounded pool of threads, a queue limit, and a lane for hard clouds.
+"""Pose work off the event loop: a bounded pool of threads, a queue limit, and a way out for hard clouds.
 
 Parsing, checking and estimating a request run in one job on a worker thread, so the event loop
 only reads bodies and writes answers and ``/health`` stays quick whatever the clouds are.
@@ -8,12 +8,15 @@ only reads bodies and writes answers and ``/health`` stays quick whatever the cl
   longer than its queue timeout is dropped unstarted (503 as well): no unbounded waits.
 - **Hard clouds yield to easy ones.** Most clouds are answered in a few milliseconds; a few
   (a sphere, another object, a cloud in other units) search for up to their budget. A cloud that
-  is still computing after ``slow_after_s`` (its :class:`service.budget.Budget` says so) leaves
-  the workers (a fresh thread takes its place at once), lowers its thread's CPU priority and
-  waits for one of ``hard_lanes`` slots, so hard clouds take turns on part of the CPU while easy
-  ones keep their pace and their workers. The wait counts against the cloud's budget: when no
-  lane is free in time, the answer is the best pose so far, marked not found. Hard jobs are
-  still counted in ``pending``, so the queue limit bounds them too.
+  has used ``slow_after_s`` of its thread's CPU (its :class:`service.budget.Budget` says so)
+  leaves the workers (a fresh thread takes its place at once) and lowers its thread's CPU
+  priority. With ``hard_in_processes`` (the service's default) it then raises
+  :class:`TurnedHard`, and its job hands it to a lower-priority process of its own
+  (``service.hard``): threads share one interpreter lock, processes do not. Otherwise, or until
+  those processes have loaded, it waits here for one of ``hard_lanes`` slots, so hard clouds
+  take turns while easy ones keep their pace and their workers; the wait counts against the
+  cloud's budget, and when no lane is free in time the answer is the best pose so far, marked
+  not found. Hard jobs are still counted in ``pending``, so the queue limit bounds them too.
 
 A thread that lowered its priority cannot raise it again (that needs privileges), so it ends
 with its job.
