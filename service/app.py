@@ -44,7 +44,7 @@ from service.hard import HardProcesses
 from service.metrics import ServiceMetrics
 from service.objects import ObjectPose, ObjectRegistry, ServedObject
 from service.settings import Settings
-from service.store import UNITS_M, StoreError, metres_per_unit
+from service.store import UNITS_M, StoreError
 
 access_log = logging.getLogger("cloudpose.access")
 logger = logging.getLogger("cloudpose.service")
@@ -249,16 +249,10 @@ def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
 
 
 def _request_units(query: str | None, body: str | None) -> str | None:
-    """The cloud's declared unit (query or body, which must agree), checked before any work."""
+    """The cloud's declared unit: the query's or the body's, which must agree."""
     if query is not None and body is not None and query != body:
         raise CloudError(422, f"units given twice and differently: ?units={query} and 'units': {body!r}")
-    units = query if query is not None else body
-    if units is not None:
-        try:
-            metres_per_unit(units)
-        except StoreError as error:
-            raise CloudError(422, str(error)) from error
-    return units
+    return query if query is not None else body
 
 
 def clouds_from_json(body: bytes, settings: Settings, batch: bool) -> tuple[list[np.ndarray], str | None]:

@@ -279,11 +279,11 @@ class ServedObject:
         return ObjectPose(identity, np.zeros(3), identity, np.zeros(3), False, reason=reason)
 
     def _estimate_one(self, cloud: np.ndarray, refine: bool, units: str | None) -> ObjectPose:
+        scale = self.scale_for(units)  # first: unknown units are a 422 whatever the cloud
         reason = degenerate_reason(cloud)
         if reason is not None:
             identity = np.eye(3)
             return ObjectPose(identity, np.zeros(3), identity, np.zeros(3), False, reason=reason)
-        scale = self.scale_for(units)
         unit_name = units if units is not None else self.units
         warnings: list[str] = []
         low, high = PLAUSIBLE_SPAN

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from service.cloudfiles import MAX_DECODED_BYTES
+from tests.service.test_clouds import zipped
 from tests.service.test_uvicorn import free_port, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,14 +74,6 @@ def npy_raw_header(text: str) -> bytes:
     """An .npy 1.0 header holding any text, padded as numpy pads it."""
     text += " " * ((64 - (len(text) + 11) % 64) % 64) + "\n"
     return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode()
-
-
-def zipped(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 @functools.cache
