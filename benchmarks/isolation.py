@@ -12,6 +12,9 @@ go on. The hard requests, in turn:
   service has to find the scale;
 * ``batch``: 64 hard clouds (spheres and metre bunnies) in one ``/v1/pose/batch`` request.
 
+The probers run in a process of their own (``--probers thread`` puts them beside the hard
+clients, as earlier versions did), so the hard clients' work on their answers does not delay them.
+
 The table gives each kind's statuses and latency, idle and loaded, and how many requests ended
 after their deadline: the longest a request may take when the service keeps its limits (the
 queue timeout plus the compute budget of a pose or a batch, plus ``--slack-s``), read from the
@@ -20,7 +23,8 @@ service's settings (the environment, as a started server reads it) unless given.
 Usage::
 
     .venv/bin/python benchmarks/isolation.py [--duration-s 60] [--idle-s 10] [--clients 4]
-        [--workers 1] [--url http://127.0.0.1:8000] [--api-key KEY] [--json-out isolation.json]
+        [--probers process|thread] [--workers 1] [--url http://127.0.0.1:8000] [--api-key KEY]
+        [--json-out isolation.json]
 """
 
 from __future__ import annotations
@@ -171,19 +175,77 @@ class Run:
                 turn += 1
 
 
+def _probe_in_process(
+    url: str,
+    headers: dict[str, str],
+    easy_bodies: list[bytes],
+    intervals_s: dict[str, float],
+    timeouts_s: dict[str, float],
+    stop,
+    results,
+) -> None:
+    """The probers in a process of their own (``--probers process``): the hard clients' threads
+    (which read 64-pose answers) share no interpreter lock with them, so what they time is the
+    server's. Puts ``(kind, wall-clock start, status, latency_s, found)`` tuples on ``results``."""
+    import httpx
+
+    outcomes, lock = [], threading.Lock()
+
+    def probe(kind: str) -> None:
+        with httpx.Client(base_url=url, timeout=timeouts_s[kind]) as client:
+            turn = 0
+            while not stop.is_set():
+                started_wall, started, found = time.time(), time.perf_counter(), None
+                try:
+                    if kind == "health":
+                        response = client.get("/health")
+                    else:
+                        body = easy_bodies[turn % len(easy_bodies)]
+                        response = client.post("/v1/pose", content=body, headers=headers)
+                    status: int | str = response.status_code
+                    if status == 200 and kind != "health":
+                        found = (int(bool(response.json().get("found"))), 1)
+                except httpx.HTTPError as error:
+                    status = type(error).__name__
+                latency_s = time.perf_counter() - started
+                with lock:
+                    outcomes.append((kind, started_wall, status, latency_s, found))
+                turn += 1
+                time.sleep(max(0.0, intervals_s[kind] - latency_s))
+
+    threads = [threading.Thread(target=probe, args=(kind,)) for kind in intervals_s]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    results.put(outcomes)
+
+
 def measure(url: str, args: argparse.Namespace, deadlines: Deadlines) -> list[Outcome]:
     bodies = Bodies(args.points, args.batch_size, count=16)
     run = Run(url, bodies, deadlines, args.api_key)
     run.probing.set()
-    probers = [
-        threading.Thread(target=run.probe, args=("health", args.health_interval_s)),
-        threading.Thread(target=run.probe, args=("easy", args.easy_interval_s)),
-    ]
+    intervals = {"health": args.health_interval_s, "easy": args.easy_interval_s}
+    if args.probers == "process":
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        stop, results = context.Event(), context.Queue()
+        timeouts = {kind: 2 * deadlines.of(kind) + 5 for kind in intervals}
+        prober = context.Process(
+            target=_probe_in_process,
+            args=(url, run.headers, bodies.bodies["easy"], intervals, timeouts, stop, results),
+        )
+        prober.start()
+        probers = []
+    else:
+        probers = [threading.Thread(target=run.probe, args=item) for item in intervals.items()]
     for thread in probers:
         thread.start()
-    print(f"  idle: probing for {args.idle_s:g} s", flush=True)
+    print(f"  idle: probing for {args.idle_s:g} s (probers: {args.probers})", flush=True)
     time.sleep(args.idle_s)
     run.phase = "loaded"
+    loaded_from = time.time()
     run.loading.set()
     clients = [threading.Thread(target=run.hard_client, args=(index,)) for index in range(args.clients)]
     for thread in clients:
@@ -192,6 +254,12 @@ def measure(url: str, args: argparse.Namespace, deadlines: Deadlines) -> list[Ou
     time.sleep(args.duration_s)
     run.loading.clear()
     run.probing.clear()
+    if args.probers == "process":
+        stop.set()
+        for kind, started_wall, status, latency_s, found in results.get(timeout=120):
+            phase = "loaded" if started_wall >= loaded_from else "idle"
+            run.outcomes.append(Outcome(kind, phase, status, latency_s, found))
+        prober.join(timeout=30)
     for thread in probers + clients:  # a hard client finishes the request it has in flight
         thread.join()
     return run.outcomes
@@ -237,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="hard clouds in a batch request")
     parser.add_argument("--health-interval-s", type=float, default=0.05, help="time between health probes")
     parser.add_argument("--easy-interval-s", type=float, default=0.1, help="time between easy requests")
+    parser.add_argument(
+        "--probers",
+        choices=("process", "thread"),
+        default="process",
+        help="run the /health and easy probers in a process of their own, or as threads beside "
+        "the hard clients (which then share this script's interpreter lock with them)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of the started server")
     parser.add_argument("--url", help="measure this running service instead of starting one")
     parser.add_argument("--api-key", help="API key for the pose routes, when the service needs one")
@@ -279,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         else f"{late} request(s) ended after their deadline",
         f"deadlines from {source}",
         "found: poses marked found of those answered (each of a batch counts); a sphere is never the bunny",
-        "clients are threads of this script, on the same CPU cores as the server",
+        "hard clients are threads of this script, on the same CPU cores as the server; the probers "
+        + ("run in a process of their own" if args.probers == "process" else "are threads beside them"),
     ]
     if tracebacks is not None:
         notes.append(f"server log: {tracebacks} line(s) with 'Traceback'")

@@ -12,6 +12,11 @@ the server the most CPU: a Python generator needs about a core of its own to sen
 hundred requests a second. It is a closed loop: a slow answer delays the next request on its
 connection, so latency is what a client with that many requests in flight sees.
 
+With ``--model EXAM.onnx`` the servers serve an exam-setting model (``cloudpose export`` of a
+flattened-FC run, e.g. of ``configs/default.yaml``) instead of the object store, and the bodies
+are posed copies of its template: the exam's setting, whose pose is one matrix product, so the
+table shows what the HTTP path itself sustains.
+
 During a run, ``--reload-every-s S`` calls ``POST /v1/admin/reload`` every S seconds (on every
 replica; a started server gets a generated CLOUDPOSE_API_KEYS key, ``--api-key`` serves for
 ``--url``), and ``--kill-one-replica-at-s T`` (with ``--replicas 2 --nginx``) kills one replica with
@@ -21,7 +26,7 @@ clients saw of either.
 Usage::
 
     .venv/bin/python benchmarks/load.py [--duration-s 60] [--workers 2] [--concurrency 1,8,64]
-        [--bodies json,npy] [--url http://127.0.0.1:8000] [--replicas 2 --nginx]
+        [--bodies json,npy] [--url http://127.0.0.1:8000] [--replicas 2 --nginx] [--model EXAM.onnx]
         [--reload-every-s 5] [--kill-one-replica-at-s 20] [--json-out load.json]
 """
 
@@ -42,6 +47,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import serving
 
 WRK_SCRIPT = r"""
@@ -103,11 +109,20 @@ BODY_KINDS = ("json", "npy")
 POSE_TOLERANCE = 0.01  # of the bunny's diameter: a refined answer is far closer
 
 
-def build_bodies(kind: str, points: int, count: int, folder: Path) -> tuple[list[Path], str]:
+def posed_cloud(points: int, seed: int, exam_model: Path | None) -> serving.PosedCloud:
+    """A posed bunny sample, or the exam-setting model's template posed (``--model``)."""
+    if exam_model is not None:
+        return serving.posed_template(exam_model, seed)
+    return serving.posed_bunny(points, seed=seed)
+
+
+def build_bodies(
+    kind: str, points: int, count: int, folder: Path, exam_model: Path | None = None
+) -> tuple[list[Path], str]:
     """``count`` bodies of distinct posed bunny clouds written to files, and their content type."""
     paths, content_type = [], "application/json"
     for index in range(count):
-        cloud = serving.posed_bunny(points, seed=index)
+        cloud = posed_cloud(points, index, exam_model)
         if kind == "json":
             body = serving.json_body(cloud.observed)
         else:
@@ -118,12 +133,14 @@ def build_bodies(kind: str, points: int, count: int, folder: Path) -> tuple[list
     return paths, content_type
 
 
-def check_answers(url: str, points: int, api_key: str | None, path: str = "/v1/pose") -> list[str]:
+def check_answers(
+    url: str, points: int, api_key: str | None, path: str = "/v1/pose", exam_model: Path | None = None
+) -> list[str]:
     """One request of each body kind, its pose checked against the cloud; a line per kind."""
     import httpx
 
     lines = []
-    cloud = serving.posed_bunny(points, seed=10_000)
+    cloud = posed_cloud(points, 10_000, exam_model)
     npy, npy_type = serving.npy_multipart_body(cloud.observed)
     bodies = {"json": (serving.json_body(cloud.observed), "application/json"), "npy": (npy, npy_type)}
     for kind, (body, content_type) in bodies.items():
@@ -290,7 +307,11 @@ def one_run(
         victim.process.wait(timeout=30)
         events.append(f"replica on :{victim.port} killed at {args.kill_one_replica_at_s:g} s")
         topology.servers[-1] = serving.start_server(
-            victim.log_path, workers=args.workers, port=victim.port, env=env
+            victim.log_path,
+            workers=args.workers,
+            port=victim.port,
+            env=env,
+            extra_args=["--model", str(args.model.resolve())] if args.model else (),
         )
         time.sleep(6)  # past nginx's fail_timeout, so the next run starts with every replica
     if topology.nginx:
@@ -323,6 +344,14 @@ def validate(args: argparse.Namespace) -> None:
             problems.append("--kill-one-replica-at-s must come before the end of --duration-s")
     if args.url and (args.replicas != 1 or args.nginx or args.workers != 1):
         problems.append("--url measures a running service: --replicas, --nginx and --workers do not apply")
+    if args.model is not None:
+        if args.url:
+            problems.append("--model starts servers: it does not apply with --url")
+        sidecar = args.model.with_name("model.json")
+        if not sidecar.is_file() or not args.model.with_name("template.npy").is_file():
+            problems.append(f"--model {args.model}: no exported model with model.json and template.npy there")
+        elif json.loads(sidecar.read_text()).get("order_free"):
+            problems.append(f"--model {args.model} is order-free: give an exam-setting (flat_fc) model")
     if args.replicas < 1 or args.workers < 1:
         problems.append("--replicas and --workers must be 1 or more")
     if shutil.which("wrk") is None:
@@ -355,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kill-one-replica-at-s", type=float, help="SIGKILL one replica this far into each run"
     )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="serve this exam-setting model (cloudpose export of a flat_fc run) instead of the store; "
+        "the bodies are its template, posed (the exam's copies of one cloud)",
+    )
     parser.add_argument("--timeout-s", type=float, default=30.0, help="wrk's per-request timeout")
     parser.add_argument("--json-out", type=Path, help="also write the results here as JSON")
     args = parser.parse_args(argv)
@@ -367,14 +402,25 @@ def main(argv: list[str] | None = None) -> int:
     rows, results, notes = [], [], []
     with tempfile.TemporaryDirectory(prefix="cloudpose-load-") as tmp, ExitStack() as stack:
         folder = Path(tmp)
-        bodies = {kind: build_bodies(kind, args.points, args.distinct_clouds, folder) for kind in args.bodies}
+        if args.model is not None:
+            args.points = len(np.load(args.model.with_name("template.npy"), mmap_mode="r"))
+        bodies = {
+            kind: build_bodies(kind, args.points, args.distinct_clouds, folder, args.model)
+            for kind in args.bodies
+        }
         if args.url:
             topology = Topology(args.url.rstrip("/"), [], None)
             serving.wait_ready(topology.url, None, None)
             described = f"the service at {topology.url}"
         else:
             servers = stack.enter_context(
-                serving.running_servers(folder, count=args.replicas, workers=args.workers, env=env)
+                serving.running_servers(
+                    folder,
+                    count=args.replicas,
+                    workers=args.workers,
+                    env=env,
+                    extra_args=["--model", str(args.model.resolve())] if args.model else (),
+                )
             )
             notes += sorted({server.note for server in servers if server.note})
             nginx = None
@@ -385,11 +431,10 @@ def main(argv: list[str] | None = None) -> int:
             topology = Topology(nginx.url if nginx else servers[0].url, servers, nginx)
             described = f"{args.replicas} × cloudpose serve, {args.workers} worker(s) each"
             described += ", behind nginx (deploy/nginx.conf)" if nginx else ""
-        print(
-            f"cloudpose load: {described}; {args.points}-point posed bunny clouds, "
-            f"{args.duration_s} s per run"
-        )
-        for line in check_answers(topology.url, args.points, api_key, args.path):
+            described += f", serving the exam-setting model {args.model}" if args.model else ""
+        clouds = "copies of its template" if args.model else "bunny clouds"
+        print(f"cloudpose load: {described}; {args.points}-point posed {clouds}, {args.duration_s} s per run")
+        for line in check_answers(topology.url, args.points, api_key, args.path, args.model):
             print(f"  {line}")
         for kind in args.bodies:
             for concurrency in concurrencies:
@@ -399,12 +444,13 @@ def main(argv: list[str] | None = None) -> int:
                 notes += [f"{kind} c={concurrency}: {event}" for event in result["events"]]
         memory = {f":{server.port}": serving.rss_mib(server.pid) for server in topology.servers}
 
+    sent = "posed copies of the model's template" if args.model else "fresh posed samples of the bunny"
     notes += [
         f"loopback on {os.cpu_count()} CPU cores, shared by wrk (one thread), the server(s) and nginx: "
         "server CPU and wrk CPU are shares of one core (200% = both)",
         "latency: wrk's closed loop (each connection sends its next request once the last is answered), "
         "over the answered requests; 'errors' counts non-200 answers and socket errors (timeouts included)",
-        f"bodies: {args.distinct_clouds} fresh posed samples of the bunny's surface per kind, sent in turn",
+        f"bodies: {args.distinct_clouds} {sent} per kind, sent in turn",
     ]
     if args.kill_one_replica_at_s is not None:
         notes.append("server CPU counts nginx and the replicas that were not killed")

@@ -182,13 +182,19 @@ def wait_ready(url: str, process: subprocess.Popen | None, log_path: Path | None
 
 @contextmanager
 def running_servers(
-    folder: Path, count: int = 1, workers: int = 1, env: dict[str, str] | None = None
+    folder: Path,
+    count: int = 1,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[list[Server]]:
     """``count`` servers on free ports (logs ``server-I.log`` in ``folder``), stopped afterwards."""
     servers: list[Server] = []
     try:
         for index in range(count):
-            servers.append(start_server(folder / f"server-{index}.log", workers=workers, env=env))
+            servers.append(
+                start_server(folder / f"server-{index}.log", workers=workers, env=env, extra_args=extra_args)
+            )
         yield servers
     finally:
         for server in servers:
@@ -362,6 +368,14 @@ def posed_bunny(count: int, seed: int) -> PosedCloud:
     canonical = np.asarray(canonical, dtype=np.float64)
     rotation, translation = random_pose(rng, bunny_diameter())
     return PosedCloud(canonical, canonical @ rotation + translation)
+
+
+def posed_template(model_path: Path, seed: int) -> PosedCloud:
+    """The template of an exam-setting model (``cloudpose export`` of a flattened-FC run), posed at
+    random: the exam's copies of one cloud, in the template's point order and the model's frame."""
+    template = np.load(Path(model_path).parent / "template.npy").astype(np.float64)
+    rotation, translation = random_pose(np.random.default_rng(seed), bunny_diameter())
+    return PosedCloud(template, template @ rotation + translation)
 
 
 def sphere(count: int, radius: float, seed: int) -> np.ndarray:

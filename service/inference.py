@@ -23,6 +23,8 @@ from service.symmetry import Symmetry, geodesic_deg
 MIN_POINTS = 32
 REFINE_MAX_POINTS = 1024
 SEARCH_POINTS = 512
+# The network sees at most this many of the cloud's points when refinement follows it.
+NETWORK_POINTS = 256
 # Near-symmetric copies of a pose (and rivals of an answer) are screened together on this many
 # points, through the coarse stages; one is refined in full when its fitness comes within this
 # margin of the best's and its RMSE within this ratio (generous: a screened fit is not yet
@@ -507,11 +509,10 @@ class PoseEstimator:
         easy clouds pay for one network pass and one registration.
         """
         rng = np.random.default_rng(len(cloud))  # the same cloud always gets the same answer
-        sample = (
-            cloud
-            if len(cloud) <= self.n_points
-            else cloud[rng.choice(len(cloud), self.n_points, replace=False)]
-        )
+        count = self.n_points
+        if refine and self.surface is not None and self.session is not None:
+            count = min(count, NETWORK_POINTS)
+        sample = cloud if len(cloud) <= count else cloud[rng.choice(len(cloud), count, replace=False)]
         sample = drop_stray_points(sample)
         centroid = sample.mean(axis=0)
         ((rotation, translation),) = self._network(sample, centroid, CUBE_ROTATIONS[:1])
@@ -809,8 +810,9 @@ class PoseEstimator:
         if self.order_free:
             description["input_requirement"] = (
                 f"any order and any size from {MIN_POINTS} points; larger clouds are subsampled to "
-                f"{self.n_points} points for the network, and to at most "
-                f"{REFINE_MAX_POINTS} for refinement"
+                f"{min(self.n_points, NETWORK_POINTS)} points for the network when refinement "
+                f"follows ({self.n_points} without it), and to at most {REFINE_MAX_POINTS} for "
+                "refinement"
             )
             description["refinement"] = self.surface is not None
         if not self.order_free:
