@@ -460,3 +460,28 @@ def test_json_non_numbers_are_refused(value: list) -> None:
 
 def test_json_integers_are_numbers() -> None:
     np.testing.assert_array_equal(as_cloud([[1, 2, 3], [4, 5, 6]], 10), [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+
+
+def test_json_triples_read_exactly_as_numpy_reads_them(points: np.ndarray) -> None:
+    # Floats, ints and a mix of them: the one-pass reader gives what np.array gives, as float64.
+    rows = points.tolist() + [[1, 2, 3], [4, 5.5, -6]]
+    cloud = as_cloud(rows, MAX_POINTS)
+    assert cloud.dtype == np.float64
+    np.testing.assert_array_equal(cloud, np.array(rows, dtype=np.float64))
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        ([[1, 2], [3, 4, 5, 6]], "points must be a list of [x, y, z] triples of numbers"),
+        ([[1, 2, [3]]], "points must be a list of [x, y, z] triples of numbers"),
+        (["abc"], "points must be a list of [x, y, z] triples of numbers"),
+        ([[2**70, 1, 1]], "points must be a list of [x, y, z] triples of numbers"),
+        ([[1.0, 2.0, 3.0, 4.0]], "points must have shape (N, 3), got (1, 4)"),
+    ],
+    ids=["ragged", "nested", "string-rows", "int-past-int64", "quads"],
+)
+def test_json_rows_that_are_not_triples_get_the_general_message(value: list, detail: str) -> None:
+    with pytest.raises(CloudError) as error:
+        as_cloud(value, 10)
+    assert (error.value.status, error.value.detail) == (422, detail)
