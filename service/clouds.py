@@ -37,8 +37,8 @@ class CloudError(ValueError):
 
 def _triples(value: list) -> np.ndarray | None:
     """The usual JSON cloud, every row a list of three ints or floats, as an (N, 3) array in one
-    pass over the scalars (about three times faster than ``np.array`` on the nested lists and a
-    separate look for booleans); None for anything else, which the general path then reads or
+    pass over the scalars (measured 1.3-1.5 times faster than ``np.array`` on the nested lists and
+    a separate look for booleans); None for anything else, which the general path then reads or
     refuses with its own message."""
     try:
         if set(map(len, value)) != {3}:
