@@ -91,15 +91,20 @@ def back_project(depth_m: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
         intrinsics: the camera.
 
     Returns:
-        (H, W, 3) float64 points, NaN where there is no return.
+        (H, W, 3) points in depth's float dtype (float64 for integer depths), NaN where there is
+        no return.
     """
+    depth_m = np.asarray(depth_m)
+    dtype = depth_m.dtype if np.issubdtype(depth_m.dtype, np.floating) else np.float64
+    z = np.where(depth_m > 0, depth_m, np.nan).astype(dtype, copy=False)  # (H, W)
     height, width = depth_m.shape
-    z = np.where(depth_m > 0, depth_m, np.nan).astype(np.float64)
-    u = np.arange(width, dtype=np.float64)[None, :]  # (1, W)
-    v = np.arange(height, dtype=np.float64)[:, None]  # (H, 1)
-    x = (u - intrinsics.cx) * z / intrinsics.fx
-    y = (v - intrinsics.cy) * z / intrinsics.fy
-    return np.stack([x, y, z], axis=-1)  # (H, W, 3)
+    u = ((np.arange(width) - intrinsics.cx) / intrinsics.fx).astype(dtype)  # (W,)
+    v = ((np.arange(height) - intrinsics.cy) / intrinsics.fy).astype(dtype)  # (H,)
+    points = np.empty((height, width, 3), dtype=dtype)
+    points[..., 0] = z * u[None, :]
+    points[..., 1] = z * v[:, None]
+    points[..., 2] = z
+    return points
 
 
 def valid_points(organized: np.ndarray) -> np.ndarray:
