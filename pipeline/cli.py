@@ -385,6 +385,58 @@ def predict(
 
 
 @app.command()
+def detect(
+    frame: Annotated[
+        Path, typer.Argument(help="A whole frame: a cloud file, or a depth image (.png, .npy) with --fx ...")
+    ],
+    objects: Annotated[
+        str | None, typer.Option(help="Comma-separated objects to look for (default: every one).")
+    ] = None,
+    store: StoreOption = DEFAULT_STORE,
+    units: Annotated[str, typer.Option(help="What a cloud's points are in.")] = "m",
+    max_instances: Annotated[int | None, typer.Option(min=1, help="At most this many detections.")] = None,
+    fx: Annotated[float | None, typer.Option(help="Depth image: focal length x, pixels.")] = None,
+    fy: Annotated[float | None, typer.Option(help="Depth image: focal length y, pixels.")] = None,
+    cx: Annotated[float | None, typer.Option(help="Depth image: principal point x, pixels.")] = None,
+    cy: Annotated[float | None, typer.Option(help="Depth image: principal point y, pixels.")] = None,
+    depth_scale: Annotated[float, typer.Option(help="Depth image: metres per raw unit.")] = 0.001,
+) -> None:
+    """Find every instance of the store's objects in a sensor frame locally, with the service's
+    code but no server; prints JSON (detections best first)."""
+    with expected_failures():
+        from service.clouds import read_frame_file
+        from service.detect import detect as detect_frame
+        from service.frames import Intrinsics, back_project, read_depth_image, valid_points
+        from service.objects import ObjectRegistry
+        from service.settings import Settings
+
+        settings = Settings(store=store)
+        registry = ObjectRegistry.load(settings)
+        names = [name.strip() for name in objects.split(",")] if objects else list(registry.objects)
+        chosen = {name: registry.get(name) for name in names}
+        data = frame.read_bytes()
+        if fx is not None or frame.suffix.lower() == ".png":
+            camera = {"fx": fx, "fy": fy, "cx": cx, "cy": cy, "depth_scale": depth_scale}
+            intrinsics = Intrinsics.parse(camera)
+            depth = read_depth_image(frame.name, data, intrinsics, settings.max_frame_points)
+            points, units = valid_points(back_project(depth, intrinsics)), "m"
+        else:
+            points = read_frame_file(frame.name, data, settings.max_frame_points)
+        report = detect_frame(points, chosen, units, max_instances=max_instances)
+        typer.echo(
+            json.dumps(
+                {
+                    "detections": [detection.to_dict() for detection in report.detections],
+                    "n_points": len(points),
+                    "segments": report.segments,
+                    "timings_ms": {name: round(value, 1) for name, value in report.timings_ms.items()},
+                },
+                indent=2,
+            )
+        )
+
+
+@app.command()
 def prune(
     run: Annotated[Path, typer.Argument(help="Checkpoint file or run folder holding checkpoint.pt.")],
     sparsity: Annotated[
@@ -442,8 +494,19 @@ def bench_command(
     record: Annotated[
         bool, typer.Option("--record", help="With --object: put the figures into the object's package.")
     ] = False,
+    scenes: Annotated[
+        bool,
+        typer.Option(
+            "--scenes", help="Score detection in whole cluttered frames (the store's objects) instead."
+        ),
+    ] = False,
+    frames: Annotated[int, typer.Option(min=1, help="With --scenes: frames (VGA, 1-2 s each).")] = 50,
 ) -> None:
-    """Benchmark cloudpose against FPFH+RANSAC+ICP and PCA+ICP on seeded sensor-like sets."""
+    """Benchmark cloudpose against FPFH+RANSAC+ICP and PCA+ICP on seeded sensor-like sets, or (with
+    --scenes) detection in cluttered frames against plane removal + clustering + FPFH."""
+    if scenes:
+        bench_scenes(frames, seed, store, out)
+        return
     with expected_failures():
         from pipeline.bench import format_table, write_results
         from pipeline.bench_cli import bench, bench_object
@@ -490,6 +553,52 @@ def bench_command(
             typer.echo(f"recorded the figures in {package.path}")
         paths = write_results(results, out)
         typer.echo("wrote " + ", ".join(str(path) for path in paths.values()))
+
+
+def bench_scenes(frames: int, seed: int, store: Path, out: Path) -> None:
+    """``cloudpose bench --scenes``: cloudpose's detector and the baselines on the same frames."""
+    with expected_failures():
+        from pipeline import scene_bench
+        from pipeline.files import atomic_write_json, atomic_write_text
+        from service.objects import ObjectRegistry
+        from service.settings import Settings
+        from service.store import ObjectStore
+
+        registry = ObjectRegistry.load(Settings(store=store))
+        targets, models = scene_bench.store_targets(ObjectStore(store), registry.objects)
+        if not targets:
+            raise FileNotFoundError(f"no object of {store} has units: scenes are in metres")
+        detectors = {
+            "cloudpose": scene_bench.cloudpose_detector(
+                {item.name: registry.objects[item.name] for item in targets}
+            ),
+            "clustering_fpfh": scene_bench.clustering_fpfh_detector(models),
+        }
+        if scene_bench.ppf_available():
+            detectors["opencv_ppf"] = scene_bench.ppf_detector(models)
+        else:
+            typer.echo("opencv_ppf skipped: pip install opencv-contrib-python-headless to run it", err=True)
+        typer.echo(
+            f"{frames} VGA frames of {', '.join(models)} among {len(scene_bench.DISTRACTOR_SHAPES)} "
+            f"distractor shapes, {len(detectors)} detectors",
+            err=True,
+        )
+
+        def progress(done: int) -> None:
+            if done % 5 == 0 or done == frames:
+                typer.echo(f"  {done}/{frames} frames", err=True)
+
+        results = scene_bench.run_scene_bench(
+            detectors,
+            scene_bench.scene_frames(targets, scene_bench.distractor_objects(), frames, seed),
+            models,
+            progress=progress,
+        )
+        table = scene_bench.format_table(results)
+        typer.echo(table)
+        atomic_write_text(out / "scenes.txt", table + "\n")
+        atomic_write_json(out / "scenes.json", scene_bench.results_json(results))
+        typer.echo(f"wrote {out / 'scenes.txt'}, {out / 'scenes.json'}")
 
 
 object_app = typer.Typer(

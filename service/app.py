@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import schemas
 from service.budget import Budget, TurnedHard
-from service.clouds import CloudError, as_cloud, read_cloud_file
+from service.clouds import CloudError, as_cloud, read_cloud_file, read_frame_file
 from service.compute import PoseWorkers, Saturated
 from service.hard import HardProcesses
 from service.metrics import ServiceMetrics
@@ -327,6 +327,67 @@ def decode_clouds(
         return clouds, [name for name, _ in raw], None
     clouds, units = clouds_from_json(raw, settings, batch)
     return clouds, [None] * len(clouds), units
+
+
+DEPTH_FIELDS = ("fx", "fy", "cx", "cy", "depth_scale")
+
+
+async def read_frame_body(request: Request, settings: Settings) -> tuple[str, Any]:
+    """A detect request's raw frame on the event loop: ``("json", bytes)``, ``("file", (name,
+    bytes))`` for a cloud file, or ``("depth", (name, bytes, fields))`` for a depth image."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        kind, raw = await read_body(request, settings, batch=False)
+        return kind, raw
+    try:
+        form = await request.form(max_files=2, max_part_size=settings.max_body_bytes)
+    except (BodyTooLarge, BodyTooSlow, ClientDisconnect):
+        raise
+    except Exception as error:  # starlette's 400s and python-multipart's own types
+        raise CloudError(400, "malformed multipart body") from error
+    files = {key: value for key, value in form.multi_items() if hasattr(value, "read")}
+    if set(files) - {"file", "depth"} or len(files) != 1:
+        raise CloudError(
+            422,
+            "send one frame: a cloud file in the multipart field 'file', or a depth image (.png, "
+            ".npy) in 'depth' with the fields fx, fy, cx, cy (and depth_scale)",
+        )
+    ((field, upload),) = files.items()
+    data = await upload.read()
+    if field == "file":
+        return "file", (upload.filename or "", data)
+    fields = {key: form.get(key) for key in DEPTH_FIELDS if isinstance(form.get(key), str)}
+    return "depth", (upload.filename or "", data, fields)
+
+
+def decode_frame(kind: str, raw: Any, settings: Settings) -> tuple[np.ndarray, str | None, np.ndarray | None]:
+    """The frame's points, the body's units and its viewpoint, from :func:`read_frame_body`."""
+    from service.frames import Intrinsics, back_project, read_depth_image, valid_points
+
+    limit = settings.max_frame_points
+    if kind == "file":
+        name, data = raw
+        return read_frame_file(name, data, limit), None, None
+    if kind == "depth":
+        name, data, fields = raw
+        intrinsics = Intrinsics.parse(fields)
+        depth = read_depth_image(name, data, intrinsics, limit)
+        return as_cloud(valid_points(back_project(depth, intrinsics)), limit, where=name), None, None
+    if not raw:
+        raise CloudError(400, 'empty request body: send JSON like {"points": [[x, y, z], ...]}')
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise CloudError(400, f"malformed JSON: {error}") from error
+    if not isinstance(payload, dict) or "points" not in payload:
+        raise CloudError(422, "JSON body must be an object with a 'points' list of [x, y, z] triples")
+    units = payload.get("units")
+    if units is not None and not isinstance(units, str):
+        raise CloudError(422, '\'units\' must be a unit name such as "mm", "m" or "in"')
+    viewpoint = None
+    if payload.get("viewpoint") is not None:
+        viewpoint = as_cloud([payload["viewpoint"]], 1, where="viewpoint")[0]
+    return as_cloud(payload["points"], limit), units, viewpoint
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -659,6 +720,92 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Response:
         """Poses of several clouds of the named object."""
         return await answer(request, objects.get(name), refine, units, batch=True)
+
+    def detect_job(
+        objects: dict[str, ServedObject],
+        kind: str,
+        raw: Any,
+        units: str | None,
+        max_instances: int | None,
+        request_id: str,
+    ) -> bytes:
+        """Parse the frame and find every instance (a worker thread); returns the JSON answer."""
+        from service.detect import detect
+
+        started = time.perf_counter()
+        if kind == "depth" and units not in (None, "m"):
+            raise CloudError(
+                422, "a depth image gives points in metres (depth_scale sets its raw unit): leave out ?units="
+            )
+        points, body_units, viewpoint = decode_frame(kind, raw, settings)
+        units = _request_units(units, body_units) or "m"
+        report = detect(points, objects, units, viewpoint, max_instances, budget_s=settings.detect_budget_s)
+        warnings = None
+        if not report.complete:
+            warnings = [
+                f"the detection budget ({settings.detect_budget_s:g} s) ran out before every "
+                "segment of the frame was looked at: instances may be missing"
+            ]
+        return orjson.dumps(
+            {
+                "detections": [detection.to_dict() for detection in report.detections],
+                "n_points": int(len(points)),
+                "segments": report.segments,
+                "complete": report.complete,
+                **({"warnings": warnings} if warnings else {}),
+                "server_time_ms": (time.perf_counter() - started) * 1000,
+                "request_id": request_id,
+            }
+        )
+
+    detect_doc = body_doc(schemas.DetectBody, "file", many=False)
+    detect_doc["requestBody"]["content"]["multipart/form-data"]["schema"] = {
+        "type": "object",
+        "properties": {
+            "file": {"type": "string", "format": "binary", "description": "A cloud file of the frame."},
+            "depth": {
+                "type": "string",
+                "format": "binary",
+                "description": "A depth image (16-bit .png or .npy (H, W)), with the intrinsics.",
+            },
+            **{name: {"type": "number"} for name in DEPTH_FIELDS},
+        },
+    }
+
+    @app.post(
+        "/v1/detect",
+        openapi_extra=detect_doc,
+        response_model=schemas.DetectResponse,
+        responses=pose_errors,
+        dependencies=Authorized,
+    )
+    async def detect_route(
+        request: Request,
+        registry: Objects,
+        objects: Annotated[
+            str | None,
+            Query(description="Comma-separated object names to look for (default: every served object)."),
+        ] = None,
+        max_instances: Annotated[int | None, Query(ge=1, description="At most this many detections.")] = None,
+        units: Units = None,
+    ) -> Response:
+        """Every instance of the known objects in a whole sensor frame: JSON ``{"points": [...]}``
+        (sensor frame, metres unless ``units``), a cloud file in ``file`` (organized clouds may
+        mark missing returns with NaN), or a depth image in ``depth`` with ``fx``, ``fy``, ``cx``,
+        ``cy`` (and ``depth_scale``), back-projected on the server. Each detection's pose follows
+        ``/v1/pose``'s convention."""
+        names = list(registry.objects)
+        if objects is not None:
+            names = [name.strip() for name in objects.split(",") if name.strip()]
+        chosen = {name: registry.get(name) for name in names}
+        if not chosen:
+            raise CloudError(422, "objects names no object: give comma-separated names, or leave it out")
+        kind, raw = await read_frame_body(request, settings)
+        request_id = request.scope["state"].get("request_id", "")
+        body = await workers.run(
+            lambda: detect_job(chosen, kind, raw, units, max_instances, request_id), settings.queue_timeout_s
+        )
+        return Response(body, media_type="application/json")
 
     def openapi() -> dict[str, Any]:
         """FastAPI's document, with the served object names as the values of ``{name}``."""

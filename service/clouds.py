@@ -117,6 +117,30 @@ def read_cloud_file(filename: str, data: bytes, max_points: int) -> np.ndarray:
     Returns:
         (N, 3) float64, validated as :func:`as_cloud` does.
     """
+    shown, array = _read_file_array(filename, data, max_points)
+    return as_cloud(array, max_points, where=shown)
+
+
+def read_frame_file(filename: str, data: bytes, max_points: int) -> np.ndarray:
+    """A whole sensor frame from an uploaded cloud file: as :func:`read_cloud_file`, and an
+    organized cloud (an (H, W, 3) ``.npy``, or an organized PCD or PLY) may mark pixels without
+    a return with NaN rows, which are dropped.
+
+    Returns:
+        (N, 3) float64, validated as :func:`as_cloud` does.
+    """
+    shown, array = _read_file_array(filename, data, max_points)
+    if array.ndim == 3 and array.shape[2] == 3 and array.dtype.names is None:
+        array = array.reshape(-1, 3)  # (H*W, 3), row by row
+    if array.ndim == 2 and array.shape[1] == 3 and array.dtype.kind == "f":
+        array = array[~np.isnan(array).all(axis=1)]  # no return
+        if array.size == 0:
+            raise CloudError(422, f"{shown!r} has no point with a return (every row is NaN)")
+    return as_cloud(array, max_points, where=shown)
+
+
+def _read_file_array(filename: str, data: bytes, max_points: int) -> tuple[str, np.ndarray]:
+    """The file's name as shown in details, and its array as the reader gives it."""
     shown = filename if len(filename or "") <= MAX_SHOWN_NAME else filename[: MAX_SHOWN_NAME - 3] + "..."
     suffix = os.path.splitext(filename or "")[1].lower()
     if suffix not in CLOUD_SUFFIXES:
@@ -136,4 +160,4 @@ def read_cloud_file(filename: str, data: bytes, max_points: int) -> np.ndarray:
         ) from error
     if array.size == 0:
         raise CloudError(422, f"{shown!r} holds no points")
-    return as_cloud(array, max_points, where=shown)
+    return shown, array

@@ -107,6 +107,33 @@ class BatchResponse(BaseModel):
     server_time_ms: float
 
 
+class DetectBody(BaseModel):
+    """A whole sensor frame: its points in the sensor's frame (camera at the origin looking along
+    +z, as a depth camera gives them), in ``units`` (metres unless ?units= says otherwise)."""
+
+    points: list[Point] = Field(min_length=1, description="The frame's points, one [x, y, z] each.")
+    viewpoint: Point | None = Field(
+        default=None, description="Where the sensor was, when the points are not in its own frame."
+    )
+    units: UnitName | None = Field(default=None, description="What the points are in (or ?units=).")
+
+
+class DetectionAnswer(PoseAnswer):
+    object: str
+    confident: bool
+    visible_fraction: float
+
+
+class DetectResponse(BaseModel):
+    detections: list[DetectionAnswer] = Field(description="Found instances, best first.")
+    n_points: int
+    segments: int
+    complete: bool = Field(description="False when the detection budget ran out before every segment.")
+    warnings: list[str] | None = None
+    server_time_ms: float
+    request_id: str | None = None
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     model_id: str | None

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
         max_points: largest cloud accepted, in points (larger clouds get 413).
         max_body_bytes: largest request body accepted (larger bodies get 413).
         max_batch: most clouds in one batch request.
+        max_frame_points: largest whole frame ``/v1/detect`` accepts, in points or pixels (a VGA
+            depth camera gives 307,200).
+        detect_budget_s: how long one frame's detection may run; past it the detections so far
+            are the answer, with a warning.
         threads: onnxruntime intra-op threads (1 keeps latency low under concurrent requests).
         pose_budget_ms: how long one cloud's search may run; past it the answer is the best pose
             so far, marked not found. The hardest single views of the bunny need about 0.9 s on
@@ -55,6 +59,8 @@ class Settings(BaseSettings):
     max_points: int = Field(default=250_000, gt=0)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_batch: int = Field(default=256, gt=0)
+    max_frame_points: int = Field(default=1_000_000, gt=0)
+    detect_budget_s: float = Field(default=10.0, gt=0)
     threads: int = Field(default=1, gt=0)
     pose_budget_ms: float = Field(default=1000.0, gt=0)
     batch_budget_s: float = Field(default=20.0, gt=0)
