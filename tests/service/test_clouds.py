@@ -485,3 +485,27 @@ def test_json_rows_that_are_not_triples_get_the_general_message(value: list, det
     with pytest.raises(CloudError) as error:
         as_cloud(value, 10)
     assert (error.value.status, error.value.detail) == (422, detail)
+
+
+def test_a_frame_file_drops_missing_returns_a_cloud_file_refuses_them(tmp_path: Path) -> None:
+    from pypcd4 import PointCloud
+
+    from service.clouds import read_frame_file
+
+    rng = np.random.default_rng(3)
+    organized = rng.uniform(0.5, 1.5, size=(4, 5, 3)).astype(np.float32)
+    organized[1, 2] = np.nan  # pixels without a return
+    organized[3, 0] = np.nan
+    expected = organized.reshape(-1, 3)[~np.isnan(organized.reshape(-1, 3)).any(axis=1)]
+    np.testing.assert_array_equal(read_frame_file("frame.npy", npy(organized), MAX_POINTS), expected)
+    path = tmp_path / "frame.pcd"
+    PointCloud.from_xyz_points(organized.reshape(-1, 3)).save(path)
+    np.testing.assert_array_equal(read_frame_file("frame.pcd", path.read_bytes(), MAX_POINTS), expected)
+    status, detail = refused("frame.npy", npy(organized))
+    assert status == 422
+    with pytest.raises(CloudError) as error:
+        read_frame_file("holes.npy", npy(np.full((2, 2, 3), np.nan, dtype=np.float32)), MAX_POINTS)
+    assert (error.value.status, error.value.detail) == (
+        422,
+        "'holes.npy' has no point with a return (every row is NaN)",
+    )
