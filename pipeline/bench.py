@@ -310,19 +310,22 @@ COLUMNS = (
 )
 
 
+def cell_text(value, fmt: str) -> str:
+    """A table cell: ``-`` for no value, ``inf`` for an infinite one, else ``fmt`` (without the
+    % sign of a percentage: the column's header carries it)."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf"
+    text = fmt.format(value)
+    return text[:-1] if fmt.endswith("%}") else text
+
+
 def format_table(results: BenchResults) -> str:
     """A plain-text method × set table of the summary metrics.
 
     ``× ref`` is the median time relative to the reference method on the same set.
     """
-
-    def cell_text(value, fmt: str) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, float) and not math.isfinite(value):
-            return "inf"
-        text = fmt.format(value)
-        return text[:-1] if fmt.endswith("%}") else text  # the header carries the % sign
 
     header = [title for _, title, _ in COLUMNS]
     body = [[cell_text(row.get(key), fmt) for key, _, fmt in COLUMNS] for row in results.rows()]

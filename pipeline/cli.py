@@ -406,7 +406,7 @@ def detect(
     with expected_failures():
         from service.clouds import read_frame_file
         from service.detect import detect as detect_frame
-        from service.frames import Intrinsics, back_project, read_depth_image, valid_points
+        from service.frames import depth_frame_points
         from service.objects import ObjectRegistry
         from service.settings import Settings
 
@@ -417,9 +417,7 @@ def detect(
         data = frame.read_bytes()
         if fx is not None or frame.suffix.lower() == ".png":
             camera = {"fx": fx, "fy": fy, "cx": cx, "cy": cy, "depth_scale": depth_scale}
-            intrinsics = Intrinsics.parse(camera)
-            depth = read_depth_image(frame.name, data, intrinsics, settings.max_frame_points)
-            points, units = valid_points(back_project(depth, intrinsics)), "m"
+            points, units = depth_frame_points(frame.name, data, camera, settings.max_frame_points), "m"
         else:
             points = read_frame_file(frame.name, data, settings.max_frame_points)
         report = detect_frame(points, chosen, units, max_instances=max_instances)

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.bench import cell_text
 from pipeline.scenes import (
     Frame,
     Instance,
@@ -557,15 +558,6 @@ def run_scene_bench(
     return SceneBenchResults(list(detectors), results, criteria, frame_count, empty_frames)
 
 
-def _cell_text(value, fmt: str) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf"
-    text = fmt.format(value)
-    return text[:-1] if fmt.endswith("%}") else text  # the header carries the % sign
-
-
 def format_table(results: SceneBenchResults) -> str:
     """A fixed-width text table: one row per detector.
 
@@ -597,18 +589,18 @@ def format_table(results: SceneBenchResults) -> str:
         body.append(
             [
                 name,
-                _cell_text(m["frames"], "{}"),
-                _cell_text(m["failures"], "{}"),
-                _cell_text(m["recall"], "{:.1%}"),
-                *(_cell_text(value, "{:.1%}") for value in m["recall_by_bin"]),
-                _cell_text(m["recall_any_confidence"], "{:.1%}"),
-                _cell_text(m["precision"], "{:.1%}"),
-                _cell_text(m["rotation_median_deg"], "{:.2f}"),
-                _cell_text(m["translation_median_pct"], "{:.2f}"),
-                _cell_text(m["mssd_median_pct"], "{:.2f}"),
-                _cell_text(m["median_ms"], "{:.1f}"),
-                _cell_text(m["p90_ms"], "{:.1f}"),
-                _cell_text(m["false_alarm_rate"], "{:.1%}"),
+                cell_text(m["frames"], "{}"),
+                cell_text(m["failures"], "{}"),
+                cell_text(m["recall"], "{:.1%}"),
+                *(cell_text(value, "{:.1%}") for value in m["recall_by_bin"]),
+                cell_text(m["recall_any_confidence"], "{:.1%}"),
+                cell_text(m["precision"], "{:.1%}"),
+                cell_text(m["rotation_median_deg"], "{:.2f}"),
+                cell_text(m["translation_median_pct"], "{:.2f}"),
+                cell_text(m["mssd_median_pct"], "{:.2f}"),
+                cell_text(m["median_ms"], "{:.1f}"),
+                cell_text(m["p90_ms"], "{:.1f}"),
+                cell_text(m["false_alarm_rate"], "{:.1%}"),
             ]
         )
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]

@@ -255,8 +255,8 @@ def _request_units(query: str | None, body: str | None) -> str | None:
     return query if query is not None else body
 
 
-def clouds_from_json(body: bytes, settings: Settings, batch: bool) -> tuple[list[np.ndarray], str | None]:
-    """Clouds and the ``units`` field of a JSON body (in a worker thread: parsing is CPU work)."""
+def json_payload(body: bytes) -> tuple[Any, str | None]:
+    """A JSON body and its ``units`` field (in a worker thread: parsing is CPU work)."""
     if not body:
         raise CloudError(400, 'empty request body: send JSON like {"points": [[x, y, z], ...]}')
     try:
@@ -266,6 +266,12 @@ def clouds_from_json(body: bytes, settings: Settings, batch: bool) -> tuple[list
     units = payload.get("units") if isinstance(payload, dict) else None
     if units is not None and not isinstance(units, str):
         raise CloudError(422, '\'units\' must be a unit name such as "mm", "m" or "in"')
+    return payload, units
+
+
+def clouds_from_json(body: bytes, settings: Settings, batch: bool) -> tuple[list[np.ndarray], str | None]:
+    """Clouds and the ``units`` field of a JSON body."""
+    payload, units = json_payload(body)
     if not batch:
         if not isinstance(payload, dict) or "points" not in payload:
             raise CloudError(422, "JSON body must be an object with a 'points' list of [x, y, z] triples")
@@ -362,7 +368,7 @@ async def read_frame_body(request: Request, settings: Settings) -> tuple[str, An
 
 def decode_frame(kind: str, raw: Any, settings: Settings) -> tuple[np.ndarray, str | None, np.ndarray | None]:
     """The frame's points, the body's units and its viewpoint, from :func:`read_frame_body`."""
-    from service.frames import Intrinsics, back_project, read_depth_image, valid_points
+    from service.frames import depth_frame_points
 
     limit = settings.max_frame_points
     if kind == "file":
@@ -370,20 +376,10 @@ def decode_frame(kind: str, raw: Any, settings: Settings) -> tuple[np.ndarray, s
         return read_frame_file(name, data, limit), None, None
     if kind == "depth":
         name, data, fields = raw
-        intrinsics = Intrinsics.parse(fields)
-        depth = read_depth_image(name, data, intrinsics, limit)
-        return as_cloud(valid_points(back_project(depth, intrinsics)), limit, where=name), None, None
-    if not raw:
-        raise CloudError(400, 'empty request body: send JSON like {"points": [[x, y, z], ...]}')
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise CloudError(400, f"malformed JSON: {error}") from error
+        return depth_frame_points(name, data, fields, limit), None, None
+    payload, units = json_payload(raw)
     if not isinstance(payload, dict) or "points" not in payload:
         raise CloudError(422, "JSON body must be an object with a 'points' list of [x, y, z] triples")
-    units = payload.get("units")
-    if units is not None and not isinstance(units, str):
-        raise CloudError(422, '\'units\' must be a unit name such as "mm", "m" or "in"')
     viewpoint = None
     if payload.get("viewpoint") is not None:
         viewpoint = as_cloud([payload["viewpoint"]], 1, where="viewpoint")[0]

@@ -139,10 +139,15 @@ def read_frame_file(filename: str, data: bytes, max_points: int) -> np.ndarray:
     return as_cloud(array, max_points, where=shown)
 
 
+def shown_name(filename: str) -> tuple[str, str]:
+    """An uploaded file's name as error details show it (long names cut), and its suffix."""
+    shown = filename if len(filename or "") <= MAX_SHOWN_NAME else filename[: MAX_SHOWN_NAME - 3] + "..."
+    return shown, os.path.splitext(filename or "")[1].lower()
+
+
 def _read_file_array(filename: str, data: bytes, max_points: int) -> tuple[str, np.ndarray]:
     """The file's name as shown in details, and its array as the reader gives it."""
-    shown = filename if len(filename or "") <= MAX_SHOWN_NAME else filename[: MAX_SHOWN_NAME - 3] + "..."
-    suffix = os.path.splitext(filename or "")[1].lower()
+    shown, suffix = shown_name(filename)
     if suffix not in CLOUD_SUFFIXES:
         raise CloudError(
             415, f"unsupported file type {suffix or '(none)'!r}; send one of {', '.join(CLOUD_SUFFIXES)}"

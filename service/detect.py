@@ -319,10 +319,9 @@ def detect(
     detections.sort(key=lambda item: item.confidence(), reverse=True)
     if max_instances is not None:
         detections = detections[:max_instances]
-    report = FrameReport(detections, len(segments), int(on_plane[voxel_of_point].sum()), timings)
-    report.refused_by_free_space = refused
-    report.complete = complete
-    return report
+    return FrameReport(
+        detections, len(segments), int(on_plane[voxel_of_point].sum()), timings, refused, complete
+    )
 
 
 def _same_instance(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.cloudfiles import BadCloudFile, read_npy
-from service.clouds import MAX_ABS_COORDINATE, CloudError
+from service.clouds import MAX_ABS_COORDINATE, CloudError, as_cloud, shown_name
 
 DEPTH_SUFFIXES = (".png", ".npy")
 # 16-bit grayscale as Pillow names it (little- and big-endian), and 32-bit integers (a 16-bit
@@ -121,8 +120,7 @@ def read_depth_image(filename: str, data: bytes, intrinsics: Intrinsics, max_poi
             pixels, 422 for an image that is not one depth channel, corrupt, empty, or holds
             negative, non-finite or absurd depths.
     """
-    shown = filename if len(filename or "") <= 100 else filename[:97] + "..."
-    suffix = os.path.splitext(filename or "")[1].lower()
+    shown, suffix = shown_name(filename)
     if suffix not in DEPTH_SUFFIXES:
         raise CloudError(
             415, f"unsupported depth image type {suffix or '(none)'!r}; send a 16-bit .png or an .npy (H, W)"
@@ -145,6 +143,17 @@ def read_depth_image(filename: str, data: bytes, intrinsics: Intrinsics, max_poi
     if not (depth > 0).any():
         raise CloudError(422, f"{shown!r} has no pixel with a return (every depth is 0)")
     return depth
+
+
+def depth_frame_points(
+    filename: str, data: bytes, fields: Mapping[str, object], max_points: int
+) -> np.ndarray:
+    """A depth-image frame's points: intrinsics from ``fields`` (:meth:`Intrinsics.parse`), the
+    image read and back-projected; (N, 3) float64 metres in the sensor frame, validated as
+    :func:`service.clouds.as_cloud` does."""
+    intrinsics = Intrinsics.parse(fields)
+    depth = read_depth_image(filename, data, intrinsics, max_points)
+    return as_cloud(valid_points(back_project(depth, intrinsics)), max_points, where=shown_name(filename)[0])
 
 
 def _too_large(shown: str, width: int, height: int, max_points: int) -> CloudError:

@@ -11,7 +11,6 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from pipeline import scene_bench
-from pipeline.mesh import load_mesh
 from pipeline.scene_bench import (
     Criteria,
     Detection,
@@ -27,15 +26,14 @@ from pipeline.scene_bench import (
 )
 from pipeline.scenes import Instance, Intrinsics, SceneCounts, SceneObject, make_frame
 from service.symmetry import Symmetry, axis_rotation
+from tests.pipeline.test_scenes import small_bunny
 
 SMALL = Intrinsics().scaled(0.25)  # 160 x 120, same field of view as VGA
 
 
 @pytest.fixture(scope="module")
 def bunny() -> SceneObject:
-    mesh = load_mesh()
-    scale = 0.15 / (mesh.vertices.max(axis=0) - mesh.vertices.min(axis=0)).max()  # ~0.15 m across
-    return SceneObject("bunny", trimesh.Trimesh(mesh.vertices * scale, mesh.faces, process=False))
+    return small_bunny()
 
 
 @pytest.fixture(scope="module")

@@ -33,11 +33,16 @@ SMALL = Intrinsics().scaled(0.25)  # 160 x 120, same field of view as VGA
 EXACT = NoiseModel.none()
 
 
+def small_bunny() -> SceneObject:
+    """The bunny about 0.15 m across, as the scene tests place it."""
+    mesh = load_mesh()
+    scale = 0.15 / (mesh.vertices.max(axis=0) - mesh.vertices.min(axis=0)).max()
+    return SceneObject("bunny", trimesh.Trimesh(mesh.vertices * scale, mesh.faces, process=False))
+
+
 @pytest.fixture(scope="module")
 def bunny() -> SceneObject:
-    mesh = load_mesh()
-    scale = 0.15 / (mesh.vertices.max(axis=0) - mesh.vertices.min(axis=0)).max()  # ~0.15 m across
-    return SceneObject("bunny", trimesh.Trimesh(mesh.vertices * scale, mesh.faces, process=False))
+    return small_bunny()
 
 
 @pytest.fixture(scope="module")
