@@ -700,7 +700,6 @@ def results_json(results: SceneBenchResults) -> dict:
 DEFAULT_INTRINSICS = Intrinsics()  # VGA
 BENCH_COUNTS = SceneCounts(target_copies=(1, 2))  # frames with targets hold at least one copy
 DEFAULT_NOISE = NoiseModel()
-DEFAULT_LAYOUT = SceneLayout()
 
 
 def scene_frames(
@@ -713,7 +712,7 @@ def scene_frames(
     empty_fraction: float = 0.2,
     counts: SceneCounts = BENCH_COUNTS,
     noise: NoiseModel = DEFAULT_NOISE,
-    layout: SceneLayout = DEFAULT_LAYOUT,
+    layout: SceneLayout | None = None,
 ) -> Iterator[Frame]:
     """Seeded benchmark frames, built one at a time with :func:`pipeline.scenes.make_frame`.
 
@@ -731,11 +730,15 @@ def scene_frames(
         empty_fraction: share of frames without targets.
         counts: copies of each target and number of distractors per frame.
         noise: the sensor's errors.
-        layout: the table and the spread of objects.
+        layout: the table and the spread of objects (default: :meth:`SceneLayout.for_size` of
+            the largest target).
 
     Yields:
         Frames in order.
     """
+    if layout is None:
+        diagonals = [float(np.linalg.norm(item.mesh.extents)) for item in targets]
+        layout = SceneLayout.for_size(max(diagonals, default=0.25))
     sequence = np.random.SeedSequence(seed)
     chooser, *frame_seeds = sequence.spawn(count + 1)
     n_empty = min(count, round(empty_fraction * count))
@@ -1040,7 +1043,7 @@ def ppf_detector(
 
 # Distractors of the benchmark's frames: shapes that no object of the store, nor the store's
 # tests, use (metres).
-DISTRACTOR_SHAPES = ("capsule", "cone", "torus", "sphere", "wedge")
+DISTRACTOR_SHAPES = ("capsule", "cone", "torus", "sphere", "wedge", "crate", "post")
 
 
 def distractor_objects() -> list[SceneObject]:
@@ -1050,7 +1053,13 @@ def distractor_objects() -> list[SceneObject]:
     wedge = trimesh.creation.extrude_triangulation(
         np.array([[0.0, 0.0], [0.11, 0.0], [0.0, 0.05]]), np.array([[0, 1, 2]]), height=0.07
     )
+    # An open crate (its walls hide what stands behind them) and a tall octagonal post.
+    outer = trimesh.creation.box(bounds=[[0.0, 0.0, 0.0], [0.24, 0.18, 0.14]])
+    inner = trimesh.creation.box(bounds=[[0.01, 0.01, 0.01], [0.23, 0.17, 0.15]])
+    crate = trimesh.boolean.difference([outer, inner], engine="manifold")
     shapes = {
+        "crate": crate,
+        "post": trimesh.creation.cylinder(radius=0.035, height=0.2, sections=8),
         "capsule": trimesh.creation.capsule(height=0.09, radius=0.028, count=[8, 8]),
         "cone": trimesh.creation.cone(radius=0.045, height=0.1, sections=24),
         "torus": trimesh.creation.torus(

@@ -6,8 +6,9 @@ copies of the target objects and distractors in physically plausible resting pos
 
 * poses: each object rests on the plane in one of its stable poses (trimesh's
   ``compute_stable_poses``, drawn by their probabilities), turned by a random yaw about the plane
-  normal, at a random spot on the visible part of the plane whose bounding circle overlaps no other
-  (touching allowed);
+  normal, at a random spot on the visible part of the plane whose bounding circle overlaps no other;
+  a share of the objects goes close beside one already placed, bounding circles overlapping but
+  meshes a few millimetres apart (touching copies, occlusion);
 * rendering: one open3d ``RaycastingScene`` with one geometry per object and one ray per pixel
   centre; depth is z in the camera frame (not the ray length);
 * sensor noise (:class:`NoiseModel`): depth-dependent Gaussian noise, quantization to the depth
@@ -31,12 +32,15 @@ import numpy as np
 
 from service import frames
 from service.frames import valid_points
+from service.resting import RestingPose, rest_on, resting_poses
 
 if TYPE_CHECKING:
     import trimesh
 
 Kind = Literal["target", "distractor", "support"]
 
+# Spacing of the surface sample that checks two objects do not interpenetrate.
+SURFACE_SPACING_M = 0.002
 NO_RETURN = -1  # label of the support plane and of pixels without a return
 DISTRACTOR = -2  # label of distractor pixels
 
@@ -294,26 +298,6 @@ def apply_noise(
     return np.where(kept, measured, 0.0).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class RestingPose:
-    """A way an object rests on a plane: the plane is z = 0 of the rest frame, +z up.
-
-    Attributes:
-        rotation: (3, 3) and translation: (3,) map canonical points into the rest frame,
-            ``X @ rotation + translation``: lowest point at z = 0, bounding circle centred on the
-            z axis.
-        probability: how likely trimesh finds the object in this pose when dropped.
-        radius: bounding circle of the footprint in the plane (m).
-        height: extent along the plane normal (m).
-    """
-
-    rotation: np.ndarray
-    translation: np.ndarray
-    probability: float
-    radius: float
-    height: float
-
-
 @dataclass(eq=False)
 class SceneObject:
     """An object that can appear in a frame.
@@ -329,33 +313,16 @@ class SceneObject:
     @functools.cached_property
     def resting_poses(self) -> list[RestingPose]:
         """Its stable poses on a plane, most probable first (computed once)."""
+        return resting_poses(self.mesh)
+
+    @functools.cached_property
+    def surface_sample(self) -> np.ndarray:
+        """(M, 3) points spread over its surface at most ``SURFACE_SPACING_M`` apart (seeded)."""
         import trimesh
 
-        mesh = self.mesh
-        center = mesh.center_mass if mesh.is_volume else mesh.centroid
-        try:
-            transforms, probabilities = trimesh.poses.compute_stable_poses(mesh, center_mass=center)
-        except Exception:  # degenerate hulls (flat meshes) have no stable poses; lie as given
-            transforms, probabilities = np.eye(4)[None], np.ones(1)
-        if len(transforms) == 0:
-            transforms, probabilities = np.eye(4)[None], np.ones(1)
-        try:
-            hull = np.asarray(mesh.convex_hull.vertices, dtype=np.float64)
-        except Exception:
-            hull = np.asarray(mesh.vertices, dtype=np.float64)
-        poses = []
-        for transform, probability in zip(transforms, probabilities, strict=True):
-            rotation = np.asarray(transform[:3, :3], dtype=np.float64).T  # trimesh is column-vector
-            rested = hull @ rotation + transform[:3, 3]
-            low, high = rested.min(axis=0), rested.max(axis=0)
-            center_xy = (low[:2] + high[:2]) / 2.0
-            offset = np.array([center_xy[0], center_xy[1], low[2]])
-            translation = transform[:3, 3] - offset
-            radius = float(np.linalg.norm(rested[:, :2] - center_xy, axis=1).max())
-            poses.append(
-                RestingPose(rotation, translation, float(probability), radius, float(high[2] - low[2]))
-            )
-        return poses
+        count = int(np.clip(self.mesh.area / SURFACE_SPACING_M**2, 500, 50_000))
+        points, _ = trimesh.sample.sample_surface(self.mesh, count, seed=0)
+        return np.asarray(points, dtype=np.float64)
 
     @functools.cached_property
     def _triangles(self) -> tuple[np.ndarray, np.ndarray]:
@@ -438,11 +405,8 @@ class SupportPlane:
             rotation (3, 3) and translation (3,) such that ``canonical @ rotation + translation``
             is the object in the sensor frame.
         """
-        c, s = np.cos(yaw_rad), np.sin(yaw_rad)
-        yaw = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
-        rotation = pose.rotation @ yaw @ self.axes
-        in_plane = pose.translation @ yaw + np.array([position_m[0], position_m[1], 0.0])
-        return rotation, in_plane @ self.axes + self.origin
+        in_plane = np.array([position_m[0], position_m[1], 0.0]) @ self.axes + self.origin
+        return rest_on(pose, self.axes, in_plane, yaw_rad)
 
 
 def support_plane(
@@ -660,15 +624,52 @@ class SceneLayout:
         margin: an object's centre projects at least this fraction of the image size from its
             border.
         candidates: positions tried per object before it is left out.
+        touching: share of the objects (after the first) placed close beside one already on
+            the table: bounding circles may overlap (centres ``touch_closeness`` of the two radii
+            apart) as long as the meshes keep ``clearance_m`` apart, so copies touch, their
+            segments merge, and the one farther from the camera is partly hidden.
+        touch_closeness: range of the centre distance of close objects, as a share of the sum
+            of their bounding radii.
+        clearance_m: least distance between the surfaces of two objects (no interpenetration).
+        max_range_m: an object's centre lies at most this far from the camera (the far side of
+            a steeply seen table shows small parts as a handful of noisy points).
     """
 
-    tilt_deg: tuple[float, float] = (30.0, 60.0)
+    tilt_deg: tuple[float, float] = (35.0, 75.0)
     distance_m: tuple[float, float] = (0.6, 1.2)
     roll_deg: float = 10.0
     size_m: float = 1.5
     thickness_m: float = 0.02
     margin: float = 0.08
     candidates: int = 256
+    touching: float = 0.7
+    touch_closeness: tuple[float, float] = (0.4, 0.95)
+    clearance_m: float = 0.003
+    max_range_m: float = np.inf
+
+    @classmethod
+    def for_size(cls, diagonal_m: float) -> SceneLayout:
+        """A table and camera for objects of this bounding-box diagonal (the largest target's):
+        the camera 2.4-4.8 diagonals from the table along its axis (at least 0.5-0.8 m, a depth
+        camera's near range), objects within 8 diagonals (at least 1.2 m) of it; the defaults
+        for the 0.25 m bunny."""
+        near, far = max(0.5, 2.4 * diagonal_m), max(0.8, 4.8 * diagonal_m)
+        return cls(distance_m=(near, far), max_range_m=max(1.2, 8.0 * diagonal_m))
+
+
+CLEARANCE_TRIES = 24  # close candidates whose meshes are checked before an object is left out
+
+
+def _clear_of(
+    surface: np.ndarray, placed: list[Placement], nearby: list[int], clearance: float
+) -> bool:
+    """Whether surface points (M, 3) of a new object keep ``clearance`` from the placed meshes
+    ``nearby`` (no interpenetration: where two surfaces cross, sample points lie on both)."""
+    import open3d as o3d
+
+    scene, _ = _tensor_scene([placed[i] for i in nearby])
+    distance = scene.compute_distance(o3d.core.Tensor(surface.astype(np.float32))).numpy()
+    return bool(distance.min() >= clearance)
 
 
 def make_frame(
@@ -685,7 +686,8 @@ def make_frame(
     Every target object gets ``counts.target_copies`` copies, then ``counts.distractors``
     distractors are drawn; each rests in a stable pose drawn by probability, with a uniform yaw,
     at a uniform spot of the table whose centre is visible (``layout.margin``) and whose bounding
-    circle overlaps no other. Targets are placed first, so they win the room; an object that
+    circle overlaps no other; a share (``layout.touching``) goes close beside one already placed
+    instead, its mesh clear of the others'. Targets are placed first, so they win the room; an object that
     finds no room among ``layout.candidates`` spots is left out.
 
     Args:
@@ -728,19 +730,42 @@ def make_frame(
         reach = half - pose.radius
         candidates = rng.uniform(-1.0, 1.0, size=(layout.candidates, 2)) * max(reach, 0.0)  # (C, 2)
         yaws = rng.uniform(0.0, 2.0 * np.pi, size=layout.candidates)
+        close = bool(circles) and rng.uniform() < layout.touching
+        if close:  # beside an object already placed, circles overlapping
+            centre, radius = circles[int(rng.integers(len(circles)))]
+            # In front of it or behind it as the camera sees it (within about 45 degrees of the
+            # line of sight along the table), where one hides part of the other.
+            towards = -(np.append(centre, 0.0) @ table.axes + table.origin) @ table.axes[:2].T  # (2,)
+            sight = np.arctan2(towards[1], towards[0])
+            behind = rng.integers(2, size=layout.candidates) * np.pi
+            angles = sight + behind + rng.normal(0.0, np.pi / 4, size=layout.candidates)
+            distances = (radius + pose.radius) * rng.uniform(*layout.touch_closeness, size=layout.candidates)
+            candidates = centre + distances[:, None] * np.column_stack([np.cos(angles), np.sin(angles)])
         lifted = np.column_stack([candidates, np.full(len(candidates), pose.height / 2.0)])  # (C, 3)
         centres = lifted @ table.axes + table.origin
-        ok = (reach > 0) & (centres[:, 2] > 0.05)
+        ok = (reach > 0) & (np.abs(candidates) <= reach).all(axis=1) & (centres[:, 2] > 0.05)
+        ok &= np.linalg.norm(centres, axis=1) <= layout.max_range_m
         uv = project(np.where(ok[:, None], centres, 1.0), intrinsics)
         ok &= (uv[:, 0] >= margin_u) & (uv[:, 0] <= intrinsics.width - 1 - margin_u)
         ok &= (uv[:, 1] >= margin_v) & (uv[:, 1] <= intrinsics.height - 1 - margin_v)
-        for centre, radius in circles:
-            ok &= np.linalg.norm(candidates - centre, axis=1) >= radius + pose.radius
-        chosen = np.flatnonzero(ok)
-        if len(chosen) == 0:
+        apart = np.stack(
+            [np.linalg.norm(candidates - centre, axis=1) >= radius + pose.radius for centre, radius in circles]
+            or [np.ones(len(candidates), dtype=bool)],
+            axis=1,
+        )  # (C, placed): bounding circles clear of each placed object
+        chosen = np.flatnonzero(ok & (apart.all(axis=1) | close))
+        found = None
+        for k in chosen[: CLEARANCE_TRIES if close else 1]:
+            rotation, translation = table.rest(pose, tuple(candidates[k]), float(yaws[k]))
+            nearby = [i + 1 for i in np.flatnonzero(~apart[k])]  # placements[0] is the table
+            if not nearby or _clear_of(
+                scene_object.surface_sample @ rotation + translation, placements, nearby, layout.clearance_m
+            ):
+                found = (int(k), rotation, translation)
+                break
+        if found is None:
             continue
-        k = int(chosen[0])
-        rotation, translation = table.rest(pose, tuple(candidates[k]), float(yaws[k]))
+        k, rotation, translation = found
         placements.append(Placement(scene_object, rotation, translation, kind))
         circles.append((candidates[k], pose.radius))
     return render_frame(placements, rng, intrinsics, noise, plane=table.coefficients)

@@ -26,6 +26,7 @@ This is the first detector: what the scene benchmark measures of it is in the RE
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ from typing import Any
 import numpy as np
 
 from service import budget
+from service.inference import SearchPlan
 from service.objects import ObjectPose, ServedObject
+from service.resting import RestingPose, plane_axes, rest_on
 
 # Voxel side, as a fraction of the smallest object's bounding-box diagonal.
 VOXEL_FRACTION = 0.02
@@ -44,12 +47,15 @@ PLANE_MIN_SHARE = 0.15
 PLANE_DISTANCE_VOXELS = 1.5
 MAX_PLANES = 2
 PLANE_ITERATIONS = 200
+# RANSAC sees at most this many of the frame's points; the range image is built from about this many.
+PLANE_SAMPLE = 20_000
+RANGE_SAMPLE = 80_000
 # DBSCAN neighbourhood (voxels) and its least neighbours.
 CLUSTER_EPS_VOXELS = 2.5
 CLUSTER_MIN_POINTS = 8
 # Segments spanning less than this share of an object's diagonal, or more than this multiple,
 # are not posed as that object.
-SEGMENT_SPAN = (0.2, 3.0)
+SEGMENT_SPAN = (0.2, 1.5)
 # Fewest points a segment (or what is left of it) needs to be posed.
 MIN_SEGMENT_POINTS = 32
 # A segment is posed at most this many times (touching copies of objects).
@@ -65,6 +71,36 @@ DUPLICATE_DEGREES = 10.0
 DUPLICATE_DISTANCE = 0.1
 # Compute budget of one pose of one segment.
 SEGMENT_BUDGET_S = 0.5
+# A pose whose facing surface the segment covers less than this is too little evidence.
+MIN_VISIBLE_FRACTION = 0.2
+# A segment nothing fits is cut again with voxels this much finer and this neighbourhood (in
+# the finer voxels).
+SPLIT_VOXEL = 0.5
+SPLIT_EPS_VOXELS = 2.0
+# Leftovers whose centres lie within this share of the largest diagonal are posed together.
+UNION_REACH = 0.5
+# Starts from the support plane: the object's most probable stable poses until they cover this
+# much of its probability (at most this many), each turned this many ways about the normal.
+RESTING_COVER = 0.9
+RESTING_POSES = 6
+RESTING_YAWS = 12
+# Detection poses each proposal with this many of the wide search rounds (each proposal is
+# cheap; resting starts and finer cuts do what the wide rounds would).
+WIDE_ROUNDS = 0
+# On a support plane, objects whose resting starts screen this far below the best one's are not
+# posed; the screen drives its coarse steps with this many of the segment's points.
+OBJECT_MARGIN = 0.1
+# ... and a segment whose best screen is below this is not posed at all.
+MIN_SCREEN = 0.45
+# An ambiguous answer is settled on the candidate the frame contradicts least when every other
+# is contradicted this many times as much and by this share more (of this many surface points).
+SETTLE_RATIO = 2.0
+SETTLE_MARGIN = 0.02
+SETTLE_POINTS = 4000
+# A settled answer is a detection only when its segment covers this much of its facing surface.
+MIN_SETTLED_VISIBLE = 0.5
+SETTLED_WARNING = "settled by the frame"
+SCREEN_POINTS = 64
 # Model points that say how much of the object the sensor sees.
 VISIBILITY_POINTS = 1500
 # Free space: a posed model point facing the sensor contradicts the frame when the sensor saw
@@ -139,22 +175,35 @@ def voxel_labels(points: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarr
     return means / counts[:, None], inverse
 
 
-def _support_planes(voxels: np.ndarray, voxel: float, seed: int) -> np.ndarray:
-    """(V,) whether each voxel lies on a support plane."""
+def _support_planes(
+    points: np.ndarray, distance: float, seed: int, sensor: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N,) whether each point lies on a support plane, and the largest plane's coefficients
+    (a, b, c, d), normal towards the sensor, or None when there is none.
+
+    RANSAC (open3d ``segment_plane``) runs on an even subsample of at most ``PLANE_SAMPLE``
+    points; every point within ``distance`` of a plane found there is on it.
+    """
     import open3d as o3d
 
-    on_plane = np.zeros(len(voxels), dtype=bool)
+    on_plane = np.zeros(len(points), dtype=bool)
+    largest = None
+    sample = np.arange(0, len(points), max(1, len(points) // PLANE_SAMPLE))
     o3d.utility.random.seed(seed)
     for _ in range(MAX_PLANES):
-        rest = np.flatnonzero(~on_plane)
+        rest = sample[~on_plane[sample]]
         if len(rest) < 3 * CLUSTER_MIN_POINTS:
             break
-        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(voxels[rest]))
-        _, inliers = cloud.segment_plane(PLANE_DISTANCE_VOXELS * voxel, 3, PLANE_ITERATIONS)
-        if len(inliers) < PLANE_MIN_SHARE * len(voxels):  # of the frame: not an object's face
+        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points[rest]))
+        plane, inliers = cloud.segment_plane(distance, 3, PLANE_ITERATIONS)
+        if len(inliers) < PLANE_MIN_SHARE * len(sample):  # of the frame: not an object's face
             break
-        on_plane[rest[np.asarray(inliers)]] = True
-    return on_plane
+        plane = np.asarray(plane, dtype=np.float64) / np.linalg.norm(plane[:3])
+        if plane[:3] @ sensor + plane[3] < 0:
+            plane = -plane
+        largest = plane if largest is None else largest
+        on_plane |= np.abs(points @ plane[:3] + plane[3]) <= distance
+    return on_plane, largest
 
 
 def _clusters(voxels: np.ndarray, voxel: float) -> np.ndarray:
@@ -209,10 +258,13 @@ def _span(points: np.ndarray) -> float:
     return float(np.linalg.norm(points.max(axis=0) - points.min(axis=0)))
 
 
-def _posed_surface(served: ServedObject, pose: ObjectPose) -> tuple[np.ndarray, np.ndarray]:
-    """The object's surface points and normals in the frame (frame units), (M, 3) each."""
+def _posed_surface(
+    served: ServedObject, pose: ObjectPose, points: int = VISIBILITY_POINTS
+) -> tuple[np.ndarray, np.ndarray]:
+    """About ``points`` of the object's surface points and their normals in the frame (frame
+    units), (M, 3) each."""
     surface = served.estimator.surface
-    step = max(1, len(surface.points) // VISIBILITY_POINTS)
+    step = max(1, len(surface.points) // points)
     canonical = (surface.points[::step] + served.centroid) / pose.scale  # file frame, frame units
     normals = surface.normals[::step]
     return canonical @ pose.object_rotation + pose.object_translation, normals @ pose.object_rotation
@@ -239,6 +291,211 @@ def _visible_fraction(
     return float(np.mean(np.isfinite(distance)))
 
 
+@dataclass
+class _Hypothesis:
+    """A found pose of a proposal as one object, verified against the frame."""
+
+    detection: Detection
+    explained: np.ndarray  # (M,) which of the proposal's points the pose explains
+    posed: np.ndarray  # (S, 3) the object's surface sample at the pose
+    reach: float
+
+
+class _FrameSearch:
+    """What one frame's detection knows: its points, the objects, the detections made."""
+
+    def __init__(
+        self,
+        points: np.ndarray,
+        objects: Mapping[str, ServedObject],
+        sizes: Mapping[str, float],
+        units: str | None,
+        sensor: np.ndarray,
+        seen: RangeImage,
+        plane: np.ndarray | None = None,
+    ) -> None:
+        self.points, self.objects, self.sizes, self.units = points, objects, sizes, units
+        self.sensor, self.seen, self.plane = sensor, seen, plane
+        self.plane_axes = None if plane is None else plane_axes(plane[:3])
+        self.detections: list[Detection] = []
+        self.surfaces: list[tuple[np.ndarray, float]] = []  # each detection's posed surface, reach
+        self.refused = 0
+        self.poses = 0
+
+    def unexplained(self, members: np.ndarray) -> np.ndarray:
+        """The members (point indices) that no detection made so far explains."""
+        for posed, reach in self.surfaces:
+            if len(members) == 0:
+                break
+            members = members[~_explained(self.points[members], posed, reach)]
+        return members
+
+    def pose(self, members: np.ndarray) -> np.ndarray:
+        """Pose a proposal (point indices) until nothing more is found in it: each found instance
+        becomes a detection and its points leave the proposal, and what is left (a touching copy)
+        is posed again, at most ``MAX_PER_SEGMENT`` times.
+
+        Returns:
+            The members left unexplained.
+        """
+        least = max(MIN_SEGMENT_POINTS, LEFTOVER_SHARE * len(members))
+        for attempt in range(MAX_PER_SEGMENT):
+            if len(members) < (MIN_SEGMENT_POINTS if attempt == 0 else least):
+                break
+            found = self._pose_once(self.points[members])
+            if found is None:
+                break
+            if not any(
+                _same_instance(found.detection, other, self.objects, self.sizes) for other in self.detections
+            ):
+                self.detections.append(found.detection)
+                self.surfaces.append((found.posed, found.reach))
+            members = members[~found.explained]
+        return members
+
+    def _pose_once(self, segment: np.ndarray) -> _Hypothesis | None:
+        """The best verified pose of ``segment`` (M, 3) among the objects it may be, or None."""
+        best: _Hypothesis | None = None
+        for name, starts in self._candidates(segment):
+            (pose,) = self.objects[name].estimate(
+                [segment],
+                True,
+                self.units,
+                budgets=lambda: budget.Budget(SEGMENT_BUDGET_S),
+                plan=SearchPlan(wide=WIDE_ROUNDS, starts=starts, polish=True),
+            )
+            self.poses += 1
+            if pose.ambiguous:
+                pose = self._settle(name, pose)
+            if not pose.found:
+                continue
+            found = self._verify(name, segment, pose)
+            if found is not None and (
+                best is None or found.detection.confidence() > best.detection.confidence()
+            ):
+                best = found
+        return best
+
+    def _candidates(self, segment: np.ndarray) -> list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]]:
+        """The objects the segment may be, each with its resting starts: those whose size fits it,
+        and, on a support plane, only those whose resting starts screen within
+        ``OBJECT_MARGIN`` of the best (confidence after a few coarse steps, all starts at once),
+        none when the best is below ``MIN_SCREEN``."""
+        span = _span(segment)
+        fitting = [
+            (name, self._resting_starts(name, segment))
+            for name, size in self.sizes.items()
+            if SEGMENT_SPAN[0] * size <= span <= SEGMENT_SPAN[1] * size
+        ]
+        if self.plane is None or not fitting:
+            return fitting
+        scores = [self._screen(name, segment, starts) for name, starts in fitting]
+        top = max(scores)
+        if top < MIN_SCREEN:  # no way of resting there fits: clutter
+            return []
+        ranked = sorted(zip(scores, range(len(fitting)), strict=True), reverse=True)
+        return [fitting[i] for score, i in ranked if score >= top - OBJECT_MARGIN]
+
+    def _screen(self, name: str, segment: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]]) -> float:
+        """The best confidence of the object's resting starts after the coarse stages."""
+        from service.refine import COARSE_SCHEDULE, confidence_score, screen_starts
+
+        served = self.objects[name]
+        scale = served.scale_for(self.units)
+        internal = [
+            (rotation, translation * scale + served.centroid @ rotation) for rotation, translation in starts
+        ]
+        surface = served.estimator.surface
+        _, fitness, rmse = screen_starts(
+            segment * scale, surface, internal, points=SCREEN_POINTS, stages=COARSE_SCHEDULE
+        )
+        return max(
+            confidence_score(fit, error / surface.diagonal) for fit, error in zip(fitness, rmse, strict=True)
+        )
+
+    def _resting_starts(self, name: str, segment: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Poses of the object resting on the frame's support plane under the segment's centre:
+        its most probable stable poses, each turned ``RESTING_YAWS`` ways about the plane's
+        normal (none without a plane)."""
+        if self.plane is None:
+            return []
+        served = self.objects[name]
+        scale = served.scale_for(self.units)  # file units per frame unit
+        centre = segment.mean(axis=0)
+        origin = centre - (centre @ self.plane[:3] + self.plane[3]) * self.plane[:3]
+        starts = []
+        covered = 0.0
+        for pose in served.resting_poses[:RESTING_POSES]:
+            if covered >= RESTING_COVER:
+                break
+            covered += pose.probability
+            in_units = RestingPose(
+                pose.rotation,
+                pose.translation / scale,
+                pose.probability,
+                pose.radius / scale,
+                pose.height / scale,
+            )
+            for angle in np.arange(RESTING_YAWS) * (2 * np.pi / RESTING_YAWS):
+                starts.append(rest_on(in_units, self.plane_axes, origin, float(angle)))
+        return starts
+
+    def _contradicted_share(self, name: str, pose: ObjectPose, points: int = VISIBILITY_POINTS) -> float:
+        """Share of the posed object's surface facing the sensor (of ``points`` surface points)
+        that the sensor saw through: its nearest return in that direction lies beyond it."""
+        served, size = self.objects[name], self.sizes[name]
+        posed, normals = _posed_surface(served, pose, points)
+        sight = self.sensor - posed
+        # Points seen head-on only: near the silhouette (grazing incidence) sensors miss returns.
+        facing = np.einsum("ij,ij->i", normals, sight) > FACING_COSINE * np.linalg.norm(sight, axis=1)
+        through, looked = self.seen.contradicted(posed[facing], FREE_SPACE_TOLERANCE * size)
+        return through / looked if looked else 0.0
+
+    def _settle(self, name: str, pose: ObjectPose) -> ObjectPose:
+        """An answer the cloud leaves ambiguous, settled by the frame when it can: the one
+        candidate that the sensor did not see through, where each of the others it did (a turned
+        flange puts its plate over holes the sensor saw the table through)."""
+        served = self.objects[name]
+        options = [dataclasses.replace(pose, **_object_pose(candidate)) for candidate in pose.candidates]
+        shares = [self._contradicted_share(name, option, SETTLE_POINTS) for option in options]
+        order = np.argsort(shares)
+        best, runner_up = shares[order[0]], shares[order[1]] if len(shares) > 1 else 1.0
+        if best > FREE_SPACE_MAX_SHARE or runner_up < max(SETTLE_RATIO * best, best + SETTLE_MARGIN):
+            return pose
+        why = (
+            f"{SETTLED_WARNING}: {len(options) - 1} other pose(s) fit the points about as well, but "
+            f"the sensor saw through where they put the object ({100 * runner_up:.0f} % of its "
+            "facing surface or more)"
+        )
+        return served.settled(pose, int(order[0]), why)
+
+    def _verify(self, name: str, segment: np.ndarray, pose: ObjectPose) -> _Hypothesis | None:
+        """The pose as a hypothesis if the frame bears it out: the sensor did not see through the
+        object where the pose puts it, and the segment covers enough of its facing surface."""
+        if self._contradicted_share(name, pose) > FREE_SPACE_MAX_SHARE:
+            self.refused += 1  # the sensor saw through where this pose puts the object
+            return None
+        served, size = self.objects[name], self.sizes[name]
+        posed, normals = _posed_surface(served, pose)
+        reach = EXPLAINED_FRACTION * size
+        explained = _explained(segment, posed, reach)
+        visible = _visible_fraction(segment, posed, normals, self.sensor, reach)
+        settled = any(warning.startswith(SETTLED_WARNING) for warning in pose.warnings)
+        if visible < (MIN_SETTLED_VISIBLE if settled else MIN_VISIBLE_FRACTION):
+            self.refused += 1  # too little of the object to be evidence of it
+            return None
+        return _Hypothesis(Detection(name, pose, int(explained.sum()), visible), explained, posed, reach)
+
+
+def _object_pose(candidate: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A candidate of an answer (back transform) as object rotation and translation."""
+    rotation = np.asarray(candidate["rotation"], dtype=np.float64).T
+    return {
+        "object_rotation": rotation,
+        "object_translation": -np.asarray(candidate["translation"], dtype=np.float64) @ rotation,
+    }
+
+
 def detect(
     points: np.ndarray,
     objects: Mapping[str, ServedObject],
@@ -257,7 +514,7 @@ def detect(
         viewpoint: (3,) where the sensor was (the origin for a frame as a depth camera gives it).
         max_instances: at most this many detections (all by default).
         seed: RANSAC's seed, so a frame always gets the same answer.
-        budget_s: past this, no more segment is posed: the detections so far are the answer
+        budget_s: past this, no more proposal is posed: the detections so far are the answer
             (``FrameReport.complete`` is False).
 
     Returns:
@@ -265,63 +522,119 @@ def detect(
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        timings[name] = (time.perf_counter() - started) * 1000 - sum(timings.values())
+
     points = np.asarray(points, dtype=np.float64)
     sensor = np.zeros(3) if viewpoint is None else np.asarray(viewpoint, dtype=np.float64)
     # Each object's diagonal in the frame's units (a 422 for an object without units when the
     # frame has some).
     sizes = {name: served.diagonal / served.scale_for(units) for name, served in objects.items()}
     voxel = VOXEL_FRACTION * min(sizes.values())
-    voxels, voxel_of_point = voxel_labels(points, voxel)
-    timings["voxels_ms"] = (time.perf_counter() - started) * 1000
-    on_plane = _support_planes(voxels, voxel, seed)
-    timings["planes_ms"] = (time.perf_counter() - started) * 1000 - timings["voxels_ms"]
-    labels = np.full(len(voxels), -1)
+    on_plane, plane = _support_planes(points, PLANE_DISTANCE_VOXELS * voxel, seed, sensor)
+    lap("planes_ms")
     kept = np.flatnonzero(~on_plane)
+    segments = []
     if len(kept):
-        labels[kept] = _clusters(voxels[kept], voxel)
-    point_labels = labels[voxel_of_point]  # (N,)
-    timings["segments_ms"] = (time.perf_counter() - started) * 1000 - sum(timings.values())
-    # The points of each segment, by one sort (a pass per segment would cost points x segments).
-    order = np.argsort(point_labels, kind="stable")
-    bounds = np.searchsorted(point_labels[order], np.arange(labels.max() + 2))
-    segments = [order[bounds[label] : bounds[label + 1]] for label in range(labels.max() + 1)]
-    segments = sorted((item for item in segments if len(item) >= MIN_SEGMENT_POINTS), key=len, reverse=True)
-    ranges = np.linalg.norm(voxels - sensor, axis=1)
-    seen = RangeImage(voxels, sensor, cell=voxel / max(float(np.median(ranges)), voxel))
-    detections: list[Detection] = []
-    surfaces: list[tuple[np.ndarray, float]] = []  # each detection's posed surface and reach
-    refused = 0
+        voxels, voxel_of_point = voxel_labels(points[kept], voxel)
+        segments = [kept[members] for members in _members(_clusters(voxels, voxel)[voxel_of_point])]
+    lap("segments_ms")
+    # What the sensor saw in each direction, from an even subsample of the whole frame (planes
+    # included: the table behind a pose shows the sensor's line of sight).
+    sight = points[:: max(1, len(points) // RANGE_SAMPLE)]
+    ranges = np.linalg.norm(sight - sensor, axis=1)
+    cell = voxel / max(float(np.median(ranges)), voxel) if len(sight) else 1.0
+    search = _FrameSearch(points, objects, sizes, units, sensor, RangeImage(sight, sensor, cell=cell), plane)
+    lap("range_image_ms")
     deadline = None if budget_s is None else started + budget_s
     complete = True
-    for members in segments:
+
+    def out_of_time() -> bool:
+        nonlocal complete
         if deadline is not None and time.perf_counter() > deadline:
             complete = False
+        return not complete
+
+    # First pass: every segment. A segment nothing fits is cut finer (touching objects that one
+    # neighbourhood joined) and its parts are posed alike.
+    leftovers: list[np.ndarray] = []  # unexplained members
+    for members in segments:
+        if out_of_time():
             break
-        remaining = points[members]
-        for posed, reach in surfaces:  # fragments of instances already found
-            remaining = remaining[~_explained(remaining, posed, reach)]
+        remaining = search.unexplained(members)
         if len(remaining) < (1 - EXPLAINED_ALREADY) * len(members):
             continue
-        least = max(MIN_SEGMENT_POINTS, LEFTOVER_SHARE * len(remaining))
-        for attempt in range(MAX_PER_SEGMENT):
-            if len(remaining) < (MIN_SEGMENT_POINTS if attempt == 0 else least):
+        left = search.pose(remaining)
+        if len(left) < MIN_SEGMENT_POINTS:
+            continue
+        parts = _split(points[left], voxel) if len(left) == len(remaining) else []
+        if len(parts) < 2:
+            leftovers.append(left)
+            continue
+        for part in parts:
+            if out_of_time():
                 break
-            found, contradicted = _pose_segment(remaining, objects, sizes, units, sensor, seen)
-            refused += contradicted
-            if found is None:
-                break
-            detection, explained, posed, reach = found
-            if not any(_same_instance(detection, other, objects, sizes) for other in detections):
-                detections.append(detection)
-                surfaces.append((posed, reach))
-            remaining = remaining[~explained]
-    timings["poses_ms"] = (time.perf_counter() - started) * 1000 - sum(timings.values())
-    detections.sort(key=lambda item: item.confidence(), reverse=True)
+            part_left = search.pose(left[part])
+            if len(part_left) >= MIN_SEGMENT_POINTS:
+                leftovers.append(part_left)
+    lap("first_pass_ms")
+    # Second pass: pieces of one instance that occlusion cut apart, together.
+    for members in _unions(points, leftovers, max(sizes.values())):
+        if out_of_time():
+            break
+        remaining = search.unexplained(members)
+        if len(remaining) >= max(MIN_SEGMENT_POINTS, (1 - EXPLAINED_ALREADY) * len(members)):
+            search.pose(remaining)
+    lap("unions_ms")
+    detections = sorted(search.detections, key=lambda item: item.confidence(), reverse=True)
     if max_instances is not None:
         detections = detections[:max_instances]
-    return FrameReport(
-        detections, len(segments), int(on_plane[voxel_of_point].sum()), timings, refused, complete
-    )
+    timings["poses"] = float(search.poses)
+    return FrameReport(detections, len(segments), int(on_plane.sum()), timings, search.refused, complete)
+
+
+def _members(point_labels: np.ndarray) -> list[np.ndarray]:
+    """The point indices of each label (-1 aside) with at least ``MIN_SEGMENT_POINTS``, largest
+    first (one sort: a pass per label would cost points x labels)."""
+    if len(point_labels) == 0 or point_labels.max() < 0:
+        return []
+    order = np.argsort(point_labels, kind="stable")
+    bounds = np.searchsorted(point_labels[order], np.arange(point_labels.max() + 2))
+    groups = [order[bounds[label] : bounds[label + 1]] for label in range(point_labels.max() + 1)]
+    return sorted((item for item in groups if len(item) >= MIN_SEGMENT_POINTS), key=len, reverse=True)
+
+
+def _split(segment: np.ndarray, voxel: float) -> list[np.ndarray]:
+    """A segment (M, 3) cut by a finer neighbourhood (``SPLIT_EPS_VOXELS``): index arrays of its
+    parts, largest first; one part when it does not come apart."""
+    cells, voxel_of_point = voxel_labels(segment, voxel * SPLIT_VOXEL)
+    import open3d as o3d
+
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cells))
+    labels = np.asarray(cloud.cluster_dbscan(SPLIT_EPS_VOXELS * voxel * SPLIT_VOXEL, CLUSTER_MIN_POINTS))
+    return _members(labels[voxel_of_point])
+
+
+def _unions(points: np.ndarray, leftovers: list[np.ndarray], diagonal: float) -> list[np.ndarray]:
+    """Unions of leftovers (point indices) whose centres lie within ``UNION_REACH`` of the largest
+    object's diagonal of each other and that together still fit an object's size: pieces of one
+    partly hidden instance."""
+    if len(leftovers) < 2:
+        return []
+    centres = np.stack([points[members].mean(axis=0) for members in leftovers])
+    unions: list[np.ndarray] = []
+    seen: set[tuple[int, ...]] = set()
+    for centre in centres:
+        near = tuple(
+            np.flatnonzero(np.linalg.norm(centres - centre, axis=1) <= UNION_REACH * diagonal).tolist()
+        )
+        if len(near) > 1 and near not in seen:
+            seen.add(near)
+            union = np.concatenate([leftovers[j] for j in near])
+            if _span(points[union]) <= SEGMENT_SPAN[1] * diagonal:
+                unions.append(union)
+    return unions
 
 
 def _same_instance(
@@ -335,40 +648,3 @@ def _same_instance(
         return False
     turned = objects[first.object].symmetry.distinct(a.object_rotation, b.object_rotation, DUPLICATE_DEGREES)
     return not turned
-
-
-def _pose_segment(
-    segment: np.ndarray,
-    objects: Mapping[str, ServedObject],
-    sizes: Mapping[str, float],
-    units: str | None,
-    sensor: np.ndarray,
-    seen: RangeImage,
-) -> tuple[tuple[Detection, np.ndarray, np.ndarray, float] | None, int]:
-    """The best found pose of a segment among the objects whose size fits it (the detection,
-    which of the segment's points it explains, its posed surface and reach), or None; and how
-    many found poses the frame's free space refused."""
-    span = _span(segment)
-    best = None
-    refused = 0
-    for name, served in objects.items():
-        if not SEGMENT_SPAN[0] * sizes[name] <= span <= SEGMENT_SPAN[1] * sizes[name]:
-            continue
-        (pose,) = served.estimate([segment], True, units, budgets=lambda: budget.Budget(SEGMENT_BUDGET_S))
-        if not pose.found:
-            continue
-        posed, normals = _posed_surface(served, pose)
-        sight = sensor - posed
-        # Points seen head-on only: near the silhouette (grazing incidence) sensors miss returns.
-        facing = np.einsum("ij,ij->i", normals, sight) > FACING_COSINE * np.linalg.norm(sight, axis=1)
-        through, looked = seen.contradicted(posed[facing], FREE_SPACE_TOLERANCE * sizes[name])
-        if looked and through > FREE_SPACE_MAX_SHARE * looked:
-            refused += 1  # the sensor saw through where this pose puts the object
-            continue
-        reach = EXPLAINED_FRACTION * sizes[name]
-        explained = _explained(segment, posed, reach)
-        visible = _visible_fraction(segment, posed, normals, sensor, reach)
-        detection = Detection(name, pose, int(explained.sum()), visible)
-        if best is None or detection.confidence() > best[0].confidence():
-            best = (detection, explained, posed, reach)
-    return best, refused

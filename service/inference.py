@@ -8,6 +8,8 @@ Conventions follow the exported sidecar (row vectors): the network gives the obj
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,6 +324,31 @@ class Pose:
         }
 
 
+@dataclass(frozen=True)
+class SearchPlan:
+    """How far one cloud's pose search goes (the defaults are what ``/v1/pose`` does).
+
+    Attributes:
+        wide: how many of the wide rounds a fit still doubtful after the network's starts goes
+            on to (the cube's rotations, then starts spread over SO(3)); with fewer, a cloud that
+            is not the object is given up on sooner.
+        starts: more starting object poses (rotation (3, 3), translation (3,)), screened with
+            the network's alternatives when its first estimate fits doubtfully; internal frame
+            for :class:`PoseEstimator`, answer frame for :class:`service.objects.ServedObject`.
+        polish: restart the final fit from shifted copies (:func:`service.refine.polish_pose`).
+    """
+
+    wide: int = 2
+    starts: Sequence[tuple[np.ndarray, np.ndarray]] = ()
+    polish: bool = False
+
+
+FULL_SEARCH = SearchPlan()
+# Only fits this confident, and that the cloud's scatter explains, are polished (the others will
+# not be answers anyway).
+POLISH_CONFIDENCE = 0.5
+
+
 class PoseEstimator:
     """An exported cloudpose model loaded into onnxruntime.
 
@@ -441,18 +468,21 @@ class PoseEstimator:
                 "(GET /v1/model returns the template)",
             )
 
-    def estimate(self, clouds: list[np.ndarray], refine: bool = True) -> list[Pose]:
+    def estimate(
+        self, clouds: list[np.ndarray], refine: bool = True, plan: SearchPlan = FULL_SEARCH
+    ) -> list[Pose]:
         """Poses of clouds, each (N, 3), already checked with :meth:`check_cloud`.
 
         Args:
             clouds: the observed clouds.
             refine: for order-free models, register each cloud against the surface model after
                 the network (exam-setting models are exact without it and never refine).
+            plan: how far the search goes (its starts in the internal frame).
         """
         if not clouds:
             return []
         if self.order_free:
-            return [self._estimate_order_free(cloud, refine) for cloud in clouds]
+            return [self._estimate_order_free(cloud, refine, plan) for cloud in clouds]
         batch = np.stack(clouds).astype(np.float32)  # (B, N, 3)
         rotation_raw, translation = self.session.run(None, {"points": batch})
         object_rotation = project_to_so3(rotation_raw)  # (B, 3, 3)
@@ -499,7 +529,7 @@ class PoseEstimator:
             return guesses[:1]
         return guesses[1:] if count == len(HALF_TURNS) else []
 
-    def _estimate_order_free(self, cloud: np.ndarray, refine: bool) -> Pose:
+    def _estimate_order_free(self, cloud: np.ndarray, refine: bool, plan: SearchPlan = FULL_SEARCH) -> Pose:
         """Network on a subsample, then refinement against the surface, escalating when doubtful.
 
         Refinement tries more starting poses only when the fit is doubtful: first the network's
@@ -568,7 +598,12 @@ class PoseEstimator:
                 rotation, translation = object_pose(screened[0][lead])
                 copies_screened = len(screened[0]) - 1
             refinement = refine_pose(
-                cloud, self.surface, rotation, translation, alternatives=half_turns(), **options
+                cloud,
+                self.surface,
+                rotation,
+                translation,
+                alternatives=itertools.chain(plan.starts, half_turns()),
+                **options,
             )
             refinement.hypotheses += copies_screened
 
@@ -595,7 +630,8 @@ class PoseEstimator:
             # part of a clean cloud off the surface): wider rounds of starts, the last one over
             # all of SO(3) (every guess near the network's can miss on views that show little of
             # the object).
-            for starts in (wider, lambda: spread_starts(cloud, self.surface.diagonal, self.view_offset)):
+            rounds = (wider, lambda: spread_starts(cloud, self.surface.diagonal, self.view_offset))
+            for starts in rounds[: plan.wide]:
                 # Copies that fit as well as an answer the cloud's scatter explains are what the
                 # view cannot tell apart: they stay candidates, and a wider search would not help.
                 unexplained = not scatter.explains(refinement, self.surface.diagonal)
@@ -623,6 +659,15 @@ class PoseEstimator:
                 and self._coverage(cloud, refinement) < WHOLE_COVERAGE
             ):
                 refinement = _better(refinement, self._view_check(cloud, refinement, options))
+            if (
+                plan.polish
+                and refinement.confidence >= POLISH_CONFIDENCE
+                and scatter.explains(refinement, self.surface.diagonal)
+                and not budget.expired()
+            ):
+                from service.refine import polish_pose
+
+                refinement = polish_pose(cloud, self.surface, refinement, **options)
             refinement.explained = scatter.explains(refinement, self.surface.diagonal)
             refinement.surface_noise = scatter.noise
             if cloud_span(cloud) < PLAUSIBLE_SPAN[0] * self.surface.diagonal:

@@ -18,9 +18,12 @@ another does, the answer lists the competing poses with their scores.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,13 +32,16 @@ from service import budget
 from service.clouds import CloudError
 from service.inference import (
     DISTINCT_DEGREES,
+    FULL_SEARCH,
     PLAUSIBLE_SPAN,
     Pose,
     PoseEstimator,
+    SearchPlan,
     cloud_span,
     column_pose_matrix,
     quaternion_xyzw,
 )
+from service.resting import RestingPose, resting_poses
 from service.store import UNITS_M, ObjectPackage, ObjectStore, StoreError, metres_per_unit
 from service.symmetry import Symmetry
 
@@ -65,6 +71,7 @@ class ObjectPose:
         found: whether a client may use the pose.
         scale: the cloud's units in object units (1 when they are the object's).
         units: the cloud's unit name, when declared or found.
+        ambiguous: not found only because other poses (``candidates``) fit about as well.
     """
 
     rotation: np.ndarray
@@ -80,6 +87,7 @@ class ObjectPose:
     reason: str | None = None
     symmetry: dict[str, Any] | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    ambiguous: bool = False
 
     def pose_matrix(self) -> np.ndarray:
         """4x4 object pose for column vectors: ``[x_obs; 1] = M @ [x_can; 1]``."""
@@ -153,6 +161,7 @@ class ServedObject:
         self.units = units
         self.metres_per_unit = metres_per_unit
         self.description = description
+        self.mesh_path: Path | None = None  # the package's mesh (file frame and units), if any
         surface = estimator.surface
         self.diagonal = (
             surface.diagonal
@@ -163,7 +172,7 @@ class ServedObject:
     @classmethod
     def from_package(cls, package: ObjectPackage, threads: int = 1) -> ServedObject:
         estimator = PoseEstimator.for_package(package, threads)
-        return cls(
+        served = cls(
             package.name,
             estimator,
             package.centroid,
@@ -171,6 +180,18 @@ class ServedObject:
             package.metres_per_unit,
             {**package.describe(), "model_id": estimator.model_id},
         )
+        served.mesh_path = package.mesh_path
+        return served
+
+    @functools.cached_property
+    def resting_poses(self) -> list[RestingPose]:
+        """How the object rests on a plane (file frame and units), most probable first; none
+        for a bare model, which has no mesh."""
+        if self.mesh_path is None:
+            return []
+        import trimesh
+
+        return resting_poses(trimesh.load(self.mesh_path, force="mesh"))
 
     @classmethod
     def from_model(cls, model_path: Any, threads: int = 1) -> ServedObject:
@@ -234,6 +255,7 @@ class ServedObject:
         refine: bool = True,
         units: str | None = None,
         budgets: Callable[[], budget.Budget | None] | None = None,
+        plan: SearchPlan = FULL_SEARCH,
     ) -> list[ObjectPose]:
         """Poses of clouds (each (N, 3), checked with :meth:`check_cloud`), in the cloud's units.
 
@@ -244,6 +266,9 @@ class ServedObject:
                 size does not fit the object.
             budgets: makes each cloud's compute budget (None: no limit). A cloud whose budget
                 runs out gets the best pose found so far, marked not found.
+            plan: how far the search goes; its starts as answers give poses (file frame,
+                the cloud's units), e.g. the ways the object can rest on a plane the cloud was
+                cut from.
 
         Raises:
             budget.TurnedHard: a budget moved a hard cloud's work elsewhere; it carries the
@@ -258,7 +283,7 @@ class ServedObject:
                 continue
             with budget.limited(allowance):
                 try:
-                    answer = self._estimate_one(cloud, refine, units)
+                    answer = self._estimate_one(cloud, refine, units, plan)
                 except budget.TurnedHard as turned:
                     turned.answered = answers
                     raise
@@ -283,7 +308,9 @@ class ServedObject:
         )
         return ObjectPose(identity, np.zeros(3), identity, np.zeros(3), False, reason=reason)
 
-    def _estimate_one(self, cloud: np.ndarray, refine: bool, units: str | None) -> ObjectPose:
+    def _estimate_one(
+        self, cloud: np.ndarray, refine: bool, units: str | None, plan: SearchPlan = FULL_SEARCH
+    ) -> ObjectPose:
         scale = self.scale_for(units)  # first: unknown units are a 422 whatever the cloud
         reason = degenerate_reason(cloud)
         if reason is not None:
@@ -301,7 +328,14 @@ class ServedObject:
         for tried_scale, tried_name in tries:
             if answer is not None and budget.expired():
                 break
-            pose = self.estimator.estimate([cloud * tried_scale], refine)[0]
+            # An answer's translation t is (internal t - centroid @ R) / scale: undone for the starts.
+            internal = [
+                (rotation, translation * tried_scale + self.centroid @ rotation)
+                for rotation, translation in plan.starts
+            ]
+            pose = self.estimator.estimate(
+                [cloud * tried_scale], refine, dataclasses.replace(plan, starts=internal)
+            )[0]
             tried = self._answer(pose, tried_scale, tried_name, refine)
             if answer is None or tried.found or _score(tried) > _score(answer):
                 answer = tried
@@ -358,6 +392,7 @@ class ServedObject:
             if self.symmetry.distinct(other.object_rotation, rotation, DISTINCT_DEGREES)
         ]
         if competitors and answer.reason is None:
+            answer.ambiguous = True
             answer.reason = (
                 f"{len(competitors)} other pose(s) fit the cloud about as well: the view does not "
                 "tell them apart (see candidates)"
@@ -367,8 +402,35 @@ class ServedObject:
                 self._candidate(item, scale) for item in [refinement, *competitors[:MAX_CANDIDATES]]
             ]
         answer.found = answer.reason is None
-        answer.symmetry = self._symmetry_answer(rotation, internal_translation, scale)
+        answer.symmetry = self.symmetry_answer(rotation, internal_translation, scale)
         return answer
+
+    def settled(self, answer: ObjectPose, choice: int, why: str) -> ObjectPose:
+        """An ambiguous answer settled on one of its candidates by evidence beyond the cloud (e.g.
+        a frame's free space), found, with ``why`` among its warnings."""
+        candidate = answer.candidates[choice]
+        back_rotation = np.asarray(candidate["rotation"], dtype=np.float64)
+        back_translation = np.asarray(candidate["translation"], dtype=np.float64)
+        rotation = back_rotation.T
+        translation = -back_translation @ rotation
+        confidence = dict(answer.confidence or {})
+        confidence.update({key: candidate[key] for key in ("fitness", "inlier_rmse", "confidence")})
+        if candidate["inlier_rmse"] is not None:
+            confidence["inlier_rmse_percent"] = round(100.0 * candidate["inlier_rmse"] / self.diagonal, 4)
+        internal_translation = translation * answer.scale + self.centroid @ rotation
+        return dataclasses.replace(
+            answer,
+            rotation=back_rotation,
+            translation=back_translation,
+            object_rotation=rotation,
+            object_translation=translation,
+            found=True,
+            reason=None,
+            ambiguous=False,
+            confidence=confidence,
+            warnings=[*answer.warnings, why],
+            symmetry=self.symmetry_answer(rotation, internal_translation, answer.scale),
+        )
 
     def _candidate(self, refinement: Any, scale: float) -> dict[str, Any]:
         rotation = refinement.object_rotation
@@ -381,7 +443,7 @@ class ServedObject:
             "confidence": round(float(refinement.confidence), 4),
         }
 
-    def _symmetry_answer(
+    def symmetry_answer(
         self, rotation: np.ndarray, internal_translation: np.ndarray, scale: float
     ) -> dict[str, Any] | None:
         """The poses equivalent to this one under the object's symmetries, as back transforms."""

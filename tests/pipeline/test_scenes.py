@@ -144,9 +144,10 @@ def convex_footprints_overlap(a: np.ndarray, b: np.ndarray, tolerance: float = 1
 
 
 def test_objects_rest_on_the_plane_without_overlap(bunny, distractors):
-    # A small table, so that the objects crowd it and only the footprint test keeps them apart.
+    # A small table, so that the objects crowd it and only the footprint test keeps them apart
+    # (none is put close beside another).
     counts = SceneCounts(target_copies=(5, 5), distractors=(0, 0))
-    layout = SceneLayout(size_m=0.55, tilt_deg=(30.0, 30.0), distance_m=(0.7, 0.7))
+    layout = SceneLayout(size_m=0.55, tilt_deg=(30.0, 30.0), distance_m=(0.7, 0.7), touching=0.0)
     frame = make_frame([bunny], distractors, np.random.default_rng(1), SMALL, counts, EXACT, layout)
     normal, offset = frame.plane[:3], frame.plane[3]
     assert np.linalg.norm(normal) == pytest.approx(1.0)
@@ -167,6 +168,28 @@ def test_objects_rest_on_the_plane_without_overlap(bunny, distractors):
     plane_points = valid_points(back_project(frame.depth, SMALL))[frame.point_labels() == NO_RETURN]
     assert len(plane_points) > 1000
     assert np.quantile(np.abs(plane_points @ normal + offset), 0.9) < 1e-4
+
+
+def test_close_objects_nearly_touch_without_interpenetrating(bunny):
+    import open3d as o3d
+
+    counts = SceneCounts(target_copies=(4, 4), distractors=(0, 0))
+    layout = SceneLayout(touching=1.0, tilt_deg=(45.0, 45.0), distance_m=(0.8, 0.8))
+    frame = make_frame([bunny], [], np.random.default_rng(5), SMALL, counts, EXACT, layout)
+    assert len(frame.instances) >= 3
+    gaps = []
+    for i, first in enumerate(frame.instances):
+        scene = o3d.t.geometry.RaycastingScene()
+        vertices = (bunny.mesh.vertices @ first.rotation + first.translation).astype(np.float32)
+        scene.add_triangles(o3d.core.Tensor(vertices), o3d.core.Tensor(bunny.mesh.faces.astype(np.uint32)))
+        for j, second in enumerate(frame.instances):
+            if i != j:
+                sample = (bunny.surface_sample @ second.rotation + second.translation).astype(np.float32)
+                gaps.append(float(scene.compute_distance(o3d.core.Tensor(sample)).numpy().min()))
+    # Never closer than the clearance (no interpenetration), and some pairs are close enough to
+    # touch in the sensor's eyes (a couple of voxels).
+    assert min(gaps) >= layout.clearance_m - 1e-6
+    assert min(gaps) < 0.02
 
 
 def test_visible_fraction_is_one_alone_and_lower_behind_an_occluder(bunny):
