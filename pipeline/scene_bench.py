@@ -486,7 +486,26 @@ def summarize(frames: Sequence[FrameScore], criteria: Criteria = Criteria()) -> 
         "p90_ms": float(np.quantile(milliseconds, 0.9)) if len(milliseconds) else None,
         "empty_frames": len(empty),
         "false_alarm_rate": _ratio(sum(bool(frame.detections) for frame in empty), len(empty)),
+        "by_object": _by_object(frames, counted),
     }
+
+
+def _by_object(frames: Sequence[FrameScore], counted: Sequence[InstanceScore]) -> dict[str, dict]:
+    """Per object: instances counted, recall (and ignoring confidence), confident detections
+    and precision."""
+    names = sorted({i.name for i in counted} | {d.detection.object for f in frames for d in f.detections})
+    summary = {}
+    for name in names:
+        mine = [i for i in counted if i.name == name]
+        reported = [d for frame in frames for d in frame.detections if d.detection.object == name]
+        summary[name] = {
+            "instances": len(mine),
+            "recall": _ratio(sum(i.matched for i in mine), len(mine)),
+            "recall_any_confidence": _ratio(sum(i.matched_any_confidence for i in mine), len(mine)),
+            "detections": len(reported),
+            "precision": _ratio(sum(d.instance is not None for d in reported), len(reported)),
+        }
+    return summary
 
 
 def _call(detector: Detector, points: np.ndarray) -> tuple[list[Detection], float, str | None]:
@@ -624,7 +643,19 @@ def format_table(results: SceneBenchResults) -> str:
         f"correct: rotation < {criteria.rotation_deg:g}°, translation < {criteria.translation_pct:g} % of "
         "the diagonal (symmetry-aware); MSSD in % of the diameter; errors are medians over matches",
     ]
-    return "\n".join([line(header), rule, *(line(row) for row in body), "", *notes])
+    per_object = [
+        f"  {name}: "
+        + ", ".join(
+            f"{item}: recall {cell_text(figures['recall'], '{:.1%}')} (any confidence "
+            f"{cell_text(figures['recall_any_confidence'], '{:.1%}')}) of {figures['instances']}, "
+            f"precision {cell_text(figures['precision'], '{:.1%}')} of {figures['detections']}"
+            for item, figures in sorted(results.results[name].metrics["by_object"].items())
+        )
+        for name in results.detectors
+    ]
+    return "\n".join(
+        [line(header), rule, *(line(row) for row in body), "", *notes, "per object:", *per_object]
+    )
 
 
 def _json_value(value):

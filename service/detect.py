@@ -2,26 +2,31 @@
 
 A frame's points are in the sensor's frame (OpenCV's: camera at the origin looking along +z), in
 ``units`` (metres by default, as depth cameras give them). Each detection is an answer of
-:meth:`service.objects.ServedObject.estimate` on one segment of the frame, so its pose follows the
+:meth:`service.objects.ServedObject.estimate` on one proposal of the frame, so its pose follows the
 same convention as ``/v1/pose`` (``canonical = points @ rotation + translation``, canonical in the
 object's file frame and the frame's units) and it is ``found`` only when that estimator would say
-so for a cut-out cloud of the object.
+so for a cut-out cloud of the object, and the frame bears it out.
 
 Steps (library calls where one exists):
 
-1. a voxel grid (numpy: one key per point, means per voxel) of ``VOXEL_FRACTION`` of the smallest
-   object's diagonal thins the frame; every point keeps its voxel, so segments come back at full
+1. support planes go: RANSAC planes (open3d ``segment_plane`` on an even subsample) holding at
+   least ``PLANE_MIN_SHARE`` of the frame, at most ``MAX_PLANES`` of them;
+2. segments: a voxel grid (numpy; ``VOXEL_FRACTION`` of the smallest object's diagonal) of what is
+   left, DBSCAN clusters of the voxels (open3d ``cluster_dbscan``), every point back at full
    resolution;
-2. support planes go: RANSAC planes (open3d ``segment_plane``) holding at least
-   ``PLANE_MIN_SHARE`` of what is left, at most ``MAX_PLANES`` of them;
-3. segments: DBSCAN clusters of the voxels (open3d ``cluster_dbscan``); segments far smaller than
-   any object are noise;
-4. each segment is posed as each object whose size fits it, under a compute budget; a found pose
-   is a detection. The points it explains are taken out of the segment, and what is left (a
-   touching copy) is posed again, up to ``MAX_PER_SEGMENT`` times;
+3. proposals, in two passes: each segment; a segment nothing fits is cut again, finer (touching
+   objects); then unions of the pieces left over that lie close together (an instance that
+   occlusion cut apart);
+4. each proposal is posed as the objects it may be: on a support plane, the object's stable poses
+   resting under the proposal (trimesh's, ``service/resting.py``) are extra starts, and a screen of
+   them picks the objects worth posing; fits are polished from shifted copies. A found pose must
+   not put the object where the sensor saw through it (free space, along each line of sight), and
+   the proposal must cover enough of its facing surface. An answer that several poses fit is
+   settled on the one the frame's free space leaves standing, when it does. The points a
+   detection explains leave the proposal, and what is left (a touching copy) is posed again;
 5. detections best first (confidence), at most ``max_instances``.
 
-This is the first detector: what the scene benchmark measures of it is in the README.
+What the scene benchmark measures of it is in the README.
 """
 
 from __future__ import annotations
@@ -79,6 +84,8 @@ SPLIT_VOXEL = 0.5
 SPLIT_EPS_VOXELS = 2.0
 # Leftovers whose centres lie within this share of the largest diagonal are posed together.
 UNION_REACH = 0.5
+# At most this many unions a frame, the largest first.
+MAX_UNIONS = 8
 # Starts from the support plane: the object's most probable stable poses until they cover this
 # much of its probability (at most this many), each turned this many ways about the normal.
 RESTING_COVER = 0.9
@@ -155,6 +162,7 @@ class FrameReport:
     timings_ms: dict[str, float] = field(default_factory=dict)
     refused_by_free_space: int = 0
     complete: bool = True
+    poses: int = 0  # proposals posed as an object
 
 
 def voxel_labels(points: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
@@ -590,8 +598,9 @@ def detect(
     detections = sorted(search.detections, key=lambda item: item.confidence(), reverse=True)
     if max_instances is not None:
         detections = detections[:max_instances]
-    timings["poses"] = float(search.poses)
-    return FrameReport(detections, len(segments), int(on_plane.sum()), timings, search.refused, complete)
+    return FrameReport(
+        detections, len(segments), int(on_plane.sum()), timings, search.refused, complete, search.poses
+    )
 
 
 def _members(point_labels: np.ndarray) -> list[np.ndarray]:
@@ -634,7 +643,8 @@ def _unions(points: np.ndarray, leftovers: list[np.ndarray], diagonal: float) ->
             union = np.concatenate([leftovers[j] for j in near])
             if _span(points[union]) <= SEGMENT_SPAN[1] * diagonal:
                 unions.append(union)
-    return unions
+    unions.sort(key=len, reverse=True)
+    return unions[:MAX_UNIONS]
 
 
 def _same_instance(
