@@ -64,7 +64,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         extra = ["--store", str(args.store.resolve())]
-        with running_servers(Path(folder), extra_args=extra) as (server,), httpx.Client(timeout=120) as client:
+        with (
+            running_servers(Path(folder), extra_args=extra) as (server,),
+            httpx.Client(timeout=120) as client,
+        ):
             for index, body in enumerate([bodies[0], *bodies]):  # the first frame once more, untimed
                 started = time.perf_counter()
                 answer = client.post(
@@ -79,7 +82,9 @@ def main() -> None:
                 confident = sum(item["confident"] for item in reply["detections"])
                 rows.append((seconds * 1000, reply["server_time_ms"], reply["n_points"], confident))
     client_ms, server_ms, points, confident = (np.array(column) for column in zip(*rows, strict=True))
-    print(f"{len(rows)} VGA frames (seed {args.seed}) of {args.store}, POST /v1/detect with .npy, one at a time")
+    print(
+        f"{len(rows)} VGA frames (seed {args.seed}) of {args.store}, POST /v1/detect with .npy, one at a time"
+    )
     print("| measure | median | p90 |")
     print("| --- | ---: | ---: |")
     for label, values in (("round trip, ms", client_ms), ("server time, ms", server_ms), ("points", points)):

@@ -56,7 +56,9 @@ def crank() -> Manifold:
     big = _cylinder(20.0, 30.0)
     small = _cylinder(12.0, 20.0).translate([100.0, 0.0, 0.0])
     pin = _along_y(_cylinder(5.0, 25.0)).translate([55.0, 10.0, 6.0])  # out of the +y side only
-    bores = _cylinder(8.0, 34.0).translate([0.0, 0.0, -2.0]) + _cylinder(5.0, 24.0).translate([100.0, 0.0, -2.0])
+    bores = _cylinder(8.0, 34.0).translate([0.0, 0.0, -2.0]) + _cylinder(5.0, 24.0).translate(
+        [100.0, 0.0, -2.0]
+    )
     return (arm + big + small + pin) - bores
 
 

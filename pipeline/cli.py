@@ -498,7 +498,14 @@ def bench_command(
             "--scenes", help="Score detection in whole cluttered frames (the store's objects) instead."
         ),
     ] = False,
-    frames: Annotated[int, typer.Option(min=1, help="With --scenes: frames (VGA, 1-2 s each).")] = 50,
+    frames: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="With --scenes: frames (VGA; both detectors together: about 1 s a frame for the bunny, "
+            "3 s for three parts).",
+        ),
+    ] = 50,
 ) -> None:
     """Benchmark cloudpose against FPFH+RANSAC+ICP and PCA+ICP on seeded sensor-like sets, or (with
     --scenes) detection in cluttered frames against plane removal + clustering + FPFH."""

@@ -646,9 +646,9 @@ def format_table(results: SceneBenchResults) -> str:
     per_object = [
         f"  {name}: "
         + ", ".join(
-            f"{item}: recall {cell_text(figures['recall'], '{:.1%}')} (any confidence "
-            f"{cell_text(figures['recall_any_confidence'], '{:.1%}')}) of {figures['instances']}, "
-            f"precision {cell_text(figures['precision'], '{:.1%}')} of {figures['detections']}"
+            f"{item}: recall {cell_text(figures['recall'], '{:.1%}')} % (any confidence "
+            f"{cell_text(figures['recall_any_confidence'], '{:.1%}')} %) of {figures['instances']}, "
+            f"precision {cell_text(figures['precision'], '{:.1%}')} % of {figures['detections']}"
             for item, figures in sorted(results.results[name].metrics["by_object"].items())
         )
         for name in results.detectors

@@ -660,9 +660,7 @@ class SceneLayout:
 CLEARANCE_TRIES = 24  # close candidates whose meshes are checked before an object is left out
 
 
-def _clear_of(
-    surface: np.ndarray, placed: list[Placement], nearby: list[int], clearance: float
-) -> bool:
+def _clear_of(surface: np.ndarray, placed: list[Placement], nearby: list[int], clearance: float) -> bool:
     """Whether surface points (M, 3) of a new object keep ``clearance`` from the placed meshes
     ``nearby`` (no interpenetration: where two surfaces cross, sample points lie on both)."""
     import open3d as o3d
@@ -749,7 +747,10 @@ def make_frame(
         ok &= (uv[:, 0] >= margin_u) & (uv[:, 0] <= intrinsics.width - 1 - margin_u)
         ok &= (uv[:, 1] >= margin_v) & (uv[:, 1] <= intrinsics.height - 1 - margin_v)
         apart = np.stack(
-            [np.linalg.norm(candidates - centre, axis=1) >= radius + pose.radius for centre, radius in circles]
+            [
+                np.linalg.norm(candidates - centre, axis=1) >= radius + pose.radius
+                for centre, radius in circles
+            ]
             or [np.ones(len(candidates), dtype=bool)],
             axis=1,
         )  # (C, placed): bounding circles clear of each placed object

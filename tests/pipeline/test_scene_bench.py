@@ -136,6 +136,27 @@ def test_an_extra_wrong_detection_lowers_precision_and_raises_false_alarms(frame
     assert metrics["false_alarm_rate"] == 1.0
 
 
+def test_per_object_figures_count_each_object_apart(frames, objects):
+    truth = {frame.points().tobytes(): frame.instances for frame in frames}
+
+    def with_a_ghost(points: np.ndarray) -> list[Detection]:
+        right = [Detection(i.name, i.rotation, i.translation, 1.0, True) for i in truth[points.tobytes()]]
+        return [*right, Detection("ghost", np.eye(3), np.array([0.0, 0.0, 3.0]), 0.5, True)]
+
+    metrics = run_scene_bench({"ghost": with_a_ghost}, frames, objects).results["ghost"].metrics
+    bunny, ghost = metrics["by_object"]["bunny"], metrics["by_object"]["ghost"]
+    assert bunny["instances"] == metrics["instances"] and bunny["recall"] == 1.0
+    assert bunny["precision"] == 1.0 and bunny["detections"] == metrics["true_positives"]
+    # An object the frames never hold: every detection of it is wrong, and it has nothing to find.
+    assert ghost == {
+        "instances": 0,
+        "recall": None,
+        "recall_any_confidence": None,
+        "detections": 4,
+        "precision": 0.0,
+    }
+
+
 def test_a_duplicate_counts_once_and_the_higher_score_wins(frames, objects):
     nudge = np.array([0.001, 0.0, 0.0])  # still correct: 1 mm is under 2 % of the diagonal
 

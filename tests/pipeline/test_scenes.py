@@ -192,6 +192,19 @@ def test_close_objects_nearly_touch_without_interpenetrating(bunny):
     assert min(gaps) < 0.02
 
 
+def test_a_layout_for_small_parts_brings_the_camera_closer_and_keeps_objects_near(bunny):
+    assert SceneLayout.for_size(0.25).distance_m == SceneLayout().distance_m  # the bunny's
+    small = SceneLayout.for_size(0.15)
+    assert small.distance_m == (0.5, 0.8) and small.max_range_m == pytest.approx(1.2)
+    counts = SceneCounts(target_copies=(4, 4), distractors=(0, 0))
+    layout = SceneLayout(tilt_deg=(70.0, 70.0), distance_m=(0.6, 0.6), max_range_m=0.8)
+    frame = make_frame([bunny], [], np.random.default_rng(2), SMALL, counts, EXACT, layout)
+    assert frame.instances
+    for instance in frame.instances:
+        centre = bunny.mesh.bounds.mean(axis=0) @ instance.rotation + instance.translation
+        assert np.linalg.norm(centre) <= 0.8 + 0.5 * np.linalg.norm(bunny.mesh.extents)
+
+
 def test_visible_fraction_is_one_alone_and_lower_behind_an_occluder(bunny):
     target = at(bunny, (0.0, 0.0, 0.8))
     occluder = at(box_object("board", (0.1, 0.3, 0.01)), (0.05, 0.0, 0.6), kind="distractor")

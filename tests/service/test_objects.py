@@ -7,6 +7,7 @@ mesh file's own coordinates in the cloud's units.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -585,3 +586,39 @@ def test_a_cloud_past_the_budget_is_not_looked_at(bunny: ServedObject, bunny_exa
     assert "at most 250 ms" in second.reason
     (timely,) = bunny.estimate([bunny_example["points"]], budgets=lambda: Budget(5.0))
     assert timely.found is True and not timely.warnings
+
+
+def test_an_ambiguous_answer_settled_on_a_candidate_takes_that_pose(
+    bunny: ServedObject, bunny_example: dict
+) -> None:
+    points = np.asarray(bunny_example["points"], dtype=np.float64)
+    (answer,) = bunny.estimate([points])
+    assert answer.found
+    turn = Rotation.from_euler("z", 40, degrees=True).as_matrix()
+    other_rotation = answer.object_rotation @ turn  # another pose of the same points
+    other_translation = answer.object_translation + np.array([0.01, 0.0, 0.0])
+    candidates = [
+        {
+            "rotation": r.T.tolist(),
+            "translation": (-t @ r.T).tolist(),
+            "fitness": f,
+            "inlier_rmse": 0.01,
+            "confidence": c,
+        }
+        for r, t, f, c in (
+            (answer.object_rotation, answer.object_translation, 0.95, 0.8),
+            (other_rotation, other_translation, 0.93, 0.7),
+        )
+    ]
+    ambiguous = dataclasses.replace(answer, found=False, ambiguous=True, candidates=candidates)
+    settled = bunny.settled(ambiguous, 1, "settled by the frame: the other was seen through")
+    assert settled.found and not settled.ambiguous and settled.reason is None
+    np.testing.assert_allclose(settled.object_rotation, other_rotation, atol=1e-12)
+    np.testing.assert_allclose(settled.object_translation, other_translation, atol=1e-12)
+    # The back transform and the matrix say the same pose.
+    canonical = points @ settled.rotation + settled.translation
+    np.testing.assert_allclose(canonical @ other_rotation + other_translation, points, atol=1e-9)
+    np.testing.assert_allclose(settled.pose_matrix()[:3, :3], other_rotation.T, atol=1e-12)
+    assert settled.confidence["fitness"] == 0.93 and settled.confidence["confidence"] == 0.7
+    assert settled.warnings[-1] == "settled by the frame: the other was seen through"
+    assert not ambiguous.found  # the answer it came from is left as it was

@@ -402,3 +402,28 @@ def test_screening_ranks_the_right_start_first(mesh, model) -> None:
     best = max(range(len(starts)), key=lambda k: (round(fitness[k], 2), -rmse[k]))
     assert best == 0
     assert fitness[0] > 0.99
+
+
+# ---------------------------------------------------------------------------------------------
+# polishing (detection restarts the final fit from shifted copies)
+
+
+def test_polishing_never_leaves_a_worse_fit_and_keeps_competitors(mesh, model) -> None:
+    observed, rotation, translation = posed_bunny(mesh, 1500, seed=21, noise=0.004, side=0.5)
+    start_rotation, start_translation = perturbed(rotation, translation, 3.0, 0.03 * mesh.diagonal, seed=4)
+    first = refine_pose(observed, model, start_rotation, start_translation, search=False, doubt_fitness=0.0)
+    first.competitors = [first]  # a marker: polishing must carry the competitors over
+    polished = refine.polish_pose(observed, model, first)
+    assert polished.refined
+    assert polished.inlier_rmse <= first.inlier_rmse
+    assert polished.fitness >= first.fitness - refine.RIVAL_FITNESS_MARGIN
+    assert polished.competitors == [first]
+    assert rotation_error_deg(polished.object_rotation, rotation) < 1.0
+    assert np.linalg.norm(polished.object_translation - translation) < 0.01 * mesh.diagonal
+
+
+def test_polishing_an_unrefined_fit_returns_it_unchanged(mesh, model) -> None:
+    observed, rotation, translation = posed_bunny(mesh, 200, seed=3)
+    far = refine_pose(observed, model, rotation, translation + 100 * mesh.diagonal, search=False)
+    assert not far.refined
+    assert refine.polish_pose(observed, model, far) is far
