@@ -667,7 +667,9 @@ class PoseEstimator:
             ):
                 from service.refine import polish_pose
 
-                refinement = polish_pose(cloud, self.surface, refinement, **options)
+                refinement = polish_pose(
+                    cloud, self.surface, refinement, max_points=options["max_points"], seed=options["seed"]
+                )
             refinement.explained = scatter.explains(refinement, self.surface.diagonal)
             refinement.surface_noise = scatter.noise
             if cloud_span(cloud) < PLAUSIBLE_SPAN[0] * self.surface.diagonal:

@@ -915,7 +915,6 @@ def polish_pose(
     fine_points: int = DEFAULT_FINE_POINTS,
     coarse_points: int = DEFAULT_COARSE_POINTS,
     seed: int = 0,
-    **_: object,
 ) -> Refinement:
     """A refined pose restarted from copies shifted along the cloud's principal axes.
 
