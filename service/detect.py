@@ -106,7 +106,6 @@ SETTLE_MARGIN = 0.02
 SETTLE_POINTS = 4000
 # A settled answer is a detection only when its segment covers this much of its facing surface.
 MIN_SETTLED_VISIBLE = 0.5
-SETTLED_WARNING = "settled by the frame"
 SCREEN_POINTS = 64
 # Model points that say how much of the object the sensor sees.
 VISIBILITY_POINTS = 1500
@@ -373,11 +372,13 @@ class _FrameSearch:
                 plan=SearchPlan(wide=WIDE_ROUNDS, starts=starts, polish=True),
             )
             self.poses += 1
+            least_visible = MIN_VISIBLE_FRACTION
             if pose.ambiguous:
                 pose = self._settle(name, pose)
+                least_visible = MIN_SETTLED_VISIBLE  # settled by the frame alone: more evidence
             if not pose.found:
                 continue
-            found = self._verify(name, segment, pose)
+            found = self._verify(name, segment, pose, least_visible)
             if found is not None and (
                 best is None or found.detection.confidence() > best.detection.confidence()
             ):
@@ -410,9 +411,7 @@ class _FrameSearch:
 
         served = self.objects[name]
         scale = served.scale_for(self.units)
-        internal = [
-            (rotation, translation * scale + served.centroid @ rotation) for rotation, translation in starts
-        ]
+        internal = [served.internal_pose(rotation, translation, scale) for rotation, translation in starts]
         surface = served.estimator.surface
         _, fitness, rmse = screen_starts(
             segment * scale, surface, internal, points=SCREEN_POINTS, stages=COARSE_SCHEDULE
@@ -471,15 +470,18 @@ class _FrameSearch:
         if best > FREE_SPACE_MAX_SHARE or runner_up < max(SETTLE_RATIO * best, best + SETTLE_MARGIN):
             return pose
         why = (
-            f"{SETTLED_WARNING}: {len(options) - 1} other pose(s) fit the points about as well, but "
+            f"settled by the frame: {len(options) - 1} other pose(s) fit the points about as well, but "
             f"the sensor saw through where they put the object ({100 * runner_up:.0f} % of its "
             "facing surface or more)"
         )
         return served.settled(pose, int(order[0]), why)
 
-    def _verify(self, name: str, segment: np.ndarray, pose: ObjectPose) -> _Hypothesis | None:
+    def _verify(
+        self, name: str, segment: np.ndarray, pose: ObjectPose, least_visible: float
+    ) -> _Hypothesis | None:
         """The pose as a hypothesis if the frame bears it out: the sensor did not see through the
-        object where the pose puts it, and the segment covers enough of its facing surface."""
+        object where the pose puts it, and the segment covers at least ``least_visible`` of its
+        facing surface."""
         if self._contradicted_share(name, pose) > FREE_SPACE_MAX_SHARE:
             self.refused += 1  # the sensor saw through where this pose puts the object
             return None
@@ -488,8 +490,7 @@ class _FrameSearch:
         reach = EXPLAINED_FRACTION * size
         explained = _explained(segment, posed, reach)
         visible = _visible_fraction(segment, posed, normals, self.sensor, reach)
-        settled = any(warning.startswith(SETTLED_WARNING) for warning in pose.warnings)
-        if visible < (MIN_SETTLED_VISIBLE if settled else MIN_VISIBLE_FRACTION):
+        if visible < least_visible:
             self.refused += 1  # too little of the object to be evidence of it
             return None
         return _Hypothesis(Detection(name, pose, int(explained.sum()), visible), explained, posed, reach)

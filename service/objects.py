@@ -328,9 +328,8 @@ class ServedObject:
         for tried_scale, tried_name in tries:
             if answer is not None and budget.expired():
                 break
-            # An answer's translation t is (internal t - centroid @ R) / scale: undone for the starts.
             internal = [
-                (rotation, translation * tried_scale + self.centroid @ rotation)
+                self.internal_pose(rotation, translation, tried_scale)
                 for rotation, translation in plan.starts
             ]
             pose = self.estimator.estimate(
@@ -405,6 +404,14 @@ class ServedObject:
         answer.symmetry = self.symmetry_answer(rotation, internal_translation, scale)
         return answer
 
+    def internal_pose(
+        self, rotation: np.ndarray, translation: np.ndarray, scale: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """An object pose as answers give it (file frame, cloud units; ``scale`` the cloud's units
+        in object units) in the estimator's internal frame: an answer's translation is
+        ``(internal - centroid @ rotation) / scale``, undone."""
+        return rotation, translation * scale + self.centroid @ rotation
+
     def settled(self, answer: ObjectPose, choice: int, why: str) -> ObjectPose:
         """An ambiguous answer settled on one of its candidates by evidence beyond the cloud (e.g.
         a frame's free space), found, with ``why`` among its warnings."""
@@ -417,7 +424,7 @@ class ServedObject:
         confidence.update({key: candidate[key] for key in ("fitness", "inlier_rmse", "confidence")})
         if candidate["inlier_rmse"] is not None:
             confidence["inlier_rmse_percent"] = round(100.0 * candidate["inlier_rmse"] / self.diagonal, 4)
-        internal_translation = translation * answer.scale + self.centroid @ rotation
+        _, internal_translation = self.internal_pose(rotation, translation, answer.scale)
         return dataclasses.replace(
             answer,
             rotation=back_rotation,
