@@ -237,6 +237,7 @@ def run_bench(
     reference: str = REFERENCE_METHOD,
     warmup: int = 1,
     progress: Callable[[str], None] | None = None,
+    on_case: Callable[[int], None] | None = None,
 ) -> BenchResults:
     """Run every method on every set.
 
@@ -254,6 +255,7 @@ def run_bench(
         warmup: untimed calls of each method on the first case of the first set before timing
             (loads lazily built state such as inference sessions); their failures are ignored.
         progress: called with a line per method after each set.
+        on_case: called with the number of cases done so far (all sets), after each case.
     """
     scoring = diagonal if isinstance(diagonal, Scoring) else Scoring(float(diagonal))
     first_case = next((cases[0] for cases in sets.values() if len(cases)), None)
@@ -264,11 +266,15 @@ def run_bench(
             except Exception:  # counted when timed
                 pass
     cells: dict[tuple[str, str], CellResult] = {}
+    done = 0
     for set_name, cases in sets.items():
         outcomes: dict[str, list[_Outcome]] = {name: [] for name in methods}
         for case in cases:
             for method_name, method in methods.items():
                 outcomes[method_name].append(_run_case(method, case, scoring))
+            done += 1
+            if on_case is not None:
+                on_case(done)
         for method_name in methods:
             cell = _cell(method_name, set_name, outcomes[method_name])
             cells[method_name, set_name] = cell
@@ -380,22 +386,24 @@ def write_results(results: BenchResults, out_dir: str | Path, stem: str = "bench
     ``<stem>_time.png`` (median ms per cloud, log y axis), atomically.
 
     Returns:
-        Paths by kind: ``json``, ``table``, ``cdf``, ``time``.
+        Paths by kind: ``json``, ``table``, ``cdf``, ``time`` (no plots without matplotlib, one
+        of the training extras: the serving install benches too).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir = Path(out_dir)
     paths = {
         "json": atomic_write_json(out_dir / f"{stem}.json", results_json(results)),
         "table": atomic_write_text(out_dir / f"{stem}.txt", format_table(results) + "\n"),
     }
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        return paths
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     columns = min(3, max(1, len(results.sets)))
     rows = max(1, math.ceil(len(results.sets) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.6, 3.3 * rows), squeeze=False)
     floor = 1e-4
     for axis, name in zip(axes.ravel(), results.sets, strict=False):
         for method in results.methods:
@@ -414,10 +422,26 @@ def write_results(results: BenchResults, out_dir: str | Path, stem: str = "bench
     for axis in axes.ravel()[len(results.sets) :]:
         axis.set_axis_off()
     if results.methods and results.sets:
-        axes.ravel()[0].legend(fontsize=8, loc="upper left")
+        # Beside the top row, where no curve runs.
+        handles, labels = axes.ravel()[0].get_legend_handles_labels()
+        axes[0, -1].legend(
+            handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0
+        )
     paths["cdf"] = atomic_write_bytes(out_dir / f"{stem}_cdf.png", figure_png(figure))
 
-    figure, axis = plt.subplots(figsize=(max(5.0, 1.2 * len(results.sets) + 2), 3.5))
+    figure = timing_figure(results)
+    paths["time"] = atomic_write_bytes(out_dir / f"{stem}_time.png", figure_png(figure))
+    return paths
+
+
+def timing_figure(results: BenchResults):
+    """Median ms per cloud, a bar per method and set (log axis), the legend beside the axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.2 * len(results.sets) + 2) + 2.0, 3.5))
     width = 0.8 / max(1, len(results.methods))
     positions = np.arange(len(results.sets))
     for index, method in enumerate(results.methods):
@@ -426,7 +450,7 @@ def write_results(results: BenchResults, out_dir: str | Path, stem: str = "bench
     axis.set_xticks(positions + width * (len(results.methods) - 1) / 2, results.sets)
     axis.set_yscale("log")
     axis.set_ylabel("median ms per cloud")
-    axis.legend(fontsize=8)
+    # Beside the axes: inside, the legend would cover the tallest bars.
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     axis.grid(True, axis="y", which="major", alpha=0.3)
-    paths["time"] = atomic_write_bytes(out_dir / f"{stem}_time.png", figure_png(figure))
-    return paths
+    return figure

@@ -99,6 +99,7 @@ def bench_object(
     set_names: Sequence[str] = SET_NAMES,
     method_names: Sequence[str] = METHOD_NAMES,
     progress: Callable[[str], None] | None = None,
+    on_case: Callable[[int], None] | None = None,
 ) -> BenchResults:
     """Bench one object of the store: its mesh's seeded sets, symmetry-aware errors, ADD-S."""
     from pipeline.bench import Scoring
@@ -117,7 +118,7 @@ def bench_object(
         diameter=float(package.meta["mesh"].get("diameter") or package.diagonal),
     )
     sets = make_sets(mesh, count=count, seed=seed, names=tuple(set_names))
-    return run_bench(methods, sets, scoring, progress=progress)
+    return run_bench(methods, sets, scoring, progress=progress, on_case=on_case)
 
 
 def bench(
@@ -129,6 +130,7 @@ def bench(
     method_names: Sequence[str] = METHOD_NAMES,
     mesh_path: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    on_case: Callable[[int], None] | None = None,
 ) -> BenchResults:
     """Build the seeded sets and run every method on every set."""
     unknown = [name for name in set_names if name not in SET_NAMES]
@@ -136,4 +138,4 @@ def bench(
         raise ConfigError(f"unknown sets {', '.join(unknown)}; choose from {', '.join(SET_NAMES)}")
     methods, diagonal = build_methods(model_path, method_names, seed)
     sets = make_sets(load_mesh(mesh_path), count=count, seed=seed, names=tuple(set_names))
-    return run_bench(methods, sets, diagonal, progress=progress)
+    return run_bench(methods, sets, diagonal, progress=progress, on_case=on_case)

@@ -17,15 +17,26 @@ from typing import Annotated
 
 import typer
 
+from pipeline.extras import REPOSITORY, ExtrasGroup
+
 app = typer.Typer(
+    cls=ExtrasGroup,
     help="cloudpose: rigid pose of a known object in a point cloud (train, export, evaluate, serve).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
-DEFAULT_MODEL = Path("models/objects/bunny/model.onnx")
-DEFAULT_STORE = Path("models/objects")
+
+def _shipped(relative: str) -> Path:
+    """A path of the repository (the shipped store and model), found from any working folder;
+    relative to the working folder when cloudpose runs from an installed copy without them."""
+    beside = REPOSITORY / relative
+    return beside if beside.exists() else Path(relative)
+
+
+DEFAULT_STORE = _shipped("models/objects")
+DEFAULT_MODEL = DEFAULT_STORE / "bunny" / "model.onnx"
 StoreOption = Annotated[Path, typer.Option("--store", help="Object store folder.")]
 
 
@@ -81,13 +92,27 @@ def train(
         str | None, typer.Option(help="Hidden widths, e.g. 256,256; 'none' for one linear layer.")
     ] = None,
     activation: Annotated[str | None, typer.Option(help="relu, elu or none.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Step budget (the LR schedule spans it).")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Step budget (the LR schedule spans it, unless --schedule-by time).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Clouds per step.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     lambda_orth: Annotated[float | None, typer.Option(help="Weight of ||R^T R - I||^2.")] = None,
     l1_lambda: Annotated[float | None, typer.Option(help="Weight of the L1 penalty on weights.")] = None,
     grad_clip: Annotated[float | None, typer.Option(help="Max gradient norm; 0 disables.")] = None,
-    time_budget_s: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    time_budget_s: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop after this many seconds; given without --steps, the LR schedule spans it "
+            "(--schedule-by time)."
+        ),
+    ] = None,
+    schedule_by: Annotated[
+        str | None,
+        typer.Option(
+            help="steps: the LR decays along the step budget; time: along whichever budget ends first."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the pose stream.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     out_dir: Annotated[Path | None, typer.Option(help="Run folder (checkpoint, metrics).")] = None,
@@ -106,18 +131,21 @@ def train(
     master_addr: Annotated[str | None, typer.Option(help="Address of node 0 (multi-node runs).")] = None,
     master_port: Annotated[int, typer.Option(help="Port of node 0 (multi-node runs).")] = 29500,
 ) -> None:
-    """Train a pose regressor on synthesized posed clouds; resumes from the run folder's checkpoint.
+    """Train a pose regressor on synthesized posed clouds; resumes from the run folder's checkpoint
+    (with the same settings only: --fresh starts over).
 
     With --nproc-per-node K (and --nnodes for several nodes) the command re-launches itself
     through torchrun: K data-parallel processes, rank 0 writing the run folder.
     """
     with expected_failures():
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
         from pipeline import distributed
         from pipeline.config import load_config
+        from pipeline.progress import ProgressReport
         from pipeline.train import describe_device, resolve_device, time_to_bar
         from pipeline.train import train as run_training
+
+        if schedule_by is None and time_budget_s is not None and steps is None:
+            schedule_by = "time"  # a budget in seconds alone: the rate must have decayed when it ends
 
         overrides = {
             "mesh": str(mesh) if mesh else None,
@@ -131,6 +159,7 @@ def train(
             "l1_lambda": l1_lambda,
             "grad_clip": grad_clip,
             "time_budget_s": time_budget_s,
+            "schedule_by": schedule_by,
             "seed": seed,
             "device": device,
             "out_dir": str(out_dir) if out_dir else None,
@@ -156,21 +185,25 @@ def train(
         if distributed.launched_by_torchrun():
             # torchrun stops its workers with SIGTERM: let rank 0 save a checkpoint first.
             signal.signal(signal.SIGTERM, signal.default_int_handler)
-        columns = (
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.2e}  val median {task.fields[val]:.4f} deg"),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, transient=False, disable=not (sys.stderr.isatty() and main_rank)) as bar:
-            task = bar.add_task("train", total=cfg.steps, loss=float("nan"), val=float("nan"))
+        by_time = cfg.schedule_by == "time"
+        if main_rank and by_time:
+            typer.echo(
+                f"the learning rate decays over {cfg.time_budget_s:g} s (or {cfg.steps} steps, if sooner)",
+                err=True,
+            )
+        total, unit = (cfg.time_budget_s, "s") if by_time else (cfg.steps, "steps")
+        with ProgressReport("train", total, unit=unit, enabled=main_rank) as bar:
 
-            def report(step: int, total: int, values: dict[str, float]) -> None:
-                bar.update(task, completed=step, loss=values["total"], val=values["val_median_deg"])
+            def report(step: int, total_steps: int, values: dict[str, float]) -> None:
+                status = (
+                    f"step {step}, loss {values['total']:.2e}, val median {values['val_median_deg']:.4f} deg"
+                )
+                bar.update(min(values["elapsed_s"], total) if by_time else step, status)
 
             try:
-                result = run_training(cfg, progress=report, fresh=fresh)
+                result = run_training(
+                    cfg, progress=report, fresh=fresh, log=lambda line: typer.echo(line, err=True)
+                )
             finally:
                 distributed.cleanup()
         if not main_rank:
@@ -234,24 +267,55 @@ def export(
 
 @app.command("eval")
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="Exported model.onnx (sidecar beside it).")] = DEFAULT_MODEL,
-    count: Annotated[int, typer.Option(min=1, help="Held-out poses.")] = 10_000,
+    model: Annotated[
+        Path, typer.Argument(help="Exported model.onnx of either kind (sidecar beside it); the shipped one.")
+    ] = DEFAULT_MODEL,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Held-out poses [default: 10000 for an exam-setting model, 500 for an order-free one].",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Held-out stream seed.")] = 0,
+    refine: Annotated[
+        bool,
+        typer.Option("--refine/--no-refine", help="Order-free models: refine as the service does."),
+    ] = True,
     out: Annotated[
-        Path | None, typer.Option(help="Folder for eval.json and eval.png; the model's folder by default.")
+        Path | None,
+        typer.Option(
+            help="Folder for eval.json and eval.png [default: the model's folder; artifacts/eval/NAME "
+            "for a model of the object store]."
+        ),
     ] = None,
 ) -> None:
-    """Score an exported model on seeded held-out poses through the service's inference code."""
+    """Score an exported model on seeded held-out poses through the service's inference code.
+
+    An exam-setting model sees posed copies of its template; an order-free model (the shipped
+    one) fresh 1024-point samples of its surface, answered as the service answers them.
+    """
     with expected_failures():
-        from pipeline.evaluate import evaluate_model, format_table, write_report
+        from pipeline.evaluate import DEFAULT_COUNT, evaluate_model, format_table, write_report
+        from pipeline.progress import ProgressReport
+        from service.inference import PoseEstimator
         from service.store import record_in_model_sidecar
 
-        evaluation = evaluate_model(model, count=count, seed=seed)
-        typer.echo(f"{evaluation.metrics['model_id']}: {count} held-out poses (seed {seed})")
+        order_free = PoseEstimator(model).order_free
+        total = count or DEFAULT_COUNT["order_free" if order_free else "exam"]
+        in_store = (model.parent / "object.json").is_file()
+        with ProgressReport("eval", total, unit="clouds", estimate_after=20 if order_free else None) as bar:
+            evaluation = evaluate_model(model, count=total, seed=seed, refine=refine, progress=bar.update)
+        typer.echo(f"{evaluation.metrics['model_id']}: {total} held-out poses (seed {seed})")
         typer.echo(format_table(evaluation.metrics))
-        json_path, png_path = write_report(evaluation, out or model.parent)
-        record_in_model_sidecar(model, "evaluation", evaluation.metrics)
+        json_path, png_path = write_report(evaluation, out or _eval_folder(model, in_store))
+        if not in_store:  # a store package changes only as a whole (bench --record)
+            record_in_model_sidecar(model, "evaluation", evaluation.metrics)
         typer.echo(f"wrote {json_path} and {png_path}")
+
+
+def _eval_folder(model: Path, in_store: bool) -> Path:
+    return Path("artifacts/eval") / model.parent.name if in_store else model.parent
 
 
 @app.command()
@@ -291,7 +355,8 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     store: Annotated[
-        Path | None, typer.Option(help="Object store to serve (CLOUDPOSE_STORE or models/objects otherwise).")
+        Path | None,
+        typer.Option(help="Object store to serve (CLOUDPOSE_STORE, else the shipped models/objects)."),
     ] = None,
     default_object: Annotated[
         str | None, typer.Option(help="Object /v1/pose answers for (CLOUDPOSE_DEFAULT_OBJECT, bunny).")
@@ -319,6 +384,8 @@ def serve(
         from service.server import serve as run_server
         from service.settings import Settings
 
+        if store is None and "CLOUDPOSE_STORE" not in os.environ:
+            store = DEFAULT_STORE  # the shipped store, from any working folder
         overrides = {"store": store, "default_object": default_object, "model_path": model}
         for key, value in overrides.items():
             if value is not None:  # worker processes build their settings from the environment
@@ -353,12 +420,31 @@ def predict(
     refine: Annotated[
         bool, typer.Option("--refine/--no-refine", help="Register against the surface.")
     ] = True,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the cloud moved into the object's frame (the mesh file's coordinates and units) "
+            "to this .ply file."
+        ),
+    ] = None,
+    render: Annotated[
+        Path | None,
+        typer.Option(help="Draw the cloud and the object at the found pose, in three views, to this .png."),
+    ] = None,
 ) -> None:
-    """Estimate a cloud's pose locally, with the service's code but no server; prints JSON."""
+    """Estimate a cloud's pose locally, with the service's code but no server; prints JSON.
+
+    The shipped store is found from any working folder.
+    """
     with expected_failures():
         from service.clouds import read_cloud_file
         from service.objects import ObjectRegistry
         from service.settings import Settings
+
+        for path, suffix, option in ((out, ".ply", "--out"), (render, ".png", "--render")):
+            if path is not None and path.suffix.lower() != suffix:
+                typer.echo(f"error: {option} writes a {suffix} file, got {path.name!r}", err=True)
+                raise typer.Exit(1)
 
         settings = Settings(store=store, model_path=model)
         if object_name is None or model is not None:
@@ -382,6 +468,32 @@ def predict(
                 indent=2,
             )
         )
+        if out is not None or render is not None:
+            _write_fit_files(served, pose, points, out, render)
+
+
+def _write_fit_files(served, pose, points, out: Path | None, render: Path | None) -> None:
+    """``predict --out`` and ``--render``: the aligned cloud and a picture of the fit."""
+    import numpy as np
+
+    from pipeline.fit_files import render_fit, write_ply
+
+    # canonical (mesh file frame, cloud units) = points @ rotation + translation; x scale: object units
+    aligned = (np.asarray(points, dtype=np.float64) @ pose.rotation + pose.translation) * pose.scale
+    if out is not None:
+        typer.echo(f"wrote {write_ply(out, aligned)} ({len(points)} points in the object's frame)", err=True)
+    if render is not None:
+        estimator = served.estimator
+        internal = estimator.surface.points if estimator.surface is not None else estimator.template
+        model_file_frame = np.asarray(internal, dtype=np.float64) + served.centroid
+        model_at_pose = (model_file_frame / pose.scale) @ pose.object_rotation + pose.object_translation
+        confidence = (pose.confidence or {}).get("fitness")
+        title = (
+            f"{served.name}: {'found' if pose.found else 'not found'}"
+            + (f", fitness {confidence:.3f}" if isinstance(confidence, float) else "")
+            + f", {len(points)} points"
+        )
+        typer.echo(f"wrote {render_fit(render, points, model_at_pose, title)}", err=True)
 
 
 @app.command()
@@ -515,38 +627,31 @@ def bench_command(
     with expected_failures():
         from pipeline.bench import format_table, write_results
         from pipeline.bench_cli import bench, bench_object
-
-        def report(line: str) -> None:
-            typer.echo(line, err=True)
+        from pipeline.progress import ProgressReport
 
         set_names = [name.strip() for name in sets.split(",") if name.strip()]
         method_names = [name.strip() for name in methods.split(",") if name.strip()]
+        total = len(set_names) * count
         typer.echo(
-            f"{len(set_names)} sets of {count} clouds, {len(method_names)} methods "
-            f"(the classical baselines take 50-300 ms a cloud)",
+            f"{total} clouds ({count} per set: {', '.join(set_names)}) for {', '.join(method_names)} "
+            "(the classical baselines take 50-300 ms a cloud); an estimate follows the first clouds",
             err=True,
         )
-        if object_name is not None:
-            from service.store import ObjectStore
+        with ProgressReport("bench", total, unit="clouds", estimate_after=min(10, total)) as bar:
+            options = {
+                "count": count,
+                "seed": seed,
+                "set_names": set_names,
+                "method_names": method_names,
+                "progress": bar.say,
+                "on_case": bar.update,
+            }
+            if object_name is not None:
+                from service.store import ObjectStore
 
-            results = bench_object(
-                ObjectStore(store).get(object_name),
-                count=count,
-                seed=seed,
-                set_names=set_names,
-                method_names=method_names,
-                progress=report,
-            )
-        else:
-            results = bench(
-                model,
-                count=count,
-                seed=seed,
-                set_names=set_names,
-                method_names=method_names,
-                mesh_path=mesh,
-                progress=report,
-            )
+                results = bench_object(ObjectStore(store).get(object_name), **options)
+            else:
+                results = bench(model, mesh_path=mesh, **options)
         typer.echo(format_table(results))
         if record and object_name is not None:
             from pipeline.objects import record_bench
@@ -558,6 +663,13 @@ def bench_command(
             typer.echo(f"recorded the figures in {package.path}")
         paths = write_results(results, out)
         typer.echo("wrote " + ", ".join(str(path) for path in paths.values()))
+        if "cdf" not in paths:
+            from pipeline.extras import install_script
+
+            typer.echo(
+                f"no plots: they need matplotlib, one of the training extras ({install_script()} train)",
+                err=True,
+            )
 
 
 def bench_scenes(frames: int, seed: int, store: Path, out: Path) -> None:
@@ -607,7 +719,9 @@ def bench_scenes(frames: int, seed: int, store: Path, out: Path) -> None:
 
 
 object_app = typer.Typer(
-    help="The object store: add a mesh as a served object, list, show, remove.", no_args_is_help=True
+    cls=ExtrasGroup,
+    help="The object store: add a mesh as a served object, list, show, remove.",
+    no_args_is_help=True,
 )
 app.add_typer(object_app, name="object")
 
@@ -646,20 +760,24 @@ def object_add(
     """Add a mesh to the object store: check it, find its symmetries, train, export, bench, package."""
     with expected_failures():
         from pipeline.objects import add_object
+        from pipeline.progress import ProgressReport
         from service.store import ObjectStore
 
         if resume and retrain:
             typer.echo("error: choose one of --resume and --retrain", err=True)
             raise typer.Exit(1)
         if not no_train and model is None:
-            try:
-                import torch  # noqa: F401
-            except ImportError:
+            import importlib.util
+
+            if importlib.util.find_spec("torch") is None:  # fail before the mesh checks, not after
+                from pipeline.extras import install_script
+
                 typer.echo(
-                    "error: training needs torch: run `scripts/install.sh all`, or add with --no-train",
+                    "error: cloudpose object add trains a network, which needs the training extras "
+                    f"(torch is not installed): run {install_script()} train, or add with --no-train",
                     err=True,
                 )
-                raise typer.Exit(1) from None
+                raise typer.Exit(1)
         command = "cloudpose " + shlex.join(sys.argv[1:])
         result = add_object(
             name,
@@ -677,6 +795,7 @@ def object_add(
             bench_count=bench_count,
             command=command,
             progress=lambda line: typer.echo(line, err=True),
+            track=ProgressReport,
         )
         summary = {
             "object": result.package.name,

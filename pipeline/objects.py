@@ -19,6 +19,7 @@ Every write goes through :func:`service.store.write_package`, so a package is re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -406,6 +407,7 @@ def add_object(
     bench_count: int = ADD_BENCH_COUNT,
     command: str = "",
     progress: Callable[[str], None] | None = None,
+    track: Callable[..., Any] | None = None,
 ) -> AddResult:
     """Check a mesh, package it, train and bench it (see the module docstring).
 
@@ -416,6 +418,10 @@ def add_object(
         model_path: an exported model of this mesh to package instead of training one.
         mode: ``new`` refuses an existing object or training run; ``resume`` continues the
             object's training run; ``retrain`` starts its training over.
+        progress: called with a line at each stage.
+        track: makes the progress report of a long stage (training, bench), called as
+            ``track(description, total, unit=...)``; :class:`pipeline.progress.ProgressReport`
+            fits. None reports none.
 
     Raises:
         StoreError, MeshError, ConfigError: with a message that says what to do.
@@ -423,6 +429,12 @@ def add_object(
     from pipeline.symmetry import find_symmetry
 
     say = progress or (lambda line: None)
+
+    def tracked(description: str, total: float, unit: str) -> Any:
+        if track is None:
+            return contextlib.nullcontext(None)
+        return track(description, total, unit=unit)
+
     check_name(name)
     if mode not in ("new", "resume", "retrain"):
         raise ConfigError(f"mode must be new, resume or retrain, got {mode!r}")
@@ -528,7 +540,14 @@ def add_object(
             },
         )
         train_started = time.perf_counter()
-        result = run_training(cfg, fresh=(mode == "retrain"))
+        with tracked("train", cfg.time_budget_s, "s") as bar:
+
+            def report(step: int, total: int, values: dict[str, float]) -> None:
+                if bar is not None:
+                    status = f"step {step}, loss {values['total']:.3g}"
+                    bar.update(min(values["elapsed_s"], cfg.time_budget_s), status)
+
+            result = run_training(cfg, progress=report, fresh=(mode == "retrain"), log=say)
         timings["train_s"] = time.perf_counter() - train_started
         export_dir = run_dir / "export"
         if export_dir.exists():
@@ -566,14 +585,23 @@ def add_object(
     bench_rows = None
     if bench_count > 0:
         from pipeline.bench_cli import bench_object
+        from pipeline.benchsets import SET_NAMES
 
         bench_started = time.perf_counter()
-        results = bench_object(package, count=bench_count, seed=seed, method_names=("network+refine",))
+        with tracked("bench", bench_count * len(SET_NAMES), "clouds") as bar:
+            results = bench_object(
+                package,
+                count=bench_count,
+                seed=seed,
+                method_names=("network+refine",),
+                on_case=None if bar is None else bar.update,
+            )
         timings["bench_s"] = time.perf_counter() - bench_started
         bench_rows = _bench_rows(results)
         meta["bench"] = {
             "command": f"cloudpose bench --object {name} --count {bench_count} --methods network+refine",
             "seed": seed,
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "rows": bench_rows,
         }
         package = store.write(
@@ -588,7 +616,8 @@ def record_bench(store: ObjectStore, name: str, results: Any, command: str, seed
     package = store.get(name)
     meta = dict(package.meta)
     rows = _bench_rows(results)
-    meta["bench"] = {"command": command, "seed": seed, "rows": rows}
+    measured = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    meta["bench"] = {"command": command, "seed": seed, "measured": measured, "rows": rows}
     files = {
         entry.name: entry.read_bytes()
         for entry in package.path.iterdir()
@@ -667,7 +696,8 @@ def _provenance(
     else:
         lines.append("| training | none yet: the registration search alone answers |")
     if bench:
-        lines += ["", f"Bench (`{meta['bench']['command']}`, seed {meta['bench']['seed']}):", ""]
+        measured = f", measured {meta['bench']['measured']}" if meta["bench"].get("measured") else ""
+        lines += ["", f"Bench (`{meta['bench']['command']}`, seed {meta['bench']['seed']}{measured}):", ""]
         lines.append("| method | set | rot. median ° | rot. p99 ° | < 5° | wrong & found | found | ms |")
         lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for row in bench:

@@ -1,9 +1,12 @@
 """Training: synthesize posed clouds on the training device, regress the object pose, checkpoint.
 
 ``train(cfg)`` runs until the validation set reaches the target errors, the step budget or the
-time budget, whichever comes first. A run's folder holds ``checkpoint.pt`` (model, optimizer,
-schedule, step, config, template), ``metrics.csv`` (one row per validation) and
-``summary.json``. Calling ``train`` again on the same folder resumes from the checkpoint.
+time budget, whichever comes first. The learning rate warms up and decays along ``steps``, or
+(``schedule_by: time``) along whichever of the two budgets runs out first, so a time-budgeted
+run ends with a decayed rate where its budget ends. A run's folder holds ``checkpoint.pt``
+(model, optimizer, schedule, step, config, template), ``metrics.csv`` (one row per validation)
+and ``summary.json``. Calling ``train`` again on the same folder resumes from the checkpoint,
+with the same configuration only.
 
 Under ``torchrun`` (see :mod:`pipeline.distributed`) every process trains a data-parallel copy
 on its own batches of ``batch_size`` clouds (a step sees world size × ``batch_size``); rank 0
@@ -42,18 +45,8 @@ from pipeline.synth import (
 )
 
 CHECKPOINT_NAME = "checkpoint.pt"
-# Fields that change what the model is; resuming with other values would mix two runs.
-MODEL_FIELDS = (
-    "mesh",
-    "n_points",
-    "template_seed",
-    "model_kind",
-    "widths",
-    "head",
-    "hidden",
-    "activation",
-    "translation_range",
-)
+# The only fields a resumed run may change: they move the run, not what it computes.
+RESUMABLE_CHANGES = ("device", "out_dir")
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -247,7 +240,7 @@ def warmup_cosine(
 
 
 def warmup_cosine_at(fraction: float, warmup_fraction: float = 0.05, floor: float = 1e-4) -> float:
-    """The same multiplier at a fraction of the budget (time-budgeted runs)."""
+    """The same multiplier at a fraction of the budget (time-scheduled runs)."""
     fraction = min(1.0, max(0.0, fraction))
     if fraction < warmup_fraction:
         return 0.04 + 0.96 * fraction / warmup_fraction
@@ -294,6 +287,25 @@ class TrainResult:
 
 
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
+
+
+def schedule_fraction(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
+    """How far a time-scheduled run is through its schedule: the larger of the shares of the
+    step budget and of the time budget used, so the rate has decayed whichever ends first."""
+    return max(step / cfg.steps, elapsed_s / cfg.time_budget_s)
+
+
+def config_changes(previous: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """``name previous -> now`` for each field that differs between a checkpoint's config and
+    ``cfg``, but for :data:`RESUMABLE_CHANGES`."""
+    # A field the checkpoint lacks is newer than it: the run had that field's default.
+    defaults = TrainConfig().to_dict()
+    before = {name: previous.get(name, default) for name, default in defaults.items()}
+    return [
+        f"{name} {before[name]!r} -> {value!r}"
+        for name, value in cfg.to_dict().items()
+        if name not in RESUMABLE_CHANGES and before[name] != value
+    ]
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -343,15 +355,27 @@ def batch_seed(seed: int, step: int, rank: int = 0, world_size: int = 1) -> int:
     return seed * 1_000_003 + step * world_size + rank
 
 
-def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    progress: ProgressCallback | None = None,
+    fresh: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
     """Train a pose regressor as ``cfg`` says, resuming from ``cfg.out_dir`` unless ``fresh``.
 
     Under torchrun, every rank calls this with the same ``cfg``; see the module docstring.
 
     Args:
         cfg: validated configuration.
-        progress: called after every step with ``(step, total_steps, latest_values)`` (on rank 0).
+        progress: called after every step with ``(step, total_steps, latest_values)`` (on rank
+            0); the values hold the losses, ``val_median_deg`` and ``elapsed_s``.
         fresh: ignore an existing checkpoint and start over.
+        log: called (on rank 0) with a line when the run resumes from a checkpoint.
+
+    Raises:
+        ConfigError: the run folder's checkpoint was trained with another configuration (any
+            field but :data:`RESUMABLE_CHANGES`: resuming with another budget or schedule would
+            make a run that no single command reproduces).
     """
     cfg.validate()
     ranks, device = distributed.setup(resolve_device(cfg.device))
@@ -372,17 +396,30 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
             leftover.unlink(missing_ok=True)
     if checkpoint_path.exists() and not fresh:
         state = load_checkpoint(checkpoint_path, map_location=device)
-        previous = state["config"]
-        changed = [name for name in MODEL_FIELDS if previous.get(name) != getattr(cfg, name)]
-        if changed or previous.get("steps") != cfg.steps:
+        changed = config_changes(state["config"], cfg)
+        if changed:
+            names = ", ".join(change.split(" ", 1)[0] for change in changed)
             raise ConfigError(
-                f"{checkpoint_path} was trained with other {', '.join(changed or ['steps'])}; "
-                "pass --fresh to start over or choose another --out-dir"
+                f"{checkpoint_path} was trained with other {names} ({'; '.join(changed)}): resume with "
+                "the same settings, or start over with --fresh (object add: --retrain) or another --out-dir"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         step, elapsed_before, history = state["step"], state["elapsed_s"], state["history"]
+        if log is not None and ranks.is_main:
+            median = (history[-1] if history else state.get("validation") or {}).get("rotation_median_deg")
+            finished = state.get("stopped_because") or ""
+            log(
+                f"resuming {checkpoint_path} at step {step} of {cfg.steps} ({elapsed_before:.1f} s trained"
+                + (f", validation median {median:.4g} deg" if median is not None else "")
+                + (
+                    f"; it had stopped: {finished}, so there is nothing left to train (--fresh starts over)"
+                    if finished and finished != "interrupted"
+                    else ""
+                )
+                + ")"
+            )
     if not ranks.all_equal(step):
         raise ConfigError(
             f"the ranks found different checkpoints in {out_dir}: every rank must see one folder"
@@ -452,10 +489,11 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             if cfg.schedule_by == "time":
-                # The schedule spans the time budget: the step budget is only a cap.
-                fraction = elapsed / cfg.time_budget_s
+                # The schedule spans whichever budget runs out first (rank 0's clock, broadcast).
+                fraction = schedule_fraction(step, elapsed, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * warmup_cosine_at(fraction)
+            step_lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             schedule.step()
             step += 1
@@ -467,7 +505,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
                     {
                         "step": step,
                         "elapsed_s": round(elapsed, 3),
-                        "lr": schedule.get_last_lr()[0],
+                        "lr": step_lr,
                         **values,
                         **metrics,
                     }
@@ -476,7 +514,15 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, fresh: boo
                 if reached_target(metrics, cfg):
                     reason = "target reached"
             if progress is not None and ranks.is_main:
-                progress(step, cfg.steps, {**values, "val_median_deg": metrics["rotation_median_deg"]})
+                progress(
+                    step,
+                    cfg.steps,
+                    {
+                        **values,
+                        "val_median_deg": metrics["rotation_median_deg"],
+                        "elapsed_s": elapsed_before + (time.perf_counter() - started),
+                    },
+                )
     except KeyboardInterrupt:
         snapshot(metrics, "interrupted")
         raise

@@ -11,13 +11,17 @@ from typing import Annotated
 
 import typer
 
+from pipeline.extras import ExtrasGroup
+
+# ExtrasGroup: without the training extras, a command says in one line what to install.
 lenet_app = typer.Typer(
+    cls=ExtrasGroup,
     help="LeNet-5 on handwritten digits: train, evaluate, export to ONNX.",
     no_args_is_help=True,
     add_completion=False,
 )
 plot_app = typer.Typer(
-    help="Plots of cloudpose's building blocks.", no_args_is_help=True, add_completion=False
+    cls=ExtrasGroup, help="Plots of cloudpose's building blocks.", no_args_is_help=True, add_completion=False
 )
 
 DEVICES = ("auto", "cpu", "cuda")

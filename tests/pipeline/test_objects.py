@@ -132,6 +132,9 @@ def test_object_add_trains_serves_and_poses_end_to_end(tmp_path: Path) -> None:
     summary = json.loads(added.stdout)
     assert summary["object"] == "part" and summary["training"]["steps"] > 0
     assert {row["set"] for row in summary["bench"]} >= {"shuffled", "partial"}
+    # Without a terminal, the long stages report in lines (a bar on a terminal).
+    assert "train: " in added.stderr and " s elapsed" in added.stderr
+    assert "bench: 12/12 clouds (100%)" in added.stderr
     package = store / "part"
     for name in ("object.json", "surface.npy", "model.onnx", "model.json", "PROVENANCE.md", "mesh.stl"):
         assert (package / name).is_file(), name

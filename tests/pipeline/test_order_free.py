@@ -191,9 +191,3 @@ def test_the_service_answers_any_order_and_size_over_http() -> None:
             500,
             2048,
         ]
-
-
-def test_eval_points_order_free_models_to_bench(order_free_model) -> None:
-    result = CliRunner().invoke(app, ["eval", str(order_free_model.model_path), "--count", "5"])
-    assert result.exit_code == 1
-    assert result.stderr.strip().endswith("is an order-free model: score it with `cloudpose bench`")
