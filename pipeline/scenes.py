@@ -679,7 +679,33 @@ def make_frame(
     noise: NoiseModel = NoiseModel(),
     layout: SceneLayout = SceneLayout(),
 ) -> Frame:
-    """A random cluttered frame: targets and distractors resting on a table in front of the camera.
+    """A random cluttered frame: :func:`place_objects`, rendered with the sensor's noise.
+
+    Args:
+        targets: objects whose instances carry ground truth.
+        distractors: clutter.
+        rng: seeded generator; the only source of randomness.
+        intrinsics: the camera.
+        counts: how many of each.
+        noise: the sensor's errors.
+        layout: the table and the spread of objects.
+
+    Returns:
+        The frame; ``Frame.plane`` is the table's top face.
+    """
+    placements, table = place_objects(targets, distractors, rng, intrinsics, counts, layout)
+    return render_frame(placements, rng, intrinsics, noise, plane=table.coefficients)
+
+
+def place_objects(
+    targets: list[SceneObject],
+    distractors: list[SceneObject],
+    rng: np.random.Generator,
+    intrinsics: Intrinsics = Intrinsics(),
+    counts: SceneCounts = SceneCounts(),
+    layout: SceneLayout = SceneLayout(),
+) -> tuple[list[Placement], SupportPlane]:
+    """Targets and distractors resting on a table in front of the camera.
 
     Every target object gets ``counts.target_copies`` copies, then ``counts.distractors``
     distractors are drawn; each rests in a stable pose drawn by probability, with a uniform yaw,
@@ -694,11 +720,10 @@ def make_frame(
         rng: seeded generator; the only source of randomness.
         intrinsics: the camera.
         counts: how many of each.
-        noise: the sensor's errors.
         layout: the table and the spread of objects.
 
     Returns:
-        The frame; ``Frame.plane`` is the table's top face.
+        The placements (the table first) and the table.
     """
     table = support_plane(
         tilt_deg=rng.uniform(*layout.tilt_deg),
@@ -769,4 +794,89 @@ def make_frame(
         k, rotation, translation = found
         placements.append(Placement(scene_object, rotation, translation, kind))
         circles.append((candidates[k], pose.radius))
-    return render_frame(placements, rng, intrinsics, noise, plane=table.coefficients)
+    return placements, table
+
+
+@dataclass(frozen=True)
+class CameraMotion:
+    """How the camera moves between the frames of a sequence (a camera on a robot arm, or held).
+
+    Attributes:
+        turn_deg: each frame the camera circles the middle of the targets by this much about the
+            table's normal (and by ``tilt_share`` of it about a random axis);
+        shift_m: and moves this far in a random direction;
+        jitter: each frame's turn and shift vary by up to this share either way.
+        tilt_share: see ``turn_deg``.
+    """
+
+    turn_deg: float = 2.0
+    shift_m: float = 0.005
+    jitter: float = 0.3
+    tilt_share: float = 0.3
+
+
+def _rotation_about(axis: np.ndarray, angle_rad: float) -> np.ndarray:
+    """(3, 3) rotation by ``angle_rad`` about ``axis`` for row vectors (``p @ R``)."""
+    from scipy.spatial.transform import Rotation
+
+    axis = axis / np.linalg.norm(axis)
+    return Rotation.from_rotvec(axis * angle_rad).as_matrix().T
+
+
+def moved(placements: list[Placement], rotation: np.ndarray, translation: np.ndarray) -> list[Placement]:
+    """The placements as a camera sees them after it moved: every sensor-frame point ``p``
+    becomes ``p @ rotation + translation``.
+
+    Args:
+        placements: what is where, in the old sensor frame.
+        rotation: (3, 3) and translation: (3,) metres, the old sensor frame to the new one.
+    """
+    return [
+        Placement(
+            item.scene_object, item.rotation @ rotation, item.translation @ rotation + translation, item.kind
+        )
+        for item in placements
+    ]
+
+
+def frame_sequence(
+    targets: list[SceneObject],
+    distractors: list[SceneObject],
+    rng: np.random.Generator,
+    length: int,
+    intrinsics: Intrinsics = Intrinsics(),
+    counts: SceneCounts = SceneCounts(),
+    noise: NoiseModel = NoiseModel(),
+    layout: SceneLayout = SceneLayout(),
+    motion: CameraMotion = CameraMotion(),
+):
+    """Frames of one scene seen by a moving camera (:class:`CameraMotion`), for tracking: the
+    objects stay where :func:`place_objects` put them, and each frame's ground truth is their
+    pose in that frame's sensor frame.
+
+    Args:
+        targets, distractors, rng, intrinsics, counts, noise, layout: as for :func:`make_frame`.
+        length: number of frames.
+        motion: how the camera moves from one frame to the next.
+
+    Yields:
+        ``length`` frames, in order; ``Frame.plane`` is the table's top face in each.
+    """
+    placements, table = place_objects(targets, distractors, rng, intrinsics, counts, layout)
+    normal, offset = table.normal, float(table.coefficients[3])
+    centres = [item.translation for item in placements if item.kind == "target"]
+    pivot = np.mean(centres, axis=0) if centres else table.origin.copy()
+    tilt_axis = rng.normal(size=3)
+    for index in range(length):
+        if index:
+            wobble = 1.0 + motion.jitter * rng.uniform(-1.0, 1.0, size=2)
+            turn = np.deg2rad(motion.turn_deg) * wobble[0]
+            rotation = _rotation_about(normal, turn) @ _rotation_about(tilt_axis, motion.tilt_share * turn)
+            direction = rng.normal(size=3)
+            shift = motion.shift_m * wobble[1] * direction / np.linalg.norm(direction)
+            translation = pivot - pivot @ rotation + shift  # turn about the pivot, then shift
+            placements = moved(placements, rotation, translation)
+            pivot = pivot @ rotation + translation
+            normal = normal @ rotation
+            offset -= float(normal @ translation)
+        yield render_frame(placements, rng, intrinsics, noise, plane=np.append(normal, offset))

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,8 @@ FREE_SPACE_MAX_SHARE = 0.05
 FACING_COSINE = 0.5
 # A segment mostly explained by detections already made is not posed again.
 EXPLAINED_ALREADY = 0.5
+# How far a proposal's pose search goes (its starts are the proposal's own).
+DETECT_PLAN = SearchPlan(wide=WIDE_ROUNDS, polish=True)
 
 
 @dataclass
@@ -360,30 +362,54 @@ class _FrameSearch:
             members = members[~found.explained]
         return members
 
+    def follow(
+        self, members: np.ndarray, name: str, start: tuple[np.ndarray, np.ndarray], plan: SearchPlan
+    ) -> tuple[Detection | None, ObjectPose]:
+        """Pose a proposal (point indices) as one object from a start pose (answer frame: rotation
+        (3, 3), translation (3,), frame units), e.g. its pose in the frame before; a verified pose
+        becomes a detection whose points no later search takes.
+
+        Returns:
+            The detection (None when the frame does not bear the pose out), and the pose.
+        """
+        found, pose = self._hypothesis(name, self.points[members], [start], plan)
+        if found is None:
+            return None, pose
+        self.detections.append(found.detection)
+        self.surfaces.append((found.posed, found.reach))
+        return found.detection, pose
+
     def _pose_once(self, segment: np.ndarray) -> _Hypothesis | None:
         """The best verified pose of ``segment`` (M, 3) among the objects it may be, or None."""
         best: _Hypothesis | None = None
         for name, starts in self._candidates(segment):
-            (pose,) = self.objects[name].estimate(
-                [segment],
-                True,
-                self.units,
-                budgets=lambda: budget.Budget(SEGMENT_BUDGET_S),
-                plan=SearchPlan(wide=WIDE_ROUNDS, starts=starts, polish=True),
-            )
-            self.poses += 1
-            least_visible = MIN_VISIBLE_FRACTION
-            if pose.ambiguous:
-                pose = self._settle(name, pose)
-                least_visible = MIN_SETTLED_VISIBLE  # settled by the frame alone: more evidence
-            if not pose.found:
-                continue
-            found = self._verify(name, segment, pose, least_visible)
+            found, _ = self._hypothesis(name, segment, starts, DETECT_PLAN)
             if found is not None and (
                 best is None or found.detection.confidence() > best.detection.confidence()
             ):
                 best = found
         return best
+
+    def _hypothesis(
+        self, name: str, segment: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]], plan: SearchPlan
+    ) -> tuple[_Hypothesis | None, ObjectPose]:
+        """``segment`` (M, 3) posed as one object from ``starts``: the hypothesis when the pose is
+        found and the frame bears it out (None otherwise), and the pose."""
+        (pose,) = self.objects[name].estimate(
+            [segment],
+            True,
+            self.units,
+            budgets=lambda: budget.Budget(SEGMENT_BUDGET_S),
+            plan=dataclasses.replace(plan, starts=starts),
+        )
+        self.poses += 1
+        least_visible = MIN_VISIBLE_FRACTION
+        if pose.ambiguous:
+            pose = self._settle(name, pose)
+            least_visible = MIN_SETTLED_VISIBLE  # settled by the frame alone: more evidence
+        if not pose.found:
+            return None, pose
+        return self._verify(name, segment, pose, least_visible), pose
 
     def _candidates(self, segment: np.ndarray) -> list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]]:
         """The objects the segment may be, each with its resting starts: those whose size fits it,
@@ -536,26 +562,13 @@ def detect(
         timings[name] = (time.perf_counter() - started) * 1000 - sum(timings.values())
 
     points = np.asarray(points, dtype=np.float64)
-    sensor = np.zeros(3) if viewpoint is None else np.asarray(viewpoint, dtype=np.float64)
-    # Each object's diagonal in the frame's units (a 422 for an object without units when the
-    # frame has some).
-    sizes = {name: served.diagonal / served.scale_for(units) for name, served in objects.items()}
-    voxel = VOXEL_FRACTION * min(sizes.values())
-    on_plane, plane = _support_planes(points, PLANE_DISTANCE_VOXELS * voxel, seed, sensor)
-    lap("planes_ms")
+    search, on_plane, voxel = open_frame(points, objects, units, viewpoint, seed, lap)
     kept = np.flatnonzero(~on_plane)
     segments = []
     if len(kept):
         voxels, voxel_of_point = voxel_labels(points[kept], voxel)
         segments = [kept[members] for members in _members(_clusters(voxels, voxel)[voxel_of_point])]
     lap("segments_ms")
-    # What the sensor saw in each direction, from an even subsample of the whole frame (planes
-    # included: the table behind a pose shows the sensor's line of sight).
-    sight = points[:: max(1, len(points) // RANGE_SAMPLE)]
-    ranges = np.linalg.norm(sight - sensor, axis=1)
-    cell = voxel / max(float(np.median(ranges)), voxel) if len(sight) else 1.0
-    search = _FrameSearch(points, objects, sizes, units, sensor, RangeImage(sight, sensor, cell=cell), plane)
-    lap("range_image_ms")
     deadline = None if budget_s is None else started + budget_s
     complete = True
 
@@ -589,7 +602,7 @@ def detect(
                 leftovers.append(part_left)
     lap("first_pass_ms")
     # Second pass: pieces of one instance that occlusion cut apart, together.
-    for members in _unions(points, leftovers, max(sizes.values())):
+    for members in _unions(points, leftovers, max(search.sizes.values())):
         if out_of_time():
             break
         remaining = search.unexplained(members)
@@ -602,6 +615,41 @@ def detect(
     return FrameReport(
         detections, len(segments), int(on_plane.sum()), timings, search.refused, complete, search.poses
     )
+
+
+def open_frame(
+    points: np.ndarray,
+    objects: Mapping[str, ServedObject],
+    units: str | None,
+    viewpoint: Sequence[float] | None,
+    seed: int,
+    lap: Callable[[str], None] = lambda name: None,
+) -> tuple[_FrameSearch, np.ndarray, float]:
+    """What every search of a frame starts from: its support planes and what the sensor saw.
+
+    Args:
+        points: (N, 3) float64 the frame, sensor frame, in ``units``.
+        objects, units, viewpoint, seed: as for :func:`detect`.
+        lap: told ``"planes_ms"`` and ``"range_image_ms"`` as each step ends.
+
+    Returns:
+        The frame's search, (N,) whether each point lies on a support plane, and the voxel side.
+    """
+    sensor = np.zeros(3) if viewpoint is None else np.asarray(viewpoint, dtype=np.float64)
+    # Each object's diagonal in the frame's units (a 422 for an object without units when the
+    # frame has some).
+    sizes = {name: served.diagonal / served.scale_for(units) for name, served in objects.items()}
+    voxel = VOXEL_FRACTION * min(sizes.values())
+    on_plane, plane = _support_planes(points, PLANE_DISTANCE_VOXELS * voxel, seed, sensor)
+    lap("planes_ms")
+    # What the sensor saw in each direction, from an even subsample of the whole frame (planes
+    # included: the table behind a pose shows the sensor's line of sight).
+    sight = points[:: max(1, len(points) // RANGE_SAMPLE)]
+    ranges = np.linalg.norm(sight - sensor, axis=1)
+    cell = voxel / max(float(np.median(ranges)), voxel) if len(sight) else 1.0
+    search = _FrameSearch(points, objects, sizes, units, sensor, RangeImage(sight, sensor, cell=cell), plane)
+    lap("range_image_ms")
+    return search, on_plane, voxel
 
 
 def _members(point_labels: np.ndarray) -> list[np.ndarray]:
