@@ -10,6 +10,7 @@ COPY data ./data
 COPY models ./models
 COPY pipeline ./pipeline
 COPY service ./service
+COPY cloudpose ./cloudpose
 
 FROM source AS trainer
 # PyPI's torch wheel for Linux carries CUDA, so this stage trains on the reserved GPU.

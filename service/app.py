@@ -32,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,11 +46,11 @@ from service.metrics import ServiceMetrics
 from service.objects import ObjectPose, ObjectRegistry, ServedObject
 from service.settings import Settings
 from service.store import UNITS_M, StoreError
+from service.web import add_request_examples, mount_web
 
 access_log = logging.getLogger("cloudpose.access")
 logger = logging.getLogger("cloudpose.service")
 
-JSON_BODY_EXAMPLE = {"points": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.2, 0.9, 0.1]]}
 REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 RETRY_AFTER_S = 1
 
@@ -338,13 +339,16 @@ def decode_clouds(
 DEPTH_FIELDS = ("fx", "fy", "cx", "cy", "depth_scale")
 
 
-async def read_frame_body(request: Request, settings: Settings) -> tuple[str, Any]:
-    """A detect request's raw frame on the event loop: ``("json", bytes)``, ``("file", (name,
-    bytes))`` for a cloud file, or ``("depth", (name, bytes, fields))`` for a depth image."""
+async def read_frame_body(
+    request: Request, settings: Settings, texts: tuple[str, ...] = ()
+) -> tuple[str, Any, dict[str, str]]:
+    """A frame request's raw frame on the event loop: ``("json", bytes)``, ``("file", (name,
+    bytes))`` for a cloud file, or ``("depth", (name, bytes, fields))`` for a depth image; and the
+    multipart text fields named in ``texts`` that the body holds."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         kind, raw = await read_body(request, settings, batch=False)
-        return kind, raw
+        return kind, raw, {}
     try:
         form = await request.form(max_files=2, max_part_size=settings.max_body_bytes)
     except (BodyTooLarge, BodyTooSlow, ClientDisconnect):
@@ -360,10 +364,11 @@ async def read_frame_body(request: Request, settings: Settings) -> tuple[str, An
         )
     ((field, upload),) = files.items()
     data = await upload.read()
+    extra = {key: form[key] for key in texts if isinstance(form.get(key), str)}
     if field == "file":
-        return "file", (upload.filename or "", data)
+        return "file", (upload.filename or "", data), extra
     fields = {key: form.get(key) for key in DEPTH_FIELDS if isinstance(form.get(key), str)}
-    return "depth", (upload.filename or "", data, fields)
+    return "depth", (upload.filename or "", data, fields), extra
 
 
 def decode_frame(kind: str, raw: Any, settings: Settings) -> tuple[np.ndarray, str | None, np.ndarray | None]:
@@ -378,12 +383,18 @@ def decode_frame(kind: str, raw: Any, settings: Settings) -> tuple[np.ndarray, s
         name, data, fields = raw
         return depth_frame_points(name, data, fields, limit), None, None
     payload, units = json_payload(raw)
+    points, viewpoint = frame_from_payload(payload, limit)
+    return points, units, viewpoint
+
+
+def frame_from_payload(payload: Any, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A JSON frame body's points and viewpoint."""
     if not isinstance(payload, dict) or "points" not in payload:
         raise CloudError(422, "JSON body must be an object with a 'points' list of [x, y, z] triples")
     viewpoint = None
     if payload.get("viewpoint") is not None:
         viewpoint = as_cloud([payload["viewpoint"]], 1, where="viewpoint")[0]
-    return as_cloud(payload["points"], limit), units, viewpoint
+    return as_cloud(payload["points"], limit), viewpoint
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -448,7 +459,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for processes in hard:
             processes.shutdown()
 
-    app = FastAPI(
+    # /docs with Swagger UI served from the package, not a CDN (/redoc: service.web).
+    app = FastAPIOffline(
+        redoc_url=None,
         title="cloudpose",
         summary="Rigid pose of known objects in point clouds",
         version="0.3.0",
@@ -527,7 +540,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"retry-after": str(RETRY_AFTER_S)} if busy else None,
         )
 
-    @app.get("/v1/objects", dependencies=Authorized, responses=schemas.error_responses(*unauthorized))
+    @app.get(
+        "/v1/objects",
+        response_model=schemas.ObjectList,
+        dependencies=Authorized,
+        responses=schemas.error_responses(*unauthorized),
+    )
     async def list_objects(objects: Objects) -> Response:
         """Every served object: name, units, size, symmetry, model id, bench figures."""
         return json_response(
@@ -539,6 +557,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(
         "/v1/objects/{name}",
+        response_model=schemas.ObjectDescription,
         dependencies=Authorized,
         responses=schemas.error_responses(*unauthorized, 404, 422),
     )
@@ -546,12 +565,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """One served object."""
         return json_response(objects.get(name).describe())
 
-    @app.get("/v1/model", dependencies=Authorized, responses=schemas.error_responses(*unauthorized, 404))
+    @app.get(
+        "/v1/model",
+        response_model=schemas.ModelDescription,
+        dependencies=Authorized,
+        responses=schemas.error_responses(*unauthorized, 404),
+    )
     async def model(objects: Objects) -> Response:
-        """The default object's model: kind, expected N, convention, units, metrics, limits."""
+        """The default object's model: kind, expected N, convention, units, limits, and its figures:
+        ``metrics.served`` (network + refinement, as served) beside ``metrics.network_only``."""
         served = objects.get(None)
         description = served.estimator.describe()
         description["object"] = served.describe()
+        # The labelled card (served figures and the network's alone), not the bare validation figures.
+        description["metrics"] = description["object"]["metrics"]
         description["limits"] = {
             "max_points": settings.max_points,
             "max_body_bytes": settings.max_body_bytes,
@@ -796,12 +823,92 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         chosen = {name: registry.get(name) for name in names}
         if not chosen:
             raise CloudError(422, "objects names no object: give comma-separated names, or leave it out")
-        kind, raw = await read_frame_body(request, settings)
+        kind, raw, _ = await read_frame_body(request, settings)
         request_id = request.scope["state"].get("request_id", "")
         body = await workers.run(
             lambda: detect_job(chosen, kind, raw, units, max_instances, request_id), settings.queue_timeout_s
         )
         return Response(body, media_type="application/json")
+
+    def track_job(
+        objects: dict[str, ServedObject],
+        kind: str,
+        raw: Any,
+        previous_text: str | None,
+        units: str | None,
+        request_id: str,
+    ) -> bytes:
+        """Parse the frame and the previous poses, and follow each (a worker thread)."""
+        from service.track import PreviousPose, track
+
+        started = time.perf_counter()
+        if kind == "depth" and units not in (None, "m"):
+            raise CloudError(
+                422, "a depth image gives points in metres (depth_scale sets its raw unit): leave out ?units="
+            )
+        if kind == "json":
+            payload, body_units = json_payload(raw)
+            points, viewpoint = frame_from_payload(payload, settings.max_frame_points)
+            previous = payload.get("previous")
+        else:
+            points, body_units, viewpoint = decode_frame(kind, raw, settings)
+            if previous_text is None:
+                raise CloudError(422, "a multipart track request needs the field 'previous' (a JSON list)")
+            try:
+                previous = orjson.loads(previous_text)
+            except orjson.JSONDecodeError:
+                raise CloudError(422, "the field 'previous' is not valid JSON") from None
+        poses = PreviousPose.parse(previous, objects)
+        report = track(points, objects, poses, _request_units(units, body_units) or "m", viewpoint)
+        return orjson.dumps(
+            {
+                "tracks": [
+                    {"lost": True, "object": pose.object}
+                    if found is None
+                    else {"lost": False, **found.to_dict()}
+                    for pose, found in zip(poses, report.tracks, strict=True)
+                ],
+                "lost": report.lost,
+                "n_points": int(len(points)),
+                "server_time_ms": (time.perf_counter() - started) * 1000,
+                "request_id": request_id,
+            }
+        )
+
+    track_doc = body_doc(schemas.TrackBody, "file", many=False)
+    track_doc["requestBody"]["content"]["multipart/form-data"]["schema"] = copy.deepcopy(
+        detect_doc["requestBody"]["content"]["multipart/form-data"]["schema"]
+    )
+    track_doc["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["previous"] = {
+        "type": "string",
+        "description": "JSON list of the previous poses: [{object, rotation, translation}], as /v1/detect "
+        "or /v1/track answered them.",
+    }
+
+    @app.post(
+        "/v1/track",
+        openapi_extra=track_doc,
+        response_model=schemas.TrackResponse,
+        responses=pose_errors,
+        dependencies=Authorized,
+    )
+    async def track_route(request: Request, registry: Objects, units: Units = None) -> Response:
+        """The instances of the frame before, followed into this frame (a sensor that moves, or
+        parts that move, a little between frames): the same frame bodies as ``/v1/detect``, with
+        the previous poses (``[{object, rotation, translation}]``, as ``/v1/detect`` answers
+        them) in the JSON body's ``previous`` or the multipart field ``previous``. Each comes
+        back, in order, followed or ``lost`` (moved too far, hidden, or gone: find it again
+        with ``/v1/detect``)."""
+        kind, raw, texts = await read_frame_body(request, settings, texts=("previous",))
+        request_id = request.scope["state"].get("request_id", "")
+        objects = dict(registry.objects)
+        body = await workers.run(
+            lambda: track_job(objects, kind, raw, texts.get("previous"), units, request_id),
+            settings.queue_timeout_s,
+        )
+        return Response(body, media_type="application/json")
+
+    mount_web(app, Authorized, unauthorized)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's document, with the served object names as the values of ``{name}``."""
@@ -813,6 +920,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         document = copy.deepcopy(app.openapi_schema)
         registry = getattr(app.state, "objects", None)
+        add_request_examples(document, registry)
         if registry is not None:
             for path in document["paths"].values():
                 for operation in path.values():

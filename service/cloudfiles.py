@@ -1,4 +1,7 @@
-"""Reading uploaded cloud files (.npy / .npz, .ply, .pcd, .xyz) without trusting what they say.
+"""Reading uploaded cloud files without trusting what they say.
+
+Formats: .npy / .npz (numpy), .ply (plyfile), .pcd (pypcd4), .las / .laz (laspy, lazrs), .e57
+(pye57), and text tables (.xyz, .txt, .csv). :data:`READERS` maps each suffix to its reader.
 
 A file's header says how much data follows. Each reader here:
 
@@ -7,9 +10,10 @@ A file's header says how much data follows. Each reader here:
    billion points costs nothing;
 2. checks that the data present matches the header exactly: no missing or extra rows, no
    truncated or padded binary;
-3. lets the format's library parse it (numpy's ``.npy`` reader, ``pypcd4``; for PLY, ``plyfile``
-   parses the header and numpy reads the vertex block by the dtype plyfile gives, as plyfile's
-   own memory-mapped path does), and checks the parsed count once more.
+3. lets the format's library parse it (numpy's ``.npy`` reader and ``loadtxt``, ``pypcd4``,
+   ``laspy``, ``pye57``; for PLY, ``plyfile`` parses the header and numpy reads the vertex block
+   by the dtype plyfile gives, as plyfile's own memory-mapped path does), and checks the parsed
+   count once more.
 
 Readers return the x, y, z columns as an (N, 3) numeric array; :func:`service.clouds.read_cloud_file`
 then validates the numbers. Every refusal raises :class:`BadCloudFile`, whose ``problem`` reads
@@ -18,12 +22,17 @@ after the file's name ("'scan.pcd' declares 1000000000 points; ...").
 
 from __future__ import annotations
 
+import csv
+import functools
 import io
 import math
 import re
 import struct
+import tempfile
 import warnings
 import zipfile
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -691,29 +700,71 @@ def _one_int(header: dict[str, list[str]], key: str, default: int | None) -> int
 
 
 # ---------------------------------------------------------------------------------------------
-# .xyz
+# Text tables: .xyz, .txt, .csv
+
+# What a text table's reader says the file holds, by suffix.
+TEXT_KINDS = {".xyz": "an .xyz file", ".txt": "a .txt file", ".csv": "a .csv file"}
+# The sniffer looks at this many data lines (and never more than MAX_HEADER_BYTES of them).
+SNIFF_LINES = 20
+TEXT_DELIMITERS = ",;\t "
+# Header names of the coordinate columns: "x", "X", "//X" (CloudCompare), "x [m]", "x_mm", '"x"'.
+AXIS_NAME = re.compile(r"^([xyz])(?:[\s_\[(].*)?$")
+# numpy's loadtxt names the value it could not read, its data row (from 0) and column (from 1).
+NOT_A_NUMBER = re.compile(r"could not convert string '(.*)' to float64 at row (\d+), column (\d+)")
 
 
-def read_xyz(data: bytes, max_points: int) -> np.ndarray:
-    """Text lines ``x y z [more values]``; lines starting with ``#`` are comments."""
+def read_text(data: bytes, max_points: int, suffix: str = ".xyz") -> np.ndarray:
+    """A table of numbers, one point per line: ``x y z [more values]``.
+
+    Values may be separated by commas, semicolons, tabs or runs of spaces (the standard library's
+    :class:`csv.Sniffer` tells which). A first line that is not all numbers is a header: its
+    columns named x, y and z are the coordinates; without a header they are the first three
+    columns. Lines starting with ``#`` are comments, and extra columns are ignored.
+    """
+    kind = TEXT_KINDS.get(suffix, TEXT_KINDS[".xyz"])
     _check_line_lengths(data, 0)
+    sample = _text_sample(data, kind)
+    header_line, first = _first_content_line(sample)
+    delimiter, decimal_comma = _sniff_delimiter(sample)
+    columns, skip_rows = (0, 1, 2), 0
+    if first is not None:
+        fields = _split(first, delimiter)
+        # Empty fields (a trailing separator, "1,2,3,") are not words, so not a header's.
+        if not all(_is_number(field, decimal_comma) for field in fields if field):
+            columns = _header_columns(fields, kind, data_follows=_has_data_after(sample, header_line))
+            skip_rows = header_line + 1
     # One row more than the limit tells an oversized file without reading all of it, and only
-    # x, y, z are kept, so neither many lines nor one very long line costs more than the limit.
+    # the x, y, z columns are kept, so neither many lines nor wide ones cost more than the limit.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # loadtxt warns on a file with no data rows
             rows = np.loadtxt(
-                io.BytesIO(data), ndmin=2, comments="#", usecols=(0, 1, 2), max_rows=max_points + 1
+                io.BytesIO(data),
+                delimiter=None if delimiter in (" ", "\t") else delimiter,
+                comments="#",
+                skiprows=skip_rows,
+                usecols=columns,
+                max_rows=max_points + 1,
+                ndmin=2,
+                encoding="utf-8-sig",
+                quotechar='"',
+                converters=(lambda value: float(value.replace(",", "."))) if decimal_comma else None,
             )
     except ValueError as error:
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as not_text:
-            raise BadCloudFile(422, "is not UTF-8 text: an .xyz file holds lines of 'x y z'") from not_text
-        columns = _xyz_first_row_columns(data)
-        if columns is not None and columns < 3:
+        if isinstance(error, UnicodeDecodeError):
+            raise BadCloudFile(422, f"is not UTF-8 text: {kind} holds lines of 'x y z'") from error
+        not_number = NOT_A_NUMBER.match(str(error))
+        if not_number:
+            value, row, column = not_number.groups()
             raise BadCloudFile(
-                422, f"has {columns} numbers on a line; an .xyz file needs 3 per line (x y z)"
+                422,
+                f"has {value[:20]!r} where a number should be (data row {int(row) + 1}, column {column}): "
+                f"{kind} holds one point per line, in numbers",
+            ) from error
+        values = None if first is None or skip_rows else len(_split(first, delimiter))
+        if values is not None and values < 3:
+            raise BadCloudFile(
+                422, f"has {values} numbers on a line; {kind} needs 3 per line (x y z)"
             ) from error
         raise
     if rows.shape[0] > max_points:
@@ -723,14 +774,236 @@ def read_xyz(data: bytes, max_points: int) -> np.ndarray:
     return rows
 
 
-def _xyz_first_row_columns(data: bytes) -> int | None:
-    """How many numbers the first data line holds (None without one, or if it holds words)."""
-    for line in io.BytesIO(data[:MAX_HEADER_BYTES]):
-        values = line.split(b"#", 1)[0].split()
-        if values:
-            try:
-                [float(value) for value in values]
-            except ValueError:
-                return None
-            return len(values)
-    return None
+def _text_sample(data: bytes, kind: str) -> list[str]:
+    """The file's first lines (at most :data:`MAX_HEADER_BYTES`), decoded; comments kept, so
+    that line numbers count as ``loadtxt``'s ``skiprows`` counts them."""
+    head = data[:MAX_HEADER_BYTES]
+    cut = head.rfind(b"\n") + 1 if len(data) > MAX_HEADER_BYTES else len(head)
+    try:
+        text = head[:cut].decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise BadCloudFile(422, f"is not UTF-8 text: {kind} holds lines of 'x y z'") from error
+    return text.split("\n")  # as loadtxt splits lines, so that indices match its skiprows
+
+
+def _is_content(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and not stripped.startswith("#")
+
+
+def _first_content_line(sample: list[str]) -> tuple[int, str | None]:
+    """The index and text (comments cut) of the first line that is neither blank nor a comment."""
+    for index, line in enumerate(sample):
+        if _is_content(line):
+            return index, line.split("#", 1)[0]
+    return len(sample), None
+
+
+def _has_data_after(sample: list[str], index: int) -> bool:
+    return any(_is_content(line) for line in sample[index + 1 :])
+
+
+def _sniff_delimiter(sample: list[str]) -> tuple[str, bool]:
+    """The delimiter of the sample's content lines, and whether ``,`` is their decimal mark."""
+    lines = [line.split("#", 1)[0].strip() for line in sample if _is_content(line)][:SNIFF_LINES]
+    if not lines:
+        return " ", False
+    try:
+        delimiter = csv.Sniffer().sniff("\n".join(lines), delimiters=TEXT_DELIMITERS).delimiter
+    except csv.Error:
+        # Rows of different lengths, or spaces in runs of different lengths: the first line's
+        # separator, else whitespace.
+        delimiter = next((mark for mark in ",;\t" if mark in lines[0]), " ")
+    # "1,5;2,5;3,5" (a spreadsheet's export with decimal commas) sniffs as comma-separated, yet
+    # a semicolon is never part of a number.
+    data_lines = lines[1:] or lines
+    if delimiter == "," and all(";" in line for line in data_lines):
+        delimiter = ";"
+    return delimiter, delimiter == ";" and any("," in line for line in data_lines)
+
+
+def _split(line: str, delimiter: str) -> list[str]:
+    if delimiter in (" ", "\t"):
+        return line.split()
+    return [field.strip().strip('"').strip() for field in line.strip().split(delimiter)]
+
+
+def _is_number(field: str, decimal_comma: bool) -> bool:
+    try:
+        float(field.replace(",", ".") if decimal_comma else field)
+    except ValueError:
+        return False
+    return True
+
+
+def _header_columns(fields: list[str], kind: str, data_follows: bool) -> tuple[int, int, int]:
+    """The x, y, z column indices a header line names."""
+    names = [field.strip().strip('"').lstrip("/#").strip().lower() for field in fields]
+    found: dict[str, list[int]] = {axis: [] for axis in "xyz"}
+    for index, name in enumerate(names):
+        match = AXIS_NAME.match(name)
+        if match:
+            found[match.group(1)].append(index)
+    exact = {axis: [index for index in found[axis] if names[index] == axis] for axis in "xyz"}
+    chosen = {axis: (exact[axis] or found[axis]) for axis in "xyz"}
+    if all(len(indices) == 1 for indices in chosen.values()):
+        return chosen["x"][0], chosen["y"][0], chosen["z"][0]
+    if not data_follows:
+        # A line of words and nothing else: not a table at all (the general message says so).
+        raise ValueError("a text file without a numeric row")
+    shown = ", ".join(field[:20] for field in fields[:8]) + (", ..." if len(fields) > 8 else "")
+    problems = []
+    missing = [axis for axis in "xyz" if not chosen[axis]]
+    if missing:
+        problems.append("no column named " + " or ".join(missing))
+    repeated = [axis for axis in "xyz" if len(chosen[axis]) > 1]
+    if repeated:
+        problems.append("more than one column named " + " or ".join(repeated))
+    raise BadCloudFile(
+        422,
+        f"has a header line ({shown}) with {' and '.join(problems)}: name the coordinate columns x, y "
+        f"and z, or leave the header out ({kind} then takes the first three columns)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# .las and .laz
+
+LAS_SIGNATURE = b"LASF"
+
+
+def read_las(data: bytes, max_points: int) -> np.ndarray:
+    """The scaled x, y, z of an ASPRS LAS file, or of its compressed form LAZ (``laspy``, with
+    ``lazrs`` for LAZ)."""
+    if not data.startswith(LAS_SIGNATURE):
+        raise BadCloudFile(422, "is not a LAS or LAZ file: it does not start with 'LASF'")
+    try:
+        import laspy
+    except ImportError as error:
+        raise BadCloudFile(
+            415, "is a LAS file and this service has no LAS reader: install laspy[lazrs]"
+        ) from error
+    try:
+        reader = laspy.open(io.BytesIO(data))
+    except Exception as error:  # laspy raises several types for a damaged header or VLR block
+        raise BadCloudFile(
+            422, "has a LAS header that laspy cannot read: the file is truncated or corrupt"
+        ) from error
+    with reader:
+        header = reader.header
+        points, row_bytes = int(header.point_count), int(header.point_format.size)
+        if points > max_points:
+            raise _too_many_points(points, max_points)
+        declared = points * row_bytes
+        if declared > MAX_DECODED_BYTES:
+            raise BadCloudFile(
+                413,
+                f"declares {points} points of {row_bytes} bytes ({declared} bytes); this service reads "
+                f"at most {MAX_DECODED_BYTES} bytes of point data",
+            )
+        compressed = header.are_points_compressed
+        present = len(data) - int(header.offset_to_point_data)
+        # Extended VLRs may follow the points, so only a file too short for them is refused.
+        if not compressed and present < declared:
+            raise BadCloudFile(
+                422,
+                f"is truncated: its header declares {points} points of {row_bytes} bytes ({declared} "
+                f"bytes) but {_bytes_follow(max(present, 0))} its header",
+            )
+        try:
+            record = reader.read_points(points)
+        except laspy.errors.LaspyException as error:
+            if compressed and "backend" in str(error).lower():
+                raise BadCloudFile(
+                    415,
+                    "is compressed (LAZ) and this service has no LAZ decompressor: install laspy[lazrs]",
+                ) from error
+            raise BadCloudFile(
+                422, "has points that laspy cannot read: the file is truncated or corrupt"
+            ) from error
+        except Exception as error:  # lazrs raises its own error type on a cut or damaged stream
+            if not compressed:
+                raise
+            raise BadCloudFile(
+                422, "is compressed (LAZ) but its points do not decompress: the file is truncated or corrupt"
+            ) from error
+    if len(record) != points:
+        raise BadCloudFile(422, f"declares {points} points but {len(record)} were read")
+    # The scaled coordinates (integer * scale + offset), as float64.
+    return np.stack([np.asarray(record.x), np.asarray(record.y), np.asarray(record.z)], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# .e57
+
+E57_SIGNATURE = b"ASTM-E57"
+E57_HEADER = struct.Struct("<8sIIQQQQ")  # signature, version, physical length, XML offset and length, page
+E57_BYTES_PER_POINT = 3 * 8 + 1  # x, y, z as float64 and the invalid-state flag, as pye57 reads them
+
+
+def read_e57(data: bytes, max_points: int) -> np.ndarray:
+    """The cartesian points of every scan of an ASTM E57 file (``pye57``), each scan moved by its
+    pose into the file's common frame, and points flagged invalid left out."""
+    if not data.startswith(E57_SIGNATURE) or len(data) < E57_HEADER.size:
+        raise BadCloudFile(422, "is not an E57 file: it does not start with 'ASTM-E57'")
+    _, major, _, physical_length, _, _, _ = E57_HEADER.unpack_from(data)
+    if physical_length != len(data):
+        raise BadCloudFile(
+            422,
+            f"is {_plural(len(data), 'byte')} long but its header declares {physical_length}: the "
+            f"file is {'truncated' if len(data) < physical_length else 'corrupt'}",
+        )
+    if major != 1:
+        raise BadCloudFile(422, f"is an E57 file of format version {major}; cloudpose reads version 1")
+    try:
+        import pye57
+    except ImportError as error:
+        raise BadCloudFile(415, "is an E57 file and this service has no E57 reader: install pye57") from error
+    # libE57 reads files by path only.
+    with tempfile.TemporaryDirectory(prefix="cloudpose-e57-") as folder:
+        path = Path(folder) / "upload.e57"
+        path.write_bytes(data)
+        try:
+            with pye57.E57(str(path)) as e57:
+                counts = [int(e57.get_header(index).point_count) for index in range(e57.scan_count)]
+                total = sum(counts)
+                if total > max_points:
+                    raise _too_many_points(total, max_points)
+                if total * E57_BYTES_PER_POINT > MAX_DECODED_BYTES:
+                    raise BadCloudFile(
+                        413,
+                        f"declares {total} points ({total * E57_BYTES_PER_POINT} bytes as read); this "
+                        f"service reads at most {MAX_DECODED_BYTES} bytes of point data",
+                    )
+                scans = [
+                    e57.read_scan(index, ignore_missing_fields=True, transform=True)
+                    for index, count in enumerate(counts)
+                    if count > 0
+                ]
+        except BadCloudFile:
+            raise
+        except Exception as error:  # libE57 checks every page's checksum and the XML tree
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise BadCloudFile(422, f"is not a readable E57 file ({reason})") from error
+    if not scans:
+        return np.empty((0, 3))
+    return np.concatenate(
+        [np.stack([scan["cartesianX"], scan["cartesianY"], scan["cartesianZ"]], axis=1) for scan in scans]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Which reader reads which file
+
+READERS: dict[str, Callable[[bytes, int], np.ndarray]] = {
+    ".ply": read_ply,
+    ".pcd": read_pcd,
+    ".xyz": functools.partial(read_text, suffix=".xyz"),
+    ".txt": functools.partial(read_text, suffix=".txt"),
+    ".csv": functools.partial(read_text, suffix=".csv"),
+    ".las": read_las,
+    ".laz": read_las,
+    ".e57": read_e57,
+    ".npy": read_npy,
+    ".npz": read_npy,
+}

@@ -13,17 +13,15 @@ import os
 
 import numpy as np
 
-from service.cloudfiles import BadCloudFile, read_npy, read_pcd, read_ply, read_xyz
+from service.cloudfiles import READERS, BadCloudFile
 
-CLOUD_SUFFIXES = (".ply", ".pcd", ".xyz", ".npy", ".npz")
+CLOUD_SUFFIXES = tuple(READERS)
 # Coordinates beyond this magnitude are refused. 1e9 is far beyond any object in any unit
 # (1000 km in millimetres), yet far inside float32's range (3.4e38), so squared distances,
 # SVDs and KD-trees downstream stay finite and well conditioned.
 MAX_ABS_COORDINATE = 1e9
 # Long file names are cut to this many characters in error details.
 MAX_SHOWN_NAME = 100
-
-_READERS = {".npy": read_npy, ".npz": read_npy, ".xyz": read_xyz, ".ply": read_ply, ".pcd": read_pcd}
 
 
 class CloudError(ValueError):
@@ -112,7 +110,7 @@ def as_cloud(value: object, max_points: int, where: str = "points") -> np.ndarra
 
 
 def read_cloud_file(filename: str, data: bytes, max_points: int) -> np.ndarray:
-    """Parse an uploaded cloud file by its suffix: .ply, .pcd, .xyz (text), .npy or .npz.
+    """Parse an uploaded cloud file by its suffix (:data:`service.cloudfiles.READERS`).
 
     Returns:
         (N, 3) float64, validated as :func:`as_cloud` does.
@@ -155,7 +153,7 @@ def _read_file_array(filename: str, data: bytes, max_points: int) -> tuple[str, 
     if not data:
         raise CloudError(422, f"the uploaded file {shown!r} is empty")
     try:
-        array = _READERS[suffix](data, max_points)
+        array = READERS[suffix](data, max_points)
     except BadCloudFile as error:
         member = f" (member {error.member!r})" if error.member else ""
         raise CloudError(error.status, f"{shown!r}{member} {error.problem}") from error

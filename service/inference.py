@@ -23,6 +23,8 @@ from service.symmetry import Symmetry, geodesic_deg
 
 # Order-free models: fewest points accepted, and the points refinement uses at most.
 MIN_POINTS = 32
+# The most points a cloud may have in process, as the service's default limit (Settings.max_points).
+DEFAULT_MAX_POINTS = 250_000
 REFINE_MAX_POINTS = 1024
 SEARCH_POINTS = 512
 # The network sees at most this many of the cloud's points when refinement follows it.
@@ -350,11 +352,27 @@ POLISH_CONFIDENCE = 0.5
 
 
 class PoseEstimator:
-    """An exported cloudpose model loaded into onnxruntime.
+    """An exported cloudpose model loaded into onnxruntime: poses in the model's internal frame.
+
+    :meth:`pose` and :meth:`poses` are the in-process entry points: they check a cloud as the
+    HTTP routes do (shape, numbers, NaN/Inf, absurd coordinates, too few or too many points, a
+    cloud that cannot fix a pose) and raise the same :class:`service.clouds.CloudError`, with
+    the route's status and ``detail``. :meth:`estimate` is the fast path for clouds already
+    checked. For answers in an object's file frame and units, as ``/v1/pose`` gives them, use
+    :class:`service.in_process.Estimator`.
+
+    Example::
+
+        estimator = PoseEstimator("model.onnx")
+        pose = estimator.pose(points)  # points: (N, 3)
+        canonical = points @ pose.rotation + pose.translation
 
     Args:
         model_path: ``model.onnx``; ``model.json`` and the template must sit beside it.
         threads: onnxruntime intra-op threads.
+
+    Raises:
+        ModelLoadError: the model, its sidecar, template or surface is missing or corrupt.
     """
 
     def __init__(self, model_path: str | Path, threads: int = 1) -> None:
@@ -468,10 +486,89 @@ class PoseEstimator:
                 "(GET /v1/model returns the template)",
             )
 
+    def validated(
+        self,
+        points: object,
+        where: str = "points",
+        max_points: int = DEFAULT_MAX_POINTS,
+        count_where: str | None = None,
+    ) -> np.ndarray:
+        """A cloud checked as the HTTP routes check one, or the route's error.
+
+        Args:
+            points: (N, 3) array, or a list of [x, y, z] rows.
+            where: how error details name the cloud (``"points"``, as ``/v1/pose`` does).
+            max_points: the most points accepted (the service's default limit).
+            count_where: how the detail about this model's point count names it (default
+                ``where``; the batch route says ``clouds[i]`` there, ``clouds[i].points`` else).
+
+        Returns:
+            (N, 3) float64, finite, within :data:`service.clouds.MAX_ABS_COORDINATE`, and as many
+            points as this model takes.
+
+        Raises:
+            CloudError: 422 (or 413 over ``max_points``) with the ``detail`` the routes give.
+        """
+        from service.clouds import as_cloud
+        from service.objects import degenerate_reason  # service.objects builds on this module
+
+        if not isinstance(points, (np.ndarray, list)):
+            try:
+                points = list(points)  # type: ignore[call-overload]
+            except TypeError:
+                raise CloudError(422, f"{where} must be a list of [x, y, z] triples") from None
+        cloud = as_cloud(points, max_points, where)
+        self.check_cloud(cloud, count_where or where)
+        reason = degenerate_reason(cloud)
+        if reason is not None:
+            # The routes answer such a cloud with found: false and this reason; a Pose has no
+            # found flag, so here it is an error.
+            raise CloudError(422, f"{count_where or where} cannot fix a pose: {reason}")
+        return cloud
+
+    def pose(self, points: object, refine: bool = True, max_points: int = DEFAULT_MAX_POINTS) -> Pose:
+        """The pose of one cloud, checked first as :meth:`validated` does.
+
+        Args:
+            points: (N, 3) observed points (any order, at least :data:`MIN_POINTS` for an
+                order-free model; the template's N for an exam-setting one), in the object's units.
+            refine: register against the surface after the network (order-free models).
+            max_points: the most points accepted.
+
+        Returns:
+            The back transform, ``canonical = points @ pose.rotation + pose.translation`` (internal
+            frame: the surface centroid at the origin), the object pose and, after refinement,
+            the fit's figures (``pose.refinement.summary()``).
+
+        Raises:
+            CloudError: a cloud the HTTP routes would refuse, with their status and ``detail``.
+        """
+        return self.estimate([self.validated(points, max_points=max_points)], refine)[0]
+
+    def poses(
+        self, clouds: Sequence[object], refine: bool = True, max_points: int = DEFAULT_MAX_POINTS
+    ) -> list[Pose]:
+        """Poses of several clouds, each checked first (error details name ``clouds[i]`` as the
+        batch route's do).
+
+        Args:
+            clouds: each (N_i, 3).
+            refine, max_points: as :meth:`pose`.
+
+        Raises:
+            CloudError: the first cloud the batch route would refuse, with its ``detail``.
+        """
+        checked = [
+            self.validated(cloud, f"clouds[{index}].points", max_points, count_where=f"clouds[{index}]")
+            for index, cloud in enumerate(clouds)
+        ]
+        return self.estimate(checked, refine)
+
     def estimate(
         self, clouds: list[np.ndarray], refine: bool = True, plan: SearchPlan = FULL_SEARCH
     ) -> list[Pose]:
-        """Poses of clouds, each (N, 3), already checked with :meth:`check_cloud`.
+        """Poses of clouds, each (N, 3), already checked with :meth:`check_cloud` (the fast path
+        for trusted arrays; :meth:`pose` checks them first).
 
         Args:
             clouds: the observed clouds.

@@ -132,6 +132,78 @@ def degenerate_reason(cloud: np.ndarray) -> str | None:
     return None
 
 
+# The bench methods of the model card: what /v1/pose answers, and the network without refinement.
+SERVED_METHOD = "network+refine"
+NETWORK_METHOD = "network"
+
+
+def model_card(bench: dict[str, Any] | None, sidecar: dict[str, Any], measure_with: str) -> dict[str, Any]:
+    """An object's figures, each labelled with what it measures and when, for ``GET /v1/model``
+    and ``GET /v1/objects/NAME``.
+
+    The figures users act on are those of the served answer (network and refinement, from the
+    package's ``cloudpose bench --record``); the network alone is shown apart, since its errors
+    (tens of degrees on partial views) are only where refinement starts.
+
+    Args:
+        bench: the package's recorded bench (``object.json`` ``bench``), or None.
+        sidecar: the network's sidecar (``model.json``); without a network, no ``training``.
+        measure_with: the command that measures the served figures when none are recorded.
+    """
+    training = sidecar.get("training") or {}
+    validation = training.get("validation")
+    network_only: dict[str, Any] = {
+        "what": "the network alone, without refinement: where refinement starts, not what /v1/pose answers",
+        "validation": None,
+        "bench": None,
+    }
+    if validation:
+        network_only["validation"] = {
+            "what": "the network alone on its validation set, at the end of training",
+            "measured": training.get("measured"),
+            **validation,
+        }
+    if not sidecar.get("order_free", True):
+        served = {
+            "what": "the network alone, as /v1/pose answers: an exam-setting model is not refined",
+            "measured": None,
+            "command": None,
+            "seed": None,
+            "sets": None,
+            "validation": network_only["validation"],
+            "evaluation": sidecar.get("evaluation"),
+        }
+        return {"served": served, "network_only": network_only}
+    how = "network + refinement" if training else "registration search alone (the object has no network)"
+    served = {
+        "what": f"{how}, as /v1/pose answers: `cloudpose bench` method {SERVED_METHOD}, per benchmark set",
+        **_bench_figures(bench, SERVED_METHOD),
+    }
+    if served["sets"] is None:
+        served["note"] = f"not measured yet: `{measure_with}` measures it"
+    if bench and any(row.get("method") == NETWORK_METHOD for row in bench.get("rows", [])):
+        network_only["bench"] = {
+            "what": f"`cloudpose bench` method {NETWORK_METHOD}, per benchmark set",
+            **_bench_figures(bench, NETWORK_METHOD),
+        }
+    return {"served": served, "network_only": network_only}
+
+
+def _bench_figures(bench: dict[str, Any] | None, method: str) -> dict[str, Any]:
+    """When and how a recorded bench was measured, and one method's figures by set (None without)."""
+    rows = [row for row in (bench or {}).get("rows", []) if row.get("method") == method]
+    return {
+        "measured": (bench or {}).get("measured"),
+        "command": (bench or {}).get("command"),
+        "seed": (bench or {}).get("seed"),
+        "sets": {
+            row["set"]: {key: value for key, value in row.items() if key not in ("method", "set")}
+            for row in rows
+        }
+        or None,
+    }
+
+
 class ServedObject:
     """One object, ready to answer: a store package, or a bare exported model.
 
@@ -172,13 +244,18 @@ class ServedObject:
     @classmethod
     def from_package(cls, package: ObjectPackage, threads: int = 1) -> ServedObject:
         estimator = PoseEstimator.for_package(package, threads)
+        card = model_card(
+            package.meta.get("bench"),
+            estimator.metadata,
+            f"cloudpose bench --object {package.name} --record",
+        )
         served = cls(
             package.name,
             estimator,
             package.centroid,
             package.units,
             package.metres_per_unit,
-            {**package.describe(), "model_id": estimator.model_id},
+            {**package.describe(), "model_id": estimator.model_id, "metrics": card},
         )
         served.mesh_path = package.mesh_path
         return served
@@ -207,6 +284,7 @@ class ServedObject:
             "model_id": estimator.model_id,
             "trained": True,
             "bench": None,
+            "metrics": model_card(None, estimator.metadata, f"cloudpose bench {model_path}"),
             "frame": "internal: surface centroid at the origin (a bare model knows no file frame)",
         }
         return cls(name, estimator, np.zeros(3), None, None, description)

@@ -90,7 +90,11 @@ class PoseAnswer(BaseModel):
     candidates: list[Candidate] | None = None
     warnings: list[str] | None = None
     n_points: int
-    file: str | None = None
+    file: str | None = Field(
+        default=None,
+        description="The uploaded file this answer is for (a batch of files answers in their order); "
+        "absent for a JSON body.",
+    )
 
 
 class PoseResponse(PoseAnswer):
@@ -134,6 +138,34 @@ class DetectResponse(BaseModel):
     request_id: str | None = None
 
 
+class PreviousPose(BaseModel):
+    """An instance's pose in the frame before, as ``/v1/detect`` or ``/v1/track`` answered it."""
+
+    object: str
+    rotation: list[Point] = Field(min_length=3, max_length=3, description="3x3 back rotation.")
+    translation: Point
+
+
+class TrackBody(DetectBody):
+    previous: list[PreviousPose] = Field(min_length=1, description="The poses to follow, most trusted first.")
+
+
+class TrackAnswer(BaseModel):
+    """A followed pose (the fields of a detection), or ``lost: true`` with the object alone."""
+
+    model_config = ConfigDict(extra="allow")
+    lost: bool
+    object: str
+
+
+class TrackResponse(BaseModel):
+    tracks: list[TrackAnswer] = Field(description="One per previous pose, in their order.")
+    lost: int = Field(description="How many were lost (find them again with /v1/detect).")
+    n_points: int
+    server_time_ms: float
+    request_id: str | None = None
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     model_id: str | None
@@ -149,6 +181,113 @@ class Ready(BaseModel):
 
 class Reloaded(BaseModel):
     objects: dict[str, str] = Field(description="Served object names and their model ids.")
+
+
+Measured = Annotated[
+    str | None,
+    Field(description="When the figures were measured (ISO 8601, UTC); null when not recorded."),
+]
+
+
+class SetFigures(BaseModel):
+    """One method's figures on one benchmark set (``cloudpose bench``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    count: int
+    rotation_median_deg: float | None = None
+    rotation_p99_deg: float | None = None
+    success_5deg: float | None = None
+    found_rate: float | None = None
+    found_wrong: float | None = None
+    add_s_median_pct: float | None = None
+    median_ms: float | None = None
+
+
+class ServedFigures(BaseModel):
+    """The figures of the answers /v1/pose gives (for an order-free model, network + refinement)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    what: str = Field(description="What was measured, in words.")
+    measured: Measured
+    command: str | None = Field(description="The command that measured them.")
+    seed: int | None
+    sets: dict[str, SetFigures] | None = Field(description="Figures by benchmark set; null when none.")
+    note: str | None = Field(default=None, description="How to measure figures that are missing.")
+
+
+class BenchFigures(BaseModel):
+    what: str
+    measured: Measured
+    command: str | None
+    seed: int | None
+    sets: dict[str, SetFigures] | None
+
+
+class ValidationFigures(BaseModel):
+    """The network's own figures on its validation set, at the end of training."""
+
+    model_config = ConfigDict(extra="allow")
+
+    what: str
+    measured: Measured
+    count: int | None = None
+    rotation_median_deg: float | None = None
+    success_5deg: float | None = None
+
+
+class NetworkOnlyFigures(BaseModel):
+    """The network alone, without refinement: where refinement starts, not what /v1/pose answers."""
+
+    what: str
+    validation: ValidationFigures | None
+    bench: BenchFigures | None
+
+
+class ModelCard(BaseModel):
+    """An object's figures, each labelled: the served answers' and the network's alone."""
+
+    served: ServedFigures
+    network_only: NetworkOnlyFigures
+
+
+class ObjectDescription(BaseModel):
+    """One served object: name, units, size, symmetry, model id and its labelled figures."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    units: str | None
+    metres_per_unit: float | None
+    size: dict[str, Any]
+    symmetry: dict[str, Any]
+    model_id: str | None
+    trained: bool
+    bench: dict[str, Any] | None = Field(description="The package's recorded bench, as recorded.")
+    metrics: ModelCard
+
+
+class ObjectList(BaseModel):
+    objects: list[ObjectDescription]
+    default: str | None
+
+
+class ModelDescription(BaseModel):
+    """The default object's model: kind, expected N, convention, units, labelled figures, limits."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model_id: str
+    kind: str
+    order_free: bool
+    n_points: int
+    convention: Any
+    units: Any
+    metrics: ModelCard
+    input_requirement: str
+    object: ObjectDescription
+    limits: dict[str, float]
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -454,11 +454,16 @@ def test_unsupported_content_type(client: TestClient, content_type: str) -> None
 
 
 @pytest.mark.parametrize(
-    ("name", "suffix"), [("cloud.txt", "'.txt'"), ("cloud", "'(none)'"), ("cloud.ply.gz", "'.gz'")]
+    ("name", "suffix"), [("cloud.obj", "'.obj'"), ("cloud", "'(none)'"), ("cloud.ply.gz", "'.gz'")]
 )
 def test_unsupported_file_suffix(client: TestClient, posed: Posed, name: str, suffix: str) -> None:
     response = client.post("/v1/pose", files=upload(name, posed.xyz()))
-    assert_error(response, 415, f"unsupported file type {suffix}; send one of .ply, .pcd, .xyz, .npy, .npz")
+    assert_error(
+        response,
+        415,
+        f"unsupported file type {suffix}; send one of .ply, .pcd, .xyz, .txt, .csv, .las, .laz, .e57, .npy, "
+        ".npz",
+    )
 
 
 PLY_XYZ_HEADER = (

@@ -558,7 +558,7 @@ CASES = [
         "npz-suffix-gzipped",
         upload("cloud.npz.gz", lambda: npy_bytes(SMALL)),
         415,
-        "unsupported file type '.gz'; send one of .ply, .pcd, .xyz, .npy, .npz",
+        "unsupported file type '.gz'; send one of .ply, .pcd, .xyz, .txt, .csv, .las, .laz, .e57, .npy, .npz",
     ),
     # ---- .ply
     Case(
@@ -798,7 +798,8 @@ CASES = [
         "file-type-exe",
         upload("cloud.exe", b"MZ\x90\x00"),
         415,
-        "unsupported file type '.exe'; send one of .ply, .pcd, .xyz, .npy, .npz",
+        "unsupported file type '.exe'; send one of .ply, .pcd, .xyz, .txt, .csv, .las, .laz, .e57, .npy, "
+        ".npz",
     ),
     Case(
         "file-name-300-characters",
