@@ -1130,16 +1130,20 @@ def cloudpose_detector(served: Mapping[str, object], units: str = "m") -> Detect
     from service.detect import detect
 
     def run(points: np.ndarray) -> list[Detection]:
-        report = detect(np.asarray(points, dtype=np.float64), served, units)
-        return [
-            Detection(
-                item.object,
-                item.pose.object_rotation,
-                item.pose.object_translation,
-                item.confidence(),
-                bool(item.pose.found),
-            )
-            for item in report.detections
-        ]
+        return bench_detections(detect(np.asarray(points, dtype=np.float64), served, units).detections)
 
     return run
+
+
+def bench_detections(found: Iterable) -> list[Detection]:
+    """:class:`service.detect.Detection` s as the benchmark scores them (score: the confidence)."""
+    return [
+        Detection(
+            item.object,
+            item.pose.object_rotation,
+            item.pose.object_translation,
+            item.confidence(),
+            bool(item.pose.found),
+        )
+        for item in found
+    ]

@@ -27,9 +27,9 @@ from pipeline.scene_bench import (
     DEFAULT_INTRINSICS,
     DEFAULT_NOISE,
     Criteria,
-    Detection,
     FrameScore,
     ObjectModel,
+    bench_detections,
     score_frame,
 )
 from pipeline.scenes import CameraMotion, SceneLayout, SceneObject, frame_sequence
@@ -55,19 +55,6 @@ class TrackedFrame:
     lost: int
     seconds: float
     score: FrameScore
-
-
-def _as_detections(found: Sequence) -> list[Detection]:
-    return [
-        Detection(
-            item.object,
-            item.pose.object_rotation,
-            item.pose.object_translation,
-            item.confidence(),
-            bool(item.pose.found),
-        )
-        for item in found
-    ]
 
 
 def run_track_bench(
@@ -125,7 +112,7 @@ def run_track_bench(
             if not previous or lost:
                 answer, tracked = list(detect(points, served, "m").detections), False
             seconds = time.perf_counter() - started
-            score = score_frame(_as_detections(answer), frame.instances, models, CRITERIA)
+            score = score_frame(bench_detections(answer), frame.instances, models, CRITERIA)
             frames.append(TrackedFrame(sequence, index, tracked, lost, seconds, score))
             previous = [
                 PreviousPose(item.object, item.pose.rotation, item.pose.translation)

@@ -371,10 +371,17 @@ async def read_frame_body(
     return "depth", (upload.filename or "", data, fields), extra
 
 
-def decode_frame(kind: str, raw: Any, settings: Settings) -> tuple[np.ndarray, str | None, np.ndarray | None]:
-    """The frame's points, the body's units and its viewpoint, from :func:`read_frame_body`."""
+def decode_frame(
+    kind: str, raw: Any, settings: Settings, units: str | None = None
+) -> tuple[np.ndarray, str | None, np.ndarray | None]:
+    """The frame's points, the body's units and its viewpoint, from :func:`read_frame_body`
+    (``units``: the request's ``?units=``, which a depth image cannot take)."""
     from service.frames import depth_frame_points
 
+    if kind == "depth" and units not in (None, "m"):
+        raise CloudError(
+            422, "a depth image gives points in metres (depth_scale sets its raw unit): leave out ?units="
+        )
     limit = settings.max_frame_points
     if kind == "file":
         name, data = raw
@@ -756,11 +763,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from service.detect import detect
 
         started = time.perf_counter()
-        if kind == "depth" and units not in (None, "m"):
-            raise CloudError(
-                422, "a depth image gives points in metres (depth_scale sets its raw unit): leave out ?units="
-            )
-        points, body_units, viewpoint = decode_frame(kind, raw, settings)
+        points, body_units, viewpoint = decode_frame(kind, raw, settings, units)
         units = _request_units(units, body_units) or "m"
         report = detect(points, objects, units, viewpoint, max_instances, budget_s=settings.detect_budget_s)
         warnings = None
@@ -842,16 +845,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from service.track import PreviousPose, track
 
         started = time.perf_counter()
-        if kind == "depth" and units not in (None, "m"):
-            raise CloudError(
-                422, "a depth image gives points in metres (depth_scale sets its raw unit): leave out ?units="
-            )
         if kind == "json":
             payload, body_units = json_payload(raw)
             points, viewpoint = frame_from_payload(payload, settings.max_frame_points)
             previous = payload.get("previous")
         else:
-            points, body_units, viewpoint = decode_frame(kind, raw, settings)
+            points, body_units, viewpoint = decode_frame(kind, raw, settings, units)
             if previous_text is None:
                 raise CloudError(422, "a multipart track request needs the field 'previous' (a JSON list)")
             try:

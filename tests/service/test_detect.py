@@ -20,7 +20,7 @@ from service.objects import ServedObject
 from service.settings import Settings
 from service.store import ObjectStore
 from service.symmetry import geodesic_deg
-from tests.service.test_uvicorn import cloudpose_command, free_port, running_server
+from tests.service.test_uvicorn import cloudpose_command, serving_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STORE = REPO_ROOT / "models" / "objects"
@@ -101,19 +101,7 @@ def test_a_frame_without_the_object_gets_no_detection(bunny, scene_bunny, distra
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("detect") / "server.log"
-    command = [
-        *cloudpose_command(),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--store",
-        str(STORE),
-    ]
-    with running_server(command, port, log_path) as url:
+    with serving_store(STORE, tmp_path_factory.mktemp("detect")) as url:
         yield url
 
 

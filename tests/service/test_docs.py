@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from service.inference import MIN_POINTS
-from tests.service.test_uvicorn import cloudpose_command, free_port, running_server
+from tests.service.test_uvicorn import serving_store
 from tests.service.test_viewer import CHROMIUM, LOCAL_HOSTS, chromium, local_page
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,19 +29,7 @@ browser_only = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("docs") / "server.log"
-    command = [
-        *cloudpose_command(),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--store",
-        str(STORE),
-    ]
-    with running_server(command, port, log_path) as url:
+    with serving_store(STORE, tmp_path_factory.mktemp("docs")) as url:
         yield url
 
 

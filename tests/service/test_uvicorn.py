@@ -63,6 +63,16 @@ def running_server(command: list[str], port: int, log_path: Path) -> Iterator[st
             process.wait(timeout=10)
 
 
+@contextmanager
+def serving_store(store: Path, folder: Path) -> Iterator[str]:
+    """``cloudpose serve --store STORE`` on a free loopback port (its log in ``folder``): the base URL."""
+    port = free_port()
+    command = [*cloudpose_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--store", str(store)]
+    with running_server(command, port, folder / "server.log") as url:
+        yield url
+
+
 def posed_cloud(template: np.ndarray, diagonal: float, seed: int) -> np.ndarray:
     """``template @ R + t`` for a uniform random rotation R and a translation within half a diagonal."""
     rng = np.random.default_rng(seed)

@@ -18,7 +18,13 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from tests.service.test_uvicorn import cloudpose_command, free_port, posed_cloud, running_server
+from tests.service.test_uvicorn import (
+    cloudpose_command,
+    free_port,
+    posed_cloud,
+    running_server,
+    serving_store,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STORE = REPO_ROOT / "models" / "objects"
@@ -100,19 +106,7 @@ def local_page(context) -> Iterator:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("viewer") / "server.log"
-    command = [
-        *cloudpose_command(),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--store",
-        str(STORE),
-    ]
-    with running_server(command, port, log_path) as url:
+    with serving_store(STORE, tmp_path_factory.mktemp("viewer")) as url:
         yield url
 
 
@@ -273,18 +267,7 @@ def test_with_api_keys_the_page_is_open_and_its_routes_need_the_key(
 ) -> None:
     key = "viewer-test-key"
     monkeypatch.setenv("CLOUDPOSE_API_KEYS", key)
-    port = free_port()
-    command = [
-        *cloudpose_command(),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--store",
-        str(STORE),
-    ]
-    with running_server(command, port, tmp_path / "server.log") as url:
+    with serving_store(STORE, tmp_path) as url:
         with httpx.Client(base_url=url, timeout=30) as client:
             for path in (
                 "/viewer",
