@@ -861,12 +861,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         report = track(points, objects, poses, _request_units(units, body_units) or "m", viewpoint)
         return orjson.dumps(
             {
-                "tracks": [
-                    {"lost": True, "object": pose.object}
-                    if found is None
-                    else {"lost": False, **found.to_dict()}
-                    for pose, found in zip(poses, report.tracks, strict=True)
-                ],
+                "tracks": report.answers(poses),
                 "lost": report.lost,
                 "n_points": int(len(points)),
                 "server_time_ms": (time.perf_counter() - started) * 1000,

@@ -263,7 +263,10 @@ class _Routes:
         call = self._frame_call(
             "/v1/track", _json(TrackResult.from_json), frame, depth, intrinsics, _query(units=units)
         )
-        call.data = {**(call.data or {}), "previous": json.dumps([_previous(item) for item in previous])}
+        call.data = {
+            **(call.data or {}),
+            "previous": json.dumps([previous_pose_json(item) for item in previous]),
+        }
         return call
 
     def _examples(self, name: str) -> Call:
@@ -284,7 +287,7 @@ class _Routes:
         return Call("GET", f"/v1/objects/{quote(name, safe='')}/geometry", _json(dict))
 
 
-def _previous(item: Any) -> dict[str, Any]:
+def previous_pose_json(item: Any) -> dict[str, Any]:
     """A previous pose as ``/v1/track`` takes it: from a detection, a followed track, a pose
     result (with its ``object``) or a mapping with ``object``, ``rotation`` and ``translation``."""
     if isinstance(item, Track):

@@ -106,6 +106,9 @@ SETTLE_MARGIN = 0.02
 SETTLE_POINTS = 4000
 # A settled answer is a detection only when its segment covers this much of its facing surface.
 MIN_SETTLED_VISIBLE = 0.5
+# Followed from a previous pose, an ambiguous answer is settled on the one candidate within this
+# many degrees of it (an instance turns a few degrees between frames, its look-alikes far more).
+PRIOR_DEGREES = 10.0
 SCREEN_POINTS = 64
 # Model points that say how much of the object the sensor sees.
 VISIBILITY_POINTS = 1500
@@ -372,7 +375,7 @@ class _FrameSearch:
         Returns:
             The detection (None when the frame does not bear the pose out), and the pose.
         """
-        found, pose = self._hypothesis(name, self.points[members], [start], plan)
+        found, pose = self._hypothesis(name, self.points[members], [start], plan, prior=start[0])
         if found is None:
             return None, pose
         self.detections.append(found.detection)
@@ -391,10 +394,17 @@ class _FrameSearch:
         return best
 
     def _hypothesis(
-        self, name: str, segment: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]], plan: SearchPlan
+        self,
+        name: str,
+        segment: np.ndarray,
+        starts: list[tuple[np.ndarray, np.ndarray]],
+        plan: SearchPlan,
+        prior: np.ndarray | None = None,
     ) -> tuple[_Hypothesis | None, ObjectPose]:
         """``segment`` (M, 3) posed as one object from ``starts``: the hypothesis when the pose is
-        found and the frame bears it out (None otherwise), and the pose."""
+        found and the frame bears it out (None otherwise), and the pose. An answer the frame
+        leaves ambiguous is settled on the candidate near ``prior`` (an object rotation (3, 3)
+        the instance had a moment before), when exactly one is."""
         (pose,) = self.objects[name].estimate(
             [segment],
             True,
@@ -407,6 +417,9 @@ class _FrameSearch:
         if pose.ambiguous:
             pose = self._settle(name, pose)
             least_visible = MIN_SETTLED_VISIBLE  # settled by the frame alone: more evidence
+        if pose.ambiguous and prior is not None:
+            pose = self._settle_by_prior(name, pose, prior)
+            least_visible = MIN_VISIBLE_FRACTION  # the previous frame bore the pose out
         if not pose.found:
             return None, pose
         return self._verify(name, segment, pose, least_visible), pose
@@ -499,6 +512,25 @@ class _FrameSearch:
             f"settled by the frame: {len(options) - 1} other pose(s) fit the points about as well, but "
             f"the sensor saw through where they put the object ({100 * runner_up:.0f} % of its "
             "facing surface or more)"
+        )
+        return served.settled(pose, int(order[0]), why)
+
+    def _settle_by_prior(self, name: str, pose: ObjectPose, prior: np.ndarray) -> ObjectPose:
+        """An ambiguous answer settled on the one candidate within ``PRIOR_DEGREES`` of ``prior``
+        (symmetries aside) when every other is at least twice as far; else unchanged."""
+        served = self.objects[name]
+        turns = [
+            served.symmetry.error_deg(np.asarray(candidate["rotation"], dtype=np.float64).T, prior)
+            for candidate in pose.candidates
+        ]
+        order = np.argsort(turns)
+        nearest = turns[order[0]]
+        runner_up = turns[order[1]] if len(turns) > 1 else np.inf
+        if nearest > PRIOR_DEGREES or runner_up < 2 * max(nearest, PRIOR_DEGREES):
+            return pose
+        why = (
+            f"settled by the previous pose: {len(turns) - 1} other pose(s) fit the points about as well, "
+            f"but they lie {runner_up:.0f} degrees or more from where the instance was"
         )
         return served.settled(pose, int(order[0]), why)
 

@@ -41,6 +41,7 @@ from service.results import (
     ObjectInfo,
     ObjectList,
     PoseResult,
+    TrackResult,
     error_for,
 )
 from service.settings import Settings
@@ -288,37 +289,16 @@ class Estimator:
             viewpoint: (3,) where the sensor was, when the points are not in its frame.
         """
         from service.detect import detect
-        from service.frames import depth_frame_points
 
         started = time.perf_counter()
         if isinstance(objects, str):
             objects = [objects]
         names = list(self.registry.objects) if objects is None else [name.strip() for name in objects]
         chosen = {name: self._served(name) for name in names if name}
-        limit = self.settings.max_frame_points
         with typed_errors():
             if not chosen:
                 raise CloudError(422, "objects names no object: give names, or leave it out")
-            if (frame is None) == (depth is None):
-                raise CloudError(422, "give one frame: a cloud (frame=...) or a depth image (depth=...)")
-            if depth is not None:
-                if units not in (None, "m"):
-                    raise CloudError(
-                        422,
-                        "a depth image gives points in metres (depth_scale sets its raw unit): "
-                        "leave out units",
-                    )
-                name, data = self._depth_bytes(depth)
-                points = depth_frame_points(name, data, _intrinsic_fields(intrinsics), limit)
-            elif _is_path(frame):
-                path = Path(frame)
-                points = read_frame_file(path.name, path.read_bytes(), limit)
-            elif isinstance(frame, np.ndarray):
-                # As the client uploads it: a frame .npy, whose NaN rows are missing returns.
-                points = read_frame_file("frame.npy", _npy(frame), limit)
-            else:
-                points = as_cloud(frame if isinstance(frame, list) else list(frame), limit)
-            seen_from = None if viewpoint is None else as_cloud([list(viewpoint)], 1, where="viewpoint")[0]
+            points, seen_from = self._frame(frame, depth, intrinsics, units, viewpoint)
             report = detect(
                 points, chosen, units or "m", seen_from, max_instances, budget_s=self.settings.detect_budget_s
             )
@@ -335,6 +315,77 @@ class Estimator:
                 "segments": report.segments,
                 "complete": report.complete,
                 **({"warnings": warnings} if warnings else {}),
+                "server_time_ms": (time.perf_counter() - started) * 1000,
+            }
+        )
+
+    def _frame(
+        self, frame: Any, depth: Any, intrinsics: Any, units: str | None, viewpoint: Sequence[float] | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A frame's points (N, 3) and viewpoint, checked as the frame routes check them."""
+        from service.frames import depth_frame_points
+
+        limit = self.settings.max_frame_points
+        if (frame is None) == (depth is None):
+            raise CloudError(422, "give one frame: a cloud (frame=...) or a depth image (depth=...)")
+        if depth is not None:
+            if units not in (None, "m"):
+                raise CloudError(
+                    422,
+                    "a depth image gives points in metres (depth_scale sets its raw unit): leave out units",
+                )
+            name, data = self._depth_bytes(depth)
+            points = depth_frame_points(name, data, _intrinsic_fields(intrinsics), limit)
+        elif _is_path(frame):
+            path = Path(frame)
+            points = read_frame_file(path.name, path.read_bytes(), limit)
+        elif isinstance(frame, np.ndarray):
+            # As the client uploads it: a frame .npy, whose NaN rows are missing returns.
+            points = read_frame_file("frame.npy", _npy(frame), limit)
+        else:
+            points = as_cloud(frame if isinstance(frame, list) else list(frame), limit)
+        seen_from = None if viewpoint is None else as_cloud([list(viewpoint)], 1, where="viewpoint")[0]
+        return points, seen_from
+
+    def track(
+        self,
+        frame: Any = None,
+        *,
+        previous: Sequence[Any],
+        depth: Any = None,
+        intrinsics: Any = None,
+        units: str | None = None,
+        viewpoint: Sequence[float] | None = None,
+    ) -> TrackResult:
+        """The instances of the frame before followed into this one, as ``POST /v1/track`` answers.
+
+        Args:
+            frame, depth, intrinsics, units, viewpoint: this frame, as :meth:`detect` takes it.
+            previous: the poses to follow, most trusted first: detections (a
+                :class:`DetectResult`'s ``detections``), the last answer's tracks, or mappings with
+                ``object``, ``rotation`` (3, 3) and ``translation`` (3,), as answers give them.
+
+        Returns:
+            One :class:`~service.results.Track` per previous pose, in their order.
+        """
+        from service.client import previous_pose_json
+        from service.track import PreviousPose, track
+
+        started = time.perf_counter()
+        with typed_errors():
+            points, seen_from = self._frame(frame, depth, intrinsics, units, viewpoint)
+            try:
+                items = [previous_pose_json(item) for item in previous]
+            except (KeyError, TypeError, ValueError) as error:
+                raise CloudError(422, f"previous: {error}") from None
+            objects = {name: self._served(name) for name in {item["object"] for item in items} if name}
+            poses = PreviousPose.parse(items, objects)
+            report = track(points, objects, poses, units or "m", seen_from)
+        return TrackResult.from_json(
+            {
+                "tracks": report.answers(poses),
+                "lost": report.lost,
+                "n_points": int(len(points)),
                 "server_time_ms": (time.perf_counter() - started) * 1000,
             }
         )

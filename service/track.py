@@ -126,6 +126,14 @@ class TrackReport:
     def lost(self) -> int:
         return sum(item is None for item in self.tracks)
 
+    def answers(self, previous: Sequence[PreviousPose]) -> list[dict]:
+        """The tracks as ``/v1/track`` answers them: a detection's fields with ``lost: false``, or
+        ``{"lost": true, "object": NAME}``."""
+        return [
+            {"lost": True, "object": pose.object} if found is None else {"lost": False, **found.to_dict()}
+            for pose, found in zip(previous, self.tracks, strict=True)
+        ]
+
 
 def track(
     points: np.ndarray,

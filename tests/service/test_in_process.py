@@ -100,6 +100,25 @@ def test_a_frame_gets_the_same_detections_as_over_http(
     assert refused.value.status == 422 and "cy" in refused.value.detail
 
 
+def test_a_frame_is_tracked_as_over_http(
+    estimator: Estimator,
+    server: str,  # noqa: F811
+    frame: Frame,  # noqa: F811
+) -> None:
+    found = estimator.detect(frame.points(), objects="bunny").detections
+    local = estimator.track(frame.points(), previous=found)
+    with Client(server, api_key=API_KEY, timeout=120) as client:
+        remote = client.track(frame.points(), previous=found)
+    assert local.lost == remote.lost == 0 and len(local.tracks) == len(remote.tracks) == 1
+    assert_same_answer(local.tracks[0].detection, remote.tracks[0].detection.raw)
+    np.testing.assert_allclose(local.tracks[0].detection.rotation, found[0].rotation, atol=0.02)
+    away = {"object": "bunny", "rotation": np.eye(3), "translation": [0.0, 0.0, -5.0]}
+    assert estimator.track(frame.points(), previous=[away]).tracks[0].lost
+    with pytest.raises(InvalidCloud) as refused:
+        estimator.track(frame.points(), previous=[{**away, "rotation": 2 * np.eye(3)}])
+    assert refused.value.detail == "previous[0].rotation is not a rotation matrix (R R^T = I, det R = +1)"
+
+
 def test_ten_points_are_refused_as_over_http(
     estimator: Estimator,
     raw: httpx.Client,

@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.scenes import CameraMotion, Frame, Intrinsics, SceneCounts, SceneLayout, frame_sequence
 from service.detect import detect
+from service.objects import ObjectPose
 from service.symmetry import geodesic_deg
 from service.track import PreviousPose, track
 from tests.service import test_detect
@@ -183,3 +184,38 @@ def test_camera_motion_is_seeded(scene_bunny, distractors) -> None:
     ]
     assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
     assert not np.array_equal(runs[0][0], runs[0][1])
+
+
+def test_an_ambiguous_answer_is_settled_on_the_candidate_near_the_previous_pose(bunny, frames) -> None:
+    from scipy.spatial.transform import Rotation
+
+    from service.detect import open_frame
+
+    points = frames[1].points().astype(np.float64)
+    search, _, _ = open_frame(points, {"bunny": bunny}, "m", None, 0)
+    truth = frames[1].instances[0]
+    turned = Rotation.from_euler("z", 90, degrees=True).as_matrix() @ truth.rotation
+
+    def candidate(rotation: np.ndarray) -> dict:
+        back = rotation.T  # an answer's back transform
+        return {
+            "rotation": back.tolist(),
+            "translation": (-truth.translation @ back).tolist(),
+            "fitness": 0.95,
+            "inlier_rmse": 0.001,
+            "confidence": 0.8,
+        }
+
+    ambiguous = ObjectPose(
+        truth.rotation.T, -truth.translation @ truth.rotation.T, truth.rotation, truth.translation, False,
+        scale=bunny.scale_for("m"), confidence={"confidence": 0.8},
+        candidates=[candidate(turned), candidate(truth.rotation)], ambiguous=True,
+        reason="1 other pose(s) fit the cloud about as well",
+    )  # fmt: skip
+    near = Rotation.from_euler("x", 3, degrees=True).as_matrix() @ truth.rotation
+    settled = search._settle_by_prior("bunny", ambiguous, near)
+    assert settled.found and not settled.ambiguous
+    np.testing.assert_allclose(settled.object_rotation, truth.rotation, atol=1e-9)
+    assert any(warning.startswith("settled by the previous pose") for warning in settled.warnings)
+    halfway = Rotation.from_euler("z", 45, degrees=True).as_matrix() @ truth.rotation
+    assert search._settle_by_prior("bunny", ambiguous, halfway) is ambiguous
