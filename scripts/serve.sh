@@ -28,7 +28,7 @@ else
 fi
 cat >&2 <<TXT
 
-cloudpose serves on http://127.0.0.1:$port  (docs: /docs; objects: /v1/objects). Try:
+cloudpose serves on http://127.0.0.1:$port  (see a pose: /viewer; docs: /docs; objects: /v1/objects). Try:
   curl -s -X POST localhost:$port/v1/pose -H 'content-type: application/json' -d @$example/example.json
   curl -s -X POST localhost:$port/v1/pose -F file=@$example/example.xyz
 $example/example.json also holds the true answer (true_rotation, true_translation).
