@@ -766,19 +766,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         points, body_units, viewpoint = decode_frame(kind, raw, settings, units)
         units = _request_units(units, body_units) or "m"
         report = detect(points, objects, units, viewpoint, max_instances, budget_s=settings.detect_budget_s)
-        warnings = None
-        if not report.complete:
-            warnings = [
-                f"the detection budget ({settings.detect_budget_s:g} s) ran out before every "
-                "segment of the frame was looked at: instances may be missing"
-            ]
         return orjson.dumps(
             {
-                "detections": [detection.to_dict() for detection in report.detections],
-                "n_points": int(len(points)),
-                "segments": report.segments,
-                "complete": report.complete,
-                **({"warnings": warnings} if warnings else {}),
+                **report.answer(len(points), settings.detect_budget_s),
                 "server_time_ms": (time.perf_counter() - started) * 1000,
                 "request_id": request_id,
             }

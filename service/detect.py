@@ -168,6 +168,22 @@ class FrameReport:
     complete: bool = True
     poses: int = 0  # proposals posed as an object
 
+    def answer(self, n_points: int, budget_s: float | None) -> dict[str, Any]:
+        """The report as ``/v1/detect`` answers it (``budget_s``: the budget it ran under)."""
+        warnings = None
+        if not self.complete:
+            warnings = [
+                f"the detection budget ({budget_s:g} s) ran out before every segment of the frame "
+                "was looked at: instances may be missing"
+            ]
+        return {
+            "detections": [detection.to_dict() for detection in self.detections],
+            "n_points": int(n_points),
+            "segments": self.segments,
+            "complete": self.complete,
+            **({"warnings": warnings} if warnings else {}),
+        }
+
 
 def voxel_labels(points: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
     """Voxel means of a cloud and each point's voxel.

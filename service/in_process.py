@@ -302,19 +302,9 @@ class Estimator:
             report = detect(
                 points, chosen, units or "m", seen_from, max_instances, budget_s=self.settings.detect_budget_s
             )
-        warnings = None
-        if not report.complete:
-            warnings = [
-                f"the detection budget ({self.settings.detect_budget_s:g} s) ran out before every "
-                "segment of the frame was looked at: instances may be missing"
-            ]
         return DetectResult.from_json(
             {
-                "detections": [detection.to_dict() for detection in report.detections],
-                "n_points": int(len(points)),
-                "segments": report.segments,
-                "complete": report.complete,
-                **({"warnings": warnings} if warnings else {}),
+                **report.answer(len(points), self.settings.detect_budget_s),
                 "server_time_ms": (time.perf_counter() - started) * 1000,
             }
         )
