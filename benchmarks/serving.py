@@ -408,6 +408,13 @@ def json_batch_body(clouds: Sequence[np.ndarray]) -> bytes:
     return orjson.dumps({"clouds": [{"points": points.tolist()} for points in clouds]})
 
 
+def npy_bytes(points: np.ndarray) -> bytes:
+    """A cloud as a ``.npy`` file's bytes, float32 (as sensors and the viewer send frames)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(points, dtype=np.float32))
+    return buffer.getvalue()
+
+
 def npy_multipart_body(points: np.ndarray) -> tuple[bytes, str]:
     """A multipart/form-data body with the cloud as ``cloud.npy`` in field ``file``, and its
     content type."""

@@ -17,7 +17,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
@@ -30,13 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import running_servers  # noqa: E402
-
-
-def npy_bytes(points: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(points, dtype=np.float32))
-    return buffer.getvalue()
+from serving import npy_bytes, running_servers  # noqa: E402
 
 
 def http_loop(store: Path, sequences: list[list], url: str) -> dict[str, list[float]]:

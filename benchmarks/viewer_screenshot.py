@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import running_servers  # noqa: E402
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--headless",
@@ -37,40 +37,8 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-READY_TIMEOUT_S = 60.0
 ANSWER_TIMEOUT_MS = 60_000
 PALETTE_COLOURS = 128
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(port: int, log_path: Path) -> subprocess.Popen:
-    """``cloudpose serve`` on loopback, once ``/health`` answers."""
-    script = Path(sys.executable).parent / "cloudpose"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "pipeline.cli"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [*command, "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}:\n{log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.terminate()
-    raise SystemExit(f"the server was not ready after {READY_TIMEOUT_S:g} s")
 
 
 def screenshot(base_url: str, object_name: str, example: str, width: int, height: int) -> bytes:
@@ -109,14 +77,8 @@ def main() -> int:
     if not CHROMIUM.is_file():
         print(f"error: {CHROMIUM} is missing: install Debian's chromium package", file=sys.stderr)
         return 1
-    port = free_port()
-    with tempfile.TemporaryDirectory() as folder:
-        process = start_server(port, Path(folder) / "server.log")
-        try:
-            png = screenshot(f"http://127.0.0.1:{port}", args.object, args.example, args.width, args.height)
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+    with tempfile.TemporaryDirectory() as folder, running_servers(Path(folder)) as (server,):
+        png = screenshot(server.url, args.object, args.example, args.width, args.height)
     # A palette PNG is a fraction of the size and looks the same: the page has few colours.
     image = (
         Image.open(io.BytesIO(png)).convert("RGB").quantize(PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT)

@@ -682,13 +682,8 @@ def make_frame(
     """A random cluttered frame: :func:`place_objects`, rendered with the sensor's noise.
 
     Args:
-        targets: objects whose instances carry ground truth.
-        distractors: clutter.
-        rng: seeded generator; the only source of randomness.
-        intrinsics: the camera.
-        counts: how many of each.
+        targets, distractors, rng, intrinsics, counts, layout: as for :func:`place_objects`.
         noise: the sensor's errors.
-        layout: the table and the spread of objects.
 
     Returns:
         The frame; ``Frame.plane`` is the table's top face.

@@ -4,7 +4,6 @@ refused with their detail."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import httpx
@@ -19,6 +18,7 @@ from service.track import PreviousPose, track
 from tests.service import test_detect
 
 ROTATION_DEG, TRANSLATION_M = test_detect.ROTATION_DEG, test_detect.TRANSLATION_M
+npy_bytes = test_detect.npy_bytes  # frames' points are float32 already
 # The detection tests' fixtures: the served bunny, its scene mesh, distractors, a real server.
 bunny, scene_bunny, distractors, server = (
     test_detect.bunny,
@@ -84,12 +84,6 @@ def test_a_pose_where_nothing_is_is_lost(bunny, frames: list[Frame]) -> None:
     away = PreviousPose("bunny", np.eye(3), np.array([0.0, 0.0, -5.0]))  # 5 m behind the camera
     report = track(frames[1].points(), {"bunny": bunny}, [away], "m")
     assert report.tracks == [None] and report.lost == 1
-
-
-def npy_bytes(points: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, points.astype(np.float32))
-    return buffer.getvalue()
 
 
 def test_track_route_follows_the_detections_of_the_frame_before(server: str, frames: list[Frame]) -> None:
