@@ -737,6 +737,13 @@ def object_add(
     metres_per_unit: Annotated[
         float | None, typer.Option(min=0.0, help="One file unit in metres, for files in no named unit.")
     ] = None,
+    surface_tolerance: Annotated[
+        str | None,
+        typer.Option(
+            help="How far the real part's surface may lie from the mesh: 0.5mm, 0.3% (of the "
+            "diagonal) or a number in the file's units (default: 0.3% of the diagonal)."
+        ),
+    ] = None,
     model: Annotated[
         Path | None,
         typer.Option(help="Package this exported model.onnx (of the same mesh) instead of training."),
@@ -785,6 +792,7 @@ def object_add(
             store=ObjectStore(store),
             units=units,
             metres_per_unit_value=metres_per_unit,
+            surface_tolerance_text=surface_tolerance,
             model_path=model,
             time_budget_s=time_budget_s,
             train=not no_train,

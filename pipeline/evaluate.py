@@ -215,7 +215,9 @@ def report_figure(evaluation: Evaluation):
         title = f"median {median:.4g} {unit}"
         if unit == "deg":
             high = max(high, 10.0)  # the 1° and 5° lines stay in view
-        bins = np.logspace(np.log10(low), np.log10(max(high, low * 1.01)), 60)
+        top = max(high, low * 1.01)
+        bins = np.logspace(np.log10(low), np.log10(top), 60)
+        bins[0], bins[-1] = low, top  # 10 ** log10(x) can round below x and drop the extremes
         axis.hist(finite, bins=bins, color="#3b6ea5")
         axis.set_xscale("log")
         axis.axvline(median, color="black", linewidth=0.8, label="median")

@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import platform
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from pipeline.files import atomic_write_bytes
 from pipeline.mesh import Mesh, MeshError, load_mesh
 from service.refine import sample_surface_with_normals
 from service.store import (
+    UNITS_M,
     ObjectPackage,
     ObjectStore,
     StoreError,
@@ -390,6 +392,54 @@ def base_descriptor(
     }
 
 
+def surface_tolerance(
+    text: str | None, metres_per_unit_value: float | None, diagonal: float
+) -> tuple[float, str]:
+    """How far the real object's surface may lie from its mesh, in the mesh's units, and where the
+    figure came from.
+
+    Args:
+        text: ``0.5mm`` (any unit of :data:`service.store.UNITS_M`; needs the mesh's units),
+            ``0.3%`` (of the mesh's bounding-box diagonal), a bare number (the mesh's own units),
+            or None for the default (:data:`service.inference.DEFAULT_SURFACE_TOLERANCE` of the
+            diagonal, set on real laser scans).
+
+    Raises:
+        ConfigError: a figure that is not a positive number, or a unit the mesh cannot convert.
+    """
+    from service.inference import DEFAULT_SURFACE_TOLERANCE
+
+    if text is None:
+        value = DEFAULT_SURFACE_TOLERANCE * diagonal
+        return value, f"default: {100 * DEFAULT_SURFACE_TOLERANCE:g} % of the diagonal (real laser scans)"
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z%]*)\s*", text)
+    problem = (
+        f"--surface-tolerance {text!r}: give a positive length such as 0.5mm, 0.3% (of the diagonal) or 0.002"
+    )
+    if match is None or float(match.group(1)) <= 0:
+        raise ConfigError(problem)
+    number, unit = float(match.group(1)), match.group(2).lower()
+    if unit == "%":
+        value = number / 100.0 * diagonal
+    elif unit == "":
+        value = number
+    elif unit in UNITS_M:
+        if metres_per_unit_value is None:
+            raise ConfigError(
+                f"--surface-tolerance {text!r}: the mesh was added without units, so {unit} cannot be "
+                "converted; give the tolerance in the file's own units or as a % of the diagonal"
+            )
+        value = number * UNITS_M[unit] / metres_per_unit_value
+    else:
+        raise ConfigError(problem)
+    if value >= 0.1 * diagonal:
+        raise ConfigError(
+            f"--surface-tolerance {text!r} is {100 * value / diagonal:.3g} % of the object's diagonal: "
+            "a pose cannot be told from a wrong one that loosely; give at most 10 %"
+        )
+    return value, f"given: {text.strip()}"
+
+
 def add_object(
     name: str,
     mesh_path: str | Path,
@@ -397,6 +447,7 @@ def add_object(
     store: ObjectStore,
     units: str | None = None,
     metres_per_unit_value: float | None = None,
+    surface_tolerance_text: str | None = None,
     model_path: str | Path | None = None,
     time_budget_s: float = DEFAULT_BUDGET_S,
     train: bool = True,
@@ -415,6 +466,8 @@ def add_object(
         units: what the file's numbers are in (a name of :data:`service.store.UNITS_M`, or any
             label when ``metres_per_unit_value`` gives the size).
         metres_per_unit_value: one file unit in metres, for files in no named unit.
+        surface_tolerance_text: how far the real part's surface may lie from the mesh
+            (:func:`surface_tolerance`); None for the default.
         model_path: an exported model of this mesh to package instead of training one.
         mode: ``new`` refuses an existing object or training run; ``resume`` continues the
             object's training run; ``retrain`` starts its training over.
@@ -452,6 +505,9 @@ def add_object(
     mesh, report = check_mesh(mesh_path, metres_per_unit_value, units)
     for warning in report.warnings:
         say(f"warning: {warning}")
+    tolerance, tolerance_source = surface_tolerance(
+        surface_tolerance_text, metres_per_unit_value, mesh.diagonal
+    )
     symmetry = find_symmetry(mesh)
     say(
         f"symmetry: {symmetry.kind}"
@@ -465,6 +521,8 @@ def add_object(
         mesh.vertices, mesh.faces, SURFACE_POINTS, np.random.default_rng(seed)
     )
     meta = base_descriptor(mesh_path, mesh, report, units, metres_per_unit_value, symmetry, view_offset)
+    meta["tuning"]["surface_tolerance"] = tolerance
+    meta["tuning"]["surface_tolerance_source"] = tolerance_source
     meta["tuning"]["near_symmetries"] = [turn.tolist() for turn in near]
     meta["tuning"]["ambiguous_views"] = measure_view_ambiguity(mesh, surface, symmetry, seed=seed)
     if meta["tuning"]["ambiguous_views"] > 0:
@@ -679,6 +737,14 @@ def _provenance(
         + (f", axis {[round(v, 4) for v in symmetry['axis']]}" if symmetry.get("axis") else "")
         + " |",
         f"| tuning | view offset {meta['tuning']['view_offset']:.3f} diagonals (measured) |",
+        *(
+            [
+                f"| surface tolerance | {meta['tuning']['surface_tolerance']:.4g} file units "
+                f"({meta['tuning'].get('surface_tolerance_source', '')}) |"
+            ]
+            if "surface_tolerance" in meta["tuning"]
+            else []
+        ),
         f"| command | `{meta.get('provenance', {}).get('command', '')}` |",
         f"| seed | {meta.get('provenance', {}).get('seed', 0)} |",
         f"| python | {platform.python_version()} |",

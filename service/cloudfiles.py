@@ -9,7 +9,8 @@ A file's header says how much data follows. Each reader here:
    :data:`MAX_DECODED_BYTES`) before it allocates anything, so a 400-byte file that declares a
    billion points costs nothing;
 2. checks that the data present matches the header exactly: no missing or extra rows, no
-   truncated or padded binary;
+   truncated or padded binary (one exception: the slack real writers such as PCL leave after a
+   PCD's binary_compressed block, which PCL ignores, is ignored here too);
 3. lets the format's library parse it (numpy's ``.npy`` reader and ``loadtxt``, ``pypcd4``,
    ``laspy``, ``pye57``; for PLY, ``plyfile`` parses the header and numpy reads the vertex block
    by the dtype plyfile gives, as plyfile's own memory-mapped path does), and checks the parsed
@@ -571,12 +572,16 @@ def read_pcd(data: bytes, max_points: int) -> np.ndarray:
                 f"says its compressed data expands to {uncompressed} bytes, but its header declares "
                 f"{points} points of {row_bytes} bytes ({declared} bytes): the file is corrupt",
             )
-        if compressed != present - 8:
+        if compressed > present - 8:
             raise BadCloudFile(
                 422,
                 f"says its compressed data is {compressed} bytes, but {_bytes_follow(present - 8)}: the "
-                f"file is {'truncated' if present - 8 < compressed else 'corrupt'}",
+                "file is truncated",
             )
+        # Bytes after the compressed block are slack that real writers leave (PCL's own files
+        # end in a few kilobytes of zeros) and PCL's reader ignores: never read, never
+        # decompressed, and bounded by the body limit like the rest of the upload.
+        data = data[: header_length + 8 + compressed]
     if points == 0:
         return np.empty((0, 3))
     # pypcd4 parses a header it writes itself, from the checked fields, followed by the checked data.

@@ -122,7 +122,9 @@ def read_cloud_file(filename: str, data: bytes, max_points: int) -> np.ndarray:
 def read_frame_file(filename: str, data: bytes, max_points: int) -> np.ndarray:
     """A whole sensor frame from an uploaded cloud file: as :func:`read_cloud_file`, and an
     organized cloud (an (H, W, 3) ``.npy``, or an organized PCD or PLY) may mark pixels without
-    a return with NaN rows, which are dropped.
+    a return with NaN, which are dropped: a row with any NaN coordinate is no return, as PCL's
+    ``isFinite`` has it (Kinect frames written by PCL hold both (NaN, NaN, NaN) and
+    (-0, -0, NaN) for no return).
 
     Returns:
         (N, 3) float64, validated as :func:`as_cloud` does.
@@ -131,7 +133,7 @@ def read_frame_file(filename: str, data: bytes, max_points: int) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] == 3 and array.dtype.names is None:
         array = array.reshape(-1, 3)  # (H*W, 3), row by row
     if array.ndim == 2 and array.shape[1] == 3 and array.dtype.kind == "f":
-        array = array[~np.isnan(array).all(axis=1)]  # no return
+        array = array[~np.isnan(array).any(axis=1)]  # no return
         if array.size == 0:
             raise CloudError(422, f"{shown!r} has no point with a return (every row is NaN)")
     return as_cloud(array, max_points, where=shown)

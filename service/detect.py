@@ -611,11 +611,7 @@ def detect(
 
     points = np.asarray(points, dtype=np.float64)
     search, on_plane, voxel = open_frame(points, objects, units, viewpoint, seed, lap)
-    kept = np.flatnonzero(~on_plane)
-    segments = []
-    if len(kept):
-        voxels, voxel_of_point = voxel_labels(points[kept], voxel)
-        segments = [kept[members] for members in _members(_clusters(voxels, voxel)[voxel_of_point])]
+    segments = frame_segments(points, on_plane, voxel)
     lap("segments_ms")
     deadline = None if budget_s is None else started + budget_s
     complete = True
@@ -698,6 +694,22 @@ def open_frame(
     search = _FrameSearch(points, objects, sizes, units, sensor, RangeImage(sight, sensor, cell=cell), plane)
     lap("range_image_ms")
     return search, on_plane, voxel
+
+
+def frame_segments(points: np.ndarray, on_plane: np.ndarray, voxel: float) -> list[np.ndarray]:
+    """The segments of a frame off its support planes: DBSCAN clusters of the voxels of what is
+    left, as (M,) point indices into ``points``, largest first (at least ``MIN_SEGMENT_POINTS``).
+
+    Args:
+        points: (N, 3) the frame.
+        on_plane: (N,) whether each point lies on a support plane (:func:`open_frame`).
+        voxel: the voxel side (:func:`open_frame`).
+    """
+    kept = np.flatnonzero(~on_plane)
+    if not len(kept):
+        return []
+    voxels, voxel_of_point = voxel_labels(points[kept], voxel)
+    return [kept[members] for members in _members(_clusters(voxels, voxel)[voxel_of_point])]
 
 
 def _members(point_labels: np.ndarray) -> list[np.ndarray]:

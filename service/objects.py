@@ -461,7 +461,8 @@ class ServedObject:
         elif not refinement.explained:
             answer.reason = (
                 f"the best pose leaves the points {refinement.inlier_rmse:.3g} (RMS) from the surface, well "
-                f"beyond their own scatter ({refinement.surface_noise:.3g}): probably a wrong pose"
+                f"beyond what their own scatter ({refinement.surface_noise:.3g}) and the object's surface "
+                f"tolerance ({refinement.surface_tolerance:.3g}) explain: probably a wrong pose"
             )
         competitors = [
             other

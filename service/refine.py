@@ -311,9 +311,11 @@ class Refinement:
         competitors: other refined poses, more than the symmetry-aware ``distinct`` test apart,
             that fit the cloud about as well (within ``RIVAL_FITNESS_MARGIN``): a view that
             several poses explain.
-        explained: False when the inlier RMSE is well beyond the cloud's own scatter about its
-            local surface (:func:`surface_noise`): a wrong pose that still lies near the surface.
+        explained: False when the inlier RMSE is well beyond what the cloud's own scatter about
+            its local surface (:func:`surface_noise`) and the object's surface tolerance explain:
+            a wrong pose that still lies near the surface.
         surface_noise: that scatter, in mesh units, when it was measured.
+        surface_tolerance: the object's surface tolerance the verdict allowed, mesh units.
     """
 
     object_rotation: np.ndarray
@@ -327,6 +329,7 @@ class Refinement:
     competitors: list[Refinement] = field(default_factory=list)
     explained: bool = True
     surface_noise: float | None = None
+    surface_tolerance: float | None = None
 
     @property
     def confident(self) -> bool:
@@ -1018,7 +1021,9 @@ def _as_pose(pose: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def surface_noise(points: np.ndarray, seed: int = 0, queries: int = 256, neighbours: int = 10) -> float:
+def surface_noise(
+    points: np.ndarray, seed: int = 0, queries: int = 256, neighbours: int = 10, max_points: int = 4096
+) -> float:
     """How far a cloud's points scatter about their own local surface, independent of any model.
 
     The median, over up to ``queries`` points, of the RMS distance of each point's
@@ -1028,13 +1033,15 @@ def surface_noise(points: np.ndarray, seed: int = 0, queries: int = 256, neighbo
 
     Args:
         points: (N, 3) observed cloud, N >= ``neighbours``.
+        max_points: the cloud is subsampled to this many points first, so the patches' size,
+            and the estimate, stop shrinking as the cloud grows denser.
     """
     from scipy.spatial import cKDTree
 
     points = np.asarray(points, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    if len(points) > 4096:
-        points = points[rng.choice(len(points), 4096, replace=False)]
+    if len(points) > max_points:
+        points = points[rng.choice(len(points), max_points, replace=False)]
     count = min(neighbours, len(points))
     centres = points[rng.choice(len(points), min(queries, len(points)), replace=False)]
     _, index = cKDTree(points).query(centres, k=count)

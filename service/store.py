@@ -179,6 +179,13 @@ class ObjectPackage:
     def tuning(self) -> dict[str, float]:
         return dict(self.meta["tuning"])
 
+    @property
+    def surface_tolerance(self) -> float | None:
+        """How far the real object's surface may lie from the mesh (file units), when the package
+        says (packages made before it was measured do not: the service's default applies)."""
+        value = self.meta["tuning"].get("surface_tolerance")
+        return None if value is None else float(value)
+
     def surface(self) -> np.ndarray:
         """(M, 6) surface points and normals (internal frame), checked against the hash."""
         if sha256_file(self.surface_path) != self.meta["surface"].get("sha256"):

@@ -312,22 +312,41 @@ def test_surface_noise_measures_the_scatter_about_the_local_surface() -> None:
     assert 0.006 < surface_noise(noisy) < 0.012
 
 
-def test_a_fit_far_beyond_the_cloud_scatter_is_unexplained() -> None:
-    from service.inference import UNEXPLAINED_FLOOR, _CloudScatter
+def test_a_fit_beyond_the_scatter_and_the_surface_tolerance_is_unexplained() -> None:
+    from service.inference import EXPLAINED_RATIO, _CloudScatter
     from service.refine import Refinement
 
     rng = np.random.default_rng(1)
     cloud = np.column_stack([rng.uniform(-1, 1, (2000, 2)), rng.normal(0.0, 0.003, 2000)])
-    diagonal = 2.0
+    diagonal, tolerance = 2.0, 0.004
 
     def fit(rmse: float) -> Refinement:
         return Refinement(np.eye(3), np.zeros(3), 1.0, rmse, 100 * rmse / diagonal, 1, True, 1.0)
 
-    scatter = _CloudScatter(cloud)
-    assert scatter.explains(fit(0.5 * UNEXPLAINED_FLOOR * diagonal), diagonal)
-    assert scatter.noise is None  # below the floor nothing is measured
-    assert scatter.explains(fit(0.0045), diagonal)  # within 3x of about 0.0025
-    assert not scatter.explains(fit(0.02), diagonal)
+    scatter = _CloudScatter(cloud, tolerance)
+    assert scatter.explains(fit(0.99 * EXPLAINED_RATIO * tolerance), diagonal)
+    assert scatter.noise is None  # the tolerance alone explains it: nothing is measured
+    # The scatter (about 0.0025) and the tolerance add up: sqrt(0.0025^2 + 0.004^2) = 0.0047.
+    assert 0.0045 < scatter.expected() < 0.0050
+    assert scatter.explains(fit(0.009), diagonal)
+    assert not scatter.explains(fit(0.011), diagonal)
+    assert not _CloudScatter(cloud, 0.0).explains(fit(0.009), diagonal)
+
+
+def test_more_points_of_the_same_surface_do_not_make_the_check_stricter() -> None:
+    """A dense scan's scatter is measured at the scale of a sparse one's (a fixed-size subsample),
+    so the expected residual of a right pose does not shrink as the scan grows."""
+    from service.inference import _CloudScatter
+
+    def sphere(count: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        directions = rng.normal(size=(count, 3))
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        return directions * (1.0 + rng.normal(0.0, 0.002, (count, 1)))
+
+    sparse = _CloudScatter(sphere(1024, 3), 0.0).expected()
+    dense = _CloudScatter(sphere(40_000, 4), 0.0).expected()
+    assert 0.8 < dense / sparse < 1.25
 
 
 def test_a_close_fit_that_leaves_part_of_a_clean_cloud_off_the_surface_is_incomplete() -> None:
@@ -344,9 +363,9 @@ def test_a_close_fit_that_leaves_part_of_a_clean_cloud_off_the_surface_is_incomp
     def fit(fitness: float) -> Refinement:
         return Refinement(np.eye(3), np.zeros(3), fitness, 1e-4, 5e-3, 1, True, fitness)
 
-    assert _CloudScatter(clean).incomplete(fit(0.91), diagonal)
-    assert not _CloudScatter(clean).incomplete(fit(0.995), diagonal)
-    assert not _CloudScatter(noisy).incomplete(fit(0.91), diagonal)
+    assert _CloudScatter(clean, 0.0).incomplete(fit(0.91), diagonal)
+    assert not _CloudScatter(clean, 0.0).incomplete(fit(0.995), diagonal)
+    assert not _CloudScatter(noisy, 0.0).incomplete(fit(0.91), diagonal)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -156,7 +156,14 @@ def test_add_object_package_reads_back(meshes: dict[str, Path], tmp_path: Path) 
     assert package.mesh_path == store.root / "box" / "mesh.stl"
     assert package.mesh_path.read_bytes() == meshes["box"].read_bytes()
     assert package.model_path is None
-    assert set(package.tuning) == {"view_offset", "near_symmetries", "ambiguous_views"}
+    assert set(package.tuning) == {
+        "view_offset",
+        "near_symmetries",
+        "ambiguous_views",
+        "surface_tolerance",
+        "surface_tolerance_source",
+    }
+    assert package.surface_tolerance == pytest.approx(0.003 * package.diagonal)  # the default
     assert package.tuning["ambiguous_views"] > 0  # a box seen on two faces fits other poses too
     surface = package.surface()
     assert surface.shape == (SURFACE_POINTS, 6)
