@@ -37,6 +37,9 @@ NEAR_SYMMETRY_POINTS = 128
 COPY_FITNESS_MARGIN = 0.05
 COPY_RMSE_RATIO = 2.0
 MAX_FINISHED_RIVALS = 3
+# Without a network, the near-symmetric copies of this many of the votes' best poses are screened
+# first (the lever's view: its flipped copy's peak is the second or third).
+NEAR_SYMMETRY_VOTES = 3
 # A fit this complete, with an RMSE under UNEXPLAINED_FLOOR, is tight.
 TIGHT_FITNESS = 0.98
 # A cloud covering this share of the model's surface is whole: no view of it is ambiguous.
@@ -246,7 +249,8 @@ def _better(first: Any, second: Any) -> Any:
 # What a right pose's residual is made of (the inlier RMSE, on at most REFINE_MAX_POINTS points,
 # so more points never make the test stricter):
 # * the sensor's scatter about the local surface, estimated from the cloud (surface_noise, on a
-#   subsample of REFINE_MAX_POINTS points, so its scale does not shrink as the cloud grows);
+#   subsample of at most SCATTER_POINTS points, so its scale stops shrinking as the cloud grows;
+#   denser patches keep the surface's own curvature out of the estimate);
 # * the object's surface tolerance: how far a real surface lies from its mesh (a smoothed
 #   reconstruction, a CAD file the part only approximates, the scanner's calibration). A package
 #   parameter (`object add --surface-tolerance`); its default, DEFAULT_SURFACE_TOLERANCE of the
@@ -259,6 +263,7 @@ def _better(first: Any, second: Any) -> Any:
 # lie near the surface leave the dragon's real scans at 3-4 (about 1 % of the diagonal).
 DEFAULT_SURFACE_TOLERANCE = 0.003
 EXPLAINED_RATIO = 2.0
+SCATTER_POINTS = 4096
 # A fit this close (fraction of the diagonal) to a clean cloud is tight (synthetic bench sets:
 # clean samples of the surface fit to about 0.0004).
 UNEXPLAINED_FLOOR = 0.002
@@ -316,7 +321,7 @@ class _CloudScatter:
         if self.noise is None:
             from service.refine import surface_noise
 
-            self.noise = surface_noise(self.cloud, seed=len(self.cloud), max_points=REFINE_MAX_POINTS)
+            self.noise = surface_noise(self.cloud, seed=len(self.cloud), max_points=SCATTER_POINTS)
         return self.noise
 
 
@@ -725,10 +730,14 @@ class PoseEstimator:
                     return [pose, (pose[0], near)]
 
                 estimate = (rotation, translation)
-                # Wider and wider until a copy fits well: the network's estimate; its estimates
+                # Wider and wider until a copy fits well: the network's estimate (or the votes'
+                # best few: a near-symmetric copy's own peak is often among them); its estimates
                 # on half-turned clouds, which differ; all of them from every view centre.
+                first = [estimate]
+                if voted:  # the principal axes' first guess beside them: noisy normals vote poorly
+                    first = [*voted[:NEAR_SYMMETRY_VOTES], *self._principal_guesses(sample, centroid, 1)]
                 rounds = (
-                    lambda: with_view_centre(estimate),
+                    lambda: [start for pose in first for start in with_view_centre(pose)],
                     lambda: [start for pose in half_turns() for start in with_view_centre(pose)],
                     lambda: [(pose[0], centre) for pose in [estimate, *half_turns()] for centre in centres],
                 )

@@ -334,9 +334,9 @@ def test_a_fit_beyond_the_scatter_and_the_surface_tolerance_is_unexplained() -> 
 
 
 def test_more_points_of_the_same_surface_do_not_make_the_check_stricter() -> None:
-    """A dense scan's scatter is measured at the scale of a sparse one's (a fixed-size subsample),
-    so the expected residual of a right pose does not shrink as the scan grows."""
-    from service.inference import _CloudScatter
+    """A dense scan's scatter is measured on a subsample of SCATTER_POINTS, so the expected
+    residual of a right pose stops shrinking as the scan grows."""
+    from service.inference import SCATTER_POINTS, _CloudScatter
 
     def sphere(count: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
@@ -344,9 +344,10 @@ def test_more_points_of_the_same_surface_do_not_make_the_check_stricter() -> Non
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         return directions * (1.0 + rng.normal(0.0, 0.002, (count, 1)))
 
-    sparse = _CloudScatter(sphere(1024, 3), 0.0).expected()
-    dense = _CloudScatter(sphere(40_000, 4), 0.0).expected()
-    assert 0.8 < dense / sparse < 1.25
+    sparse = _CloudScatter(sphere(SCATTER_POINTS, 3), 0.0).expected()
+    for count in (10_000, 40_000, 200_000):
+        dense = _CloudScatter(sphere(count, count), 0.0).expected()
+        assert 0.8 < dense / sparse < 1.25
 
 
 def test_a_close_fit_that_leaves_part_of_a_clean_cloud_off_the_surface_is_incomplete() -> None:
