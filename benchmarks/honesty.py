@@ -92,6 +92,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -279,7 +280,7 @@ class Objects:
             return self.made.get(name)
         for store in (self.user, self.shipped if name == BUNNY else None):
             if store is not None and name in store:
-                self.notes.append(f"{name}: the package in {store.root}")
+                self.notes.append(f"{name}: the package in {os.path.relpath(store.root, REPO_ROOT)}")
                 return store.get(name)
         started = time.perf_counter()
         if name == DRAGON:

@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -162,8 +163,9 @@ def main() -> None:
             store = args.store.resolve()
             lines.append(f"store: {store}")
         objects = sorted(path.name for path in store.iterdir() if (path / "object.json").is_file())
+        shown = os.path.relpath(args.real / "mosd", REPO_ROOT)
         lines.append(
-            f"objects: {', '.join(objects)}; {len(frames)} frames of {args.real / 'mosd'}, each posted "
+            f"objects: {', '.join(objects)}; {len(frames)} frames of {shown}, each posted "
             f"{args.repeat} times as it is (.pcd binary_compressed), one at a time; median times\n"
         )
         table, ok = run(store, frames, args.repeat, folder)

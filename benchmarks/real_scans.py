@@ -656,7 +656,8 @@ def report_text(
     points = [len(scan.points) for scan in scans]
     errors = sum(row.status != 200 for row in measured.rows + measured.cross)
     setup = [
-        f"data: {args.real.resolve() / 'dragon'}, {len(scans)} scans ({min(points)}-{max(points)} points), "
+        f"data: {os.path.relpath(args.real.resolve() / 'dragon', REPO_ROOT)}, "
+        f"{len(scans)} scans ({min(points)}-{max(points)} points), "
         f"{args.poses_per_scan} random poses each (rotation uniform on SO(3), translation within "
         f"±{TRANSLATION_HALF_RANGE_M} m per axis), seed {args.seed}",
         f"ground truth check: each scan moved by its T lies a median {min(medians):.3f}-{max(medians):.3f} "
