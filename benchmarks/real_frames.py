@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,27 +41,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serving  # noqa: E402
+from real_scans import make_store  # noqa: E402
 
 DEFAULT_REAL = REPO_ROOT.parent / "shared" / "real"
 MESH_FILE = Path("dragon") / "dragon_vrip_res3.ply"
-
-
-def make_store(folder: Path, mesh_path: Path) -> tuple[Path, float]:
-    """A copy of the shipped store with the dragon added (``--no-train``); and seconds taken."""
-    store = folder / "store"
-    shutil.copytree(REPO_ROOT / "models" / "objects", store)
-    command = [
-        *serving.cloudpose_command(), "object", "add", "dragon", str(mesh_path), "--units", "m",
-        "--no-train", "--bench-count", "0", "--store", str(store), "--runs-dir", str(folder / "runs"),
-    ]  # fmt: skip
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(
-            f"`{' '.join(command)}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return store, seconds
 
 
 def frame_counts(data: bytes, name: str) -> tuple[int, int]:
