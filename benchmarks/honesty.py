@@ -108,6 +108,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from real_scans import Scan, load_scans  # noqa: E402
+
 from service.inference import EXPLAINED_RATIO, _CloudScatter  # noqa: E402
 from service.objects import FOUND_CONFIDENCE  # noqa: E402
 from service.refine import (  # noqa: E402
@@ -125,7 +127,6 @@ DEFAULT_REAL = REPO_ROOT.parent / "shared" / "real"
 SHIPPED_STORE = REPO_ROOT / "models" / "objects"
 DRAGON, BUNNY = "dragon", "bunny"
 DRAGON_MESH = "dragon_vrip_res3.ply"
-SCAN_PREFIX = "dragonStandRight_"
 TRANSLATION_HALF_RANGE_M = 0.5
 DEFAULT_OBJECTS = ("bunny", "lever", "box", "cylinder", "pebble")
 DEFAULT_SETS = ("shuffled", "noisy", "partial", "partial_noisy")
@@ -502,30 +503,6 @@ def other_object_fit(
 
 
 # Real data -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Scan:
-    name: str
-    points: np.ndarray  # (M, 3) metres, the scanner's frame
-    rotation: np.ndarray  # T[:3, :3]: scan -> mesh frame, column vectors
-    translation: np.ndarray  # T[:3, 3]
-
-
-def load_scans(dragon_dir: Path, limit: int | None) -> list[Scan]:
-    poses = json.loads((dragon_dir / "poses.json").read_text())["poses"]
-    files = sorted(
-        (dragon_dir / "scans").glob(f"{SCAN_PREFIX}*.npy"), key=lambda path: int(path.stem.rsplit("_", 1)[1])
-    )
-    if not files:
-        raise SystemExit(f"no scans {SCAN_PREFIX}*.npy in {dragon_dir / 'scans'}")
-    scans = []
-    for path in files[:limit]:
-        matrix = np.asarray(poses[path.stem], dtype=np.float64)
-        points = np.load(path, allow_pickle=False).astype(np.float64)
-        points = points[np.isfinite(points).all(axis=1)]
-        scans.append(Scan(path.stem, points, matrix[:3, :3], matrix[:3, 3]))
-    return scans
 
 
 def posed_scan(scan: Scan, scan_index: int, pose_index: int, seed: int, centroid: np.ndarray):

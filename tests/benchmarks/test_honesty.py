@@ -3,20 +3,15 @@ the right fits and refuses the dragon's turned fits (the point of the honesty mo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = REPO_ROOT / "benchmarks" / "honesty.py"
-REAL = REPO_ROOT.parent / "shared" / "real"
+from tests.benchmarks.conftest import REAL, loaded_script
 
 pytestmark = pytest.mark.skipif(
     not (REAL / "dragon" / "poses.json").is_file(), reason=f"no real data at {REAL} (../shared/real)"
@@ -25,14 +20,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def honesty() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("honesty", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with loaded_script("honesty") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture(scope="module")

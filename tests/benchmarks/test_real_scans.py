@@ -3,10 +3,8 @@ prints sane tables (no accuracy bars: measuring them is the benchmark's job)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -14,9 +12,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = REPO_ROOT / "benchmarks" / "real_scans.py"
-REAL = REPO_ROOT.parent / "shared" / "real"
+from tests.benchmarks.conftest import REAL, loaded_script
 
 pytestmark = pytest.mark.skipif(
     not (REAL / "dragon" / "poses.json").is_file(), reason=f"no real data at {REAL} (../shared/real)"
@@ -25,14 +21,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def real_scans() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("real_scans", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with loaded_script("real_scans") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def _table(markdown: str, title_start: str) -> list[list[str]]:
