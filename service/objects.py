@@ -42,7 +42,7 @@ from service.inference import (
     quaternion_xyzw,
 )
 from service.resting import RestingPose, resting_poses
-from service.store import UNITS_M, ObjectPackage, ObjectStore, StoreError, metres_per_unit
+from service.store import UNITS_M, ObjectPackage, StoreError, metres_per_unit
 from service.symmetry import Symmetry
 
 if TYPE_CHECKING:
@@ -456,8 +456,9 @@ class ServedObject:
         elif not refinement.refined:
             answer.reason = "too few points lie near the object's surface in any pose tried"
         elif refinement.confidence < FOUND_CONFIDENCE:
+            shown = math.floor(refinement.confidence * 1000) / 1000  # never rounded up to the bar
             answer.reason = (
-                f"the best pose explains the cloud poorly (confidence {refinement.confidence:.2f} < "
+                f"the best pose explains the cloud poorly (confidence {shown:.3f} < "
                 f"{FOUND_CONFIDENCE}): another object, clutter, or other units?"
             )
         elif not refinement.explained:
@@ -570,9 +571,13 @@ def _score(answer: ObjectPose) -> float:
 class ObjectRegistry:
     """The served objects by name, and the one ``/v1/pose`` answers for."""
 
-    def __init__(self, objects: dict[str, ServedObject], default: str | None) -> None:
+    def __init__(
+        self, objects: dict[str, ServedObject], default: str | None, signature: tuple | None = None
+    ) -> None:
         self.objects = objects
         self.default = default
+        # The store's state when it was loaded (ObjectStore.signature); None for a bare model.
+        self.signature = signature
 
     @classmethod
     def load(cls, settings: Settings) -> ObjectRegistry:
@@ -581,11 +586,12 @@ class ObjectRegistry:
         if settings.model_path is not None:
             served = ServedObject.from_model(settings.model_path, threads=settings.threads)
             return cls({served.name: served}, served.name)
-        store = ObjectStore(settings.store)
+        store = settings.object_store()
+        signature = store.signature()  # before reading: a change made meanwhile is seen next time
         names = store.names()
         if not names:
             raise StoreError(
-                f"the object store {settings.store} holds no objects: add one with "
+                f"the object store {store} holds no objects: add one with "
                 "`cloudpose object add NAME MESH_FILE`, or serve a model with --model"
             )
         objects = {
@@ -594,7 +600,7 @@ class ObjectRegistry:
         default = settings.default_object if settings.default_object in objects else None
         if default is None and len(objects) == 1:
             default = names[0]
-        return cls(objects, default)
+        return cls(objects, default, signature)
 
     def get(self, name: str | None) -> ServedObject:
         """The object of that name (the default for None); 404 with the known names otherwise."""
