@@ -9,7 +9,8 @@ pool is a 503 with ``Retry-After``.
 Operations: ``/health`` (liveness) and ``/ready`` (readiness) are always open and never wait for
 the pool; ``/metrics`` is Prometheus; every answer carries ``X-Request-ID`` and one JSON log line;
 optional API keys; CORS off unless configured; ``POST /v1/admin/reload`` or SIGHUP reloads and
-verifies the store while the old objects keep serving.
+verifies the store while the old objects keep serving, and so does a change of the store's
+packages, looked for every ``watch_store_s``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import schemas
+from service.bodies import BodyTooLarge, BodyTooSlow
 from service.budget import Budget, TurnedHard
 from service.clouds import CloudError, as_cloud, read_cloud_file, read_frame_file
 from service.compute import PoseWorkers, Saturated
@@ -45,7 +47,7 @@ from service.hard import HardProcesses
 from service.metrics import ServiceMetrics
 from service.objects import ObjectPose, ObjectRegistry, ServedObject
 from service.settings import Settings
-from service.store import UNITS_M, StoreError
+from service.store import UNITS_M, StoreError, user_store_path
 from service.web import add_request_examples, mount_web
 
 access_log = logging.getLogger("cloudpose.access")
@@ -53,14 +55,6 @@ logger = logging.getLogger("cloudpose.service")
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 RETRY_AFTER_S = 1
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class BodyTooSlow(Exception):
-    pass
 
 
 def _error_message(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
@@ -407,6 +401,9 @@ def frame_from_payload(payload: Any, limit: int) -> tuple[np.ndarray, np.ndarray
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API. Settings come from the environment unless given."""
     settings = settings if settings is not None else Settings()
+    if settings.store is None and settings.user_store is None:
+        # Fixed once, so a reload and the hard-cloud processes read the same folder.
+        settings = settings.model_copy(update={"user_store": user_store_path()})
     metrics = ServiceMetrics()
     workers = PoseWorkers(
         settings.pool_threads,
@@ -436,6 +433,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.info("reloaded the object store: %s", registry.model_ids())
             return registry
 
+    async def watch_store(app: FastAPI) -> None:
+        """Reload when a package of the served stores is added, replaced or removed: packages are
+        renamed into place whole (service.store), so a change seen is a complete package. A
+        broken one is refused once (logged) and tried again when the store changes again."""
+        store = settings.object_store()
+        refused = None
+        while True:
+            await asyncio.sleep(settings.watch_store_s)
+            try:
+                signature = await asyncio.to_thread(store.signature)
+            except OSError as error:
+                logger.warning("cannot look at the object store %s: %s", store, error)
+                continue
+            if signature == app.state.objects.signature or signature == refused:
+                continue
+            logger.info("the object store %s changed: reloading", store)
+            try:
+                await reload_objects(app)
+                refused = None
+            except StoreError:
+                refused = signature
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.settings = settings
@@ -461,7 +480,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loop.add_signal_handler(signal.SIGHUP, on_hangup)
         except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals
             pass
+        watcher = None
+        if settings.watch_store_s > 0 and settings.model_path is None:
+            watcher = loop.create_task(watch_store(app))
         yield
+        if watcher is not None:
+            watcher.cancel()
         workers.stop()
         for processes in hard:
             processes.shutdown()

@@ -9,6 +9,7 @@ declares before it allocates anything.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 
 import numpy as np
@@ -166,3 +167,28 @@ def _read_file_array(filename: str, data: bytes, max_points: int) -> tuple[str, 
     if array.size == 0:
         raise CloudError(422, f"{shown!r} holds no points")
     return shown, array
+
+
+# Clouds whose second principal spread is below this share of the first are lines, not objects.
+COLLINEAR_RATIO = 1e-3
+
+
+def degenerate_reason(cloud: np.ndarray) -> str | None:
+    """Why a cloud cannot fix a pose (all points equal, or on one line), or None."""
+    sample = cloud if len(cloud) <= 4096 else cloud[:: math.ceil(len(cloud) / 4096)]
+    if len(sample) >= 50:  # a few far strays must not make a cloud look like a line
+        # Order statistics by partition (nearest rank): a sort costs several times more per request.
+        middle = len(sample) // 2
+        centre = np.partition(sample, middle, axis=0)[middle]
+        distance = np.linalg.norm(sample - centre, axis=1)
+        rank = math.ceil(0.98 * (len(sample) - 1))
+        sample = sample[distance <= np.partition(distance, rank)[rank]]
+    centred = sample - sample.mean(axis=0)
+    # The principal spreads (singular values of the centred points) from the 3 x 3 scatter matrix.
+    spread = np.sqrt(np.maximum(np.linalg.eigvalsh(centred.T @ centred)[::-1], 0.0))
+    size = float(np.abs(sample).max()) + 1.0
+    if spread[0] <= 1e-9 * size:
+        return "all points are the same: a single point cannot fix a pose"
+    if spread[1] <= COLLINEAR_RATIO * spread[0]:
+        return "the points lie on one line: a line cannot fix a pose"
+    return None

@@ -557,8 +557,7 @@ class PoseEstimator:
         Raises:
             CloudError: 422 (or 413 over ``max_points``) with the ``detail`` the routes give.
         """
-        from service.clouds import as_cloud
-        from service.objects import degenerate_reason  # service.objects builds on this module
+        from service.clouds import as_cloud, degenerate_reason
 
         if not isinstance(points, (np.ndarray, list)):
             try:
@@ -601,7 +600,8 @@ class PoseEstimator:
 
         Args:
             clouds: each (N_i, 3).
-            refine, max_points: as :meth:`pose`.
+            refine: as :meth:`pose`.
+            max_points: as :meth:`pose`.
 
         Raises:
             CloudError: the first cloud the batch route would refuse, with its ``detail``.

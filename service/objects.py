@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service import budget
-from service.clouds import CloudError
+from service.clouds import CloudError, degenerate_reason
 from service.inference import (
     DISTINCT_DEGREES,
     FULL_SEARCH,
@@ -57,8 +57,6 @@ MAX_SCALE_TRIES = 3
 # (service.inference.EXPLAINED_RATIO) and nothing competes with it. Set on the synthetic sets;
 # measured on the dragon's real scans (../shared/real): right poses 0.96-0.97, wrong ones 0.3-0.57.
 FOUND_CONFIDENCE = 0.5
-# Clouds whose second principal spread is below this share of the first are lines, not objects.
-COLLINEAR_RATIO = 1e-3
 
 
 @dataclass
@@ -113,33 +111,23 @@ class ObjectPose:
         }
 
 
-def degenerate_reason(cloud: np.ndarray) -> str | None:
-    """Why a cloud cannot fix a pose (all points equal, or on one line), or None."""
-    sample = cloud if len(cloud) <= 4096 else cloud[:: math.ceil(len(cloud) / 4096)]
-    if len(sample) >= 50:  # a few far strays must not make a cloud look like a line
-        # Order statistics by partition (nearest rank): a sort costs several times more per request.
-        middle = len(sample) // 2
-        centre = np.partition(sample, middle, axis=0)[middle]
-        distance = np.linalg.norm(sample - centre, axis=1)
-        rank = math.ceil(0.98 * (len(sample) - 1))
-        sample = sample[distance <= np.partition(distance, rank)[rank]]
-    centred = sample - sample.mean(axis=0)
-    # The principal spreads (singular values of the centred points) from the 3 x 3 scatter matrix.
-    spread = np.sqrt(np.maximum(np.linalg.eigvalsh(centred.T @ centred)[::-1], 0.0))
-    size = float(np.abs(sample).max()) + 1.0
-    if spread[0] <= 1e-9 * size:
-        return "all points are the same: a single point cannot fix a pose"
-    if spread[1] <= COLLINEAR_RATIO * spread[0]:
-        return "the points lie on one line: a line cannot fix a pose"
-    return None
-
-
-# The bench methods of the model card: what /v1/pose answers, and the network without refinement.
+# The bench methods of the model card, named for what runs: what /v1/pose answers (the network and
+# refinement; for an object without a network, the registration search from point-pair-feature
+# votes), and the network without refinement.
 SERVED_METHOD = "network+refine"
+SEARCH_METHOD = "search+refine"
 NETWORK_METHOD = "network"
 
 
-def model_card(bench: dict[str, Any] | None, sidecar: dict[str, Any], measure_with: str) -> dict[str, Any]:
+def served_method(network: bool) -> str:
+    """The bench method that measures what ``/v1/pose`` answers for an object with or without a
+    network."""
+    return SERVED_METHOD if network else SEARCH_METHOD
+
+
+def model_card(
+    bench: dict[str, Any] | None, sidecar: dict[str, Any], measure_with: str, network: bool = True
+) -> dict[str, Any]:
     """An object's figures, each labelled with what it measures and when, for ``GET /v1/model``
     and ``GET /v1/objects/NAME``.
 
@@ -151,6 +139,7 @@ def model_card(bench: dict[str, Any] | None, sidecar: dict[str, Any], measure_wi
         bench: the package's recorded bench (``object.json`` ``bench``), or None.
         sidecar: the network's sidecar (``model.json``); without a network, no ``training``.
         measure_with: the command that measures the served figures when none are recorded.
+        network: whether the object has a network (else the search alone answers).
     """
     training = sidecar.get("training") or {}
     validation = training.get("validation")
@@ -176,10 +165,15 @@ def model_card(bench: dict[str, Any] | None, sidecar: dict[str, Any], measure_wi
             "evaluation": sidecar.get("evaluation"),
         }
         return {"served": served, "network_only": network_only}
-    how = "network + refinement" if training else "registration search alone (the object has no network)"
+    how = "network + refinement" if network else "registration search alone (the object has no network)"
+    method = served_method(network)
+    figures = _bench_figures(bench, method)
+    if figures["sets"] is None and not network:
+        # Packages benched before the rows were named for what ran call the search network+refine.
+        figures = _bench_figures(bench, SERVED_METHOD)
     served = {
-        "what": f"{how}, as /v1/pose answers: `cloudpose bench` method {SERVED_METHOD}, per benchmark set",
-        **_bench_figures(bench, SERVED_METHOD),
+        "what": f"{how}, as /v1/pose answers: `cloudpose bench` method {method}, per benchmark set",
+        **figures,
     }
     if served["sets"] is None:
         served["note"] = f"not measured yet: `{measure_with}` measures it"
@@ -250,6 +244,7 @@ class ServedObject:
             package.meta.get("bench"),
             estimator.metadata,
             f"cloudpose bench --object {package.name} --record",
+            network=package.model_path is not None,
         )
         served = cls(
             package.name,

@@ -40,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from service import schemas
+from service.bodies import BodyTooLarge, BodyTooSlow
 from service.clouds import CLOUD_SUFFIXES, CloudError, read_cloud_file, read_frame_file
 from service.objects import ObjectRegistry, ServedObject
 
@@ -309,7 +310,6 @@ def mount_web(app: FastAPI, dependencies: list[Any], unauthorized: tuple[int, ..
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "multipart/form-data":
             raise CloudError(415, "send the cloud file as multipart/form-data in the field 'file'")
-        from service.app import BodyTooLarge, BodyTooSlow  # here: service.app imports this module
 
         try:
             form = await request.form(max_files=1, max_part_size=settings.max_body_bytes)
