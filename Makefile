@@ -1,4 +1,4 @@
-.PHONY: serve test install lint
+.PHONY: serve test install lint docs docs-serve
 
 # Main job: install into .venv, make the default model if none exists, serve on :8000.
 serve:
@@ -13,3 +13,11 @@ install:
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+# The docs site: generate the references, then build it strictly into site/.
+docs:
+	scripts/docs.sh
+
+# The docs site on http://127.0.0.1:8001, rebuilt on every edit.
+docs-serve:
+	scripts/docs.sh serve

@@ -1,4 +1,4 @@
-"""Markdown table of one or more ``cloudpose bench`` runs (their ``bench.json``), for the README.
+"""Markdown table of one or more ``cloudpose bench`` runs (their ``bench.json``), for the docs (docs/results).
 
 .venv/bin/python benchmarks/bench_table.py artifacts/bench/lever-500 artifacts/bench/box-500 ...
 """

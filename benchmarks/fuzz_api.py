@@ -148,16 +148,22 @@ def format_table(result: FuzzResult) -> str:
 
 
 def run(
-    examples: int, seed: int, url: str | None = None, api_key: str | None = None
+    examples: int,
+    seed: int,
+    url: str | None = None,
+    api_key: str | None = None,
+    store: Path | None = None,
 ) -> tuple[FuzzResult, int]:
-    """Fuzz ``url``, or a server started here (with ``api_key`` configured, if given); returns the
-    result and the count of tracebacks in the started server's log (0 for ``url``)."""
+    """Fuzz ``url``, or a server started here (with ``api_key`` configured, if given, serving
+    ``store``, by default the shipped objects); returns the result and the count of tracebacks
+    in the started server's log (0 for ``url``)."""
     with tempfile.TemporaryDirectory(prefix="cloudpose-fuzz-") as tmp:
         folder = Path(tmp)
         if url:
             return fuzz(url, examples, seed, api_key, folder), 0
         env = {"CLOUDPOSE_API_KEYS": api_key} if api_key else {}
-        with running_servers(folder, env=env) as (server,):
+        extra_args = ["--store", str(store)] if store is not None else []
+        with running_servers(folder, env=env, extra_args=extra_args) as (server,):
             result = fuzz(server.url, examples, seed, api_key, folder)
         return result, server.log_path.read_text(errors="replace").count("Traceback")
 

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.benchsets import NOISE_SIGMA, NOISY_POINTS, OUTLIER_FRACTION  # noqa: E402
-from service.store import ObjectStore  # noqa: E402
+from service.store import SHIPPED_STORE, ObjectStore  # noqa: E402
 from service.symmetry import Symmetry  # noqa: E402
 
 SAMPLES = 200_000
@@ -71,7 +71,7 @@ def main() -> None:
     count = NOISY_POINTS - round(OUTLIER_FRACTION * NOISY_POINTS)
     print("| object | symmetry | bound: rotation median ° | bound: p99 ° | per-axis σ ° (principal) |")
     print("| --- | --- | ---: | ---: | --- |")
-    for root in args.store or [Path("models/objects")]:
+    for root in args.store or [SHIPPED_STORE]:
         for package in ObjectStore(root).packages():
             surface = package.surface()
             points = surface[:, :3] - surface[:, :3].mean(axis=0)

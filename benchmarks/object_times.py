@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.benchsets import SET_NAMES, make_set  # noqa: E402
 from pipeline.mesh import load_mesh  # noqa: E402
 from service.objects import ServedObject  # noqa: E402
-from service.store import ObjectStore  # noqa: E402
+from service.store import SHIPPED_STORE, ObjectStore  # noqa: E402
 from service.symmetry import Symmetry  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     packages = {}
-    for root in args.store or [Path("models/objects")]:
+    for root in args.store or [SHIPPED_STORE]:
         for package in ObjectStore(root).packages():
             packages.setdefault(package.name, package)
     names = [name for name in args.objects.split(",") if name] or sorted(packages)

@@ -30,12 +30,12 @@ def main() -> None:
     import scipy.ndimage  # noqa: F401
 
     from service.objects import ServedObject
-    from service.store import ObjectStore
+    from service.store import SHIPPED_STORE, ObjectStore
 
     rows = []
     served = []
     tracemalloc.start()
-    for root in args.store or [Path("models/objects")]:
+    for root in args.store or [SHIPPED_STORE]:
         for package in ObjectStore(root).packages():
             before, traced, started = rss_mb(), tracemalloc.get_traced_memory()[0], time.perf_counter()
             served.append(ServedObject.from_package(package))

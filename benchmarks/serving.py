@@ -2,6 +2,8 @@
 
 * ``cloudpose serve`` in a subprocess of its own process group, ready once ``GET /ready`` (or,
   on a service without it, ``GET /health``) answers 200, and stopped at the end, also on errors;
+  it serves the shipped objects alone (``models/objects``: the bunny) unless told ``--store``,
+  so the objects a user has added never change the figures;
 * nginx with a copy of ``deploy/nginx.conf`` whose upstream is local replicas;
 * posed bunny clouds: fresh samples of the surface of ``models/objects/bunny/mesh.ply`` (its
   file frame and units), posed as ``observed = canonical @ rotation + translation`` (row
@@ -137,6 +139,8 @@ def start_server(
     """Start ``cloudpose serve`` on ``port`` (a free one by default) and wait until it is ready."""
     port = port or free_port()
     command, note = serve_command(port, workers, extra_args)
+    if "--store" not in extra_args:  # the shipped objects alone, through uvicorn's workers too
+        env = {"CLOUDPOSE_ONLY_STORE": str(BUNNY.parent), **(env or {})}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             command,

@@ -5,7 +5,7 @@
     with Client("http://127.0.0.1:8000") as client:  # a running `cloudpose serve`
         result = client.pose(points)  # (N, 3) array, a cloud file's path, or a list of [x, y, z]
 
-    estimator = Estimator.from_store()  # no server: the shipped object store, loaded here
+    estimator = Estimator.from_store()  # no server: the shipped objects and yours, loaded here
     result = estimator.pose(points, object="bunny", units="mm")
 
 Both give a :class:`PoseResult` (``canonical = points @ result.rotation + result.translation``)

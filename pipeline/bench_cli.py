@@ -4,6 +4,9 @@ Methods (all given the same observed clouds, timed per cloud in the same run):
 
 * ``network``: the exported order-free model through the service's inference, no refinement;
 * ``network+refine``: the same, with refinement and hypotheses (what the service answers);
+* for an object without a network (``object add --no-train``) these two are what runs in its
+  place, and their rows are named so: ``principal_axes`` (the principal axes' first guess) and
+  ``search+refine`` (the registration search from point-pair-feature votes, what it answers);
 * ``fpfh_ransac_icp``: open3d's global-registration tutorial (FPFH, RANSAC, point-to-plane ICP);
 * ``pca_icp``: principal-axes alignment in the four proper sign combinations, then ICP.
 """
@@ -20,8 +23,11 @@ from pipeline.bench import BenchResults, run_bench
 from pipeline.benchsets import SET_NAMES, make_sets
 from pipeline.config import ConfigError
 from pipeline.mesh import load_mesh
+from service.objects import NETWORK_METHOD, SEARCH_METHOD, SERVED_METHOD
 
 METHOD_NAMES = ("network", "network+refine", "fpfh_ransac_icp", "pca_icp")
+# What runs, and names the rows, in place of the network's methods for a package without one.
+WITHOUT_NETWORK = {NETWORK_METHOD: "principal_axes", SERVED_METHOD: SEARCH_METHOD}
 ADD_S_POINTS = 1000
 Method = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -69,13 +75,27 @@ def _select(
 
 
 def object_methods(package: Any, names: Sequence[str], seed: int = 0) -> dict[str, Method]:
-    """The benchmark's methods for a store package, through the service's own answering code.
+    """The benchmark's methods for a store package, through the service's own answering code,
+    keyed by the names of what runs.
 
-    ``network`` and ``network+refine`` return the internal-frame pose and ``found``; a package
-    without a network answers ``network+refine`` by the registration search alone.
+    ``network`` and ``network+refine`` return the internal-frame pose and ``found``. A package
+    without a network runs the principal axes' guess and the registration search in their place,
+    named ``principal_axes`` and ``search+refine`` (either name may be asked for).
     """
     from service.objects import ServedObject
 
+    network = package.model_path is not None
+    shown: list[str] = []
+    for name in names:
+        if network and name in WITHOUT_NETWORK.values():
+            raise ConfigError(
+                f"object {package.name!r} has a network: its methods are {NETWORK_METHOD} and "
+                f"{SERVED_METHOD}, not {name}"
+            )
+        name = name if network else WITHOUT_NETWORK.get(name, name)
+        if name not in shown:
+            shown.append(name)
+    runs = {value: key for key, value in WITHOUT_NETWORK.items()}
     served = ServedObject.from_package(package)
     surface = served.estimator.surface
 
@@ -88,7 +108,8 @@ def object_methods(package: Any, names: Sequence[str], seed: int = 0) -> dict[st
 
         return run
 
-    return _select(answer(False), answer(True), surface, names, seed)
+    methods = _select(answer(False), answer(True), surface, [runs.get(name, name) for name in shown], seed)
+    return {name: methods[runs.get(name, name)] for name in shown}
 
 
 def bench_object(

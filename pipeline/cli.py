@@ -35,9 +35,16 @@ def _shipped(relative: str) -> Path:
     return beside if beside.exists() else Path(relative)
 
 
-DEFAULT_STORE = _shipped("models/objects")
-DEFAULT_MODEL = DEFAULT_STORE / "bunny" / "model.onnx"
-StoreOption = Annotated[Path, typer.Option("--store", help="Object store folder.")]
+DEFAULT_MODEL = _shipped("models/objects") / "bunny" / "model.onnx"
+StoreOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--store",
+        help="Use this object store alone [default: the shipped objects and yours: CLOUDPOSE_STORE, "
+        "else the user data folder's cloudpose/objects].",
+        show_default=False,
+    ),
+]
 
 
 @contextmanager
@@ -356,7 +363,11 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     store: Annotated[
         Path | None,
-        typer.Option(help="Object store to serve (CLOUDPOSE_STORE, else the shipped models/objects)."),
+        typer.Option(
+            help="Serve this object store alone [default: the shipped objects and yours: "
+            "CLOUDPOSE_STORE, else the user data folder's cloudpose/objects].",
+            show_default=False,
+        ),
     ] = None,
     default_object: Annotated[
         str | None, typer.Option(help="Object /v1/pose answers for (CLOUDPOSE_DEFAULT_OBJECT, bunny).")
@@ -372,8 +383,9 @@ def serve(
     """Serve the HTTP API with uvicorn: every object of the store, or one exported model.
 
     Settings come from CLOUDPOSE_* environment variables (README: "Running the service"); the
-    options here override them. With --workers K, SIGHUP to this process replaces the workers one
-    by one with ones that reload the store.
+    options here override them. Objects added to or removed from the store are picked up within
+    seconds (CLOUDPOSE_WATCH_STORE_S), or at once on SIGHUP. With --workers K, SIGHUP to this
+    process replaces the workers one by one with ones that reload the store.
     """
     with expected_failures():
         import os
@@ -382,14 +394,12 @@ def serve(
         from service.logs import log_config
         from service.objects import ObjectRegistry
         from service.server import serve as run_server
-        from service.settings import Settings
+        from service.settings import STORE_VARIABLES, Settings
 
-        if store is None and "CLOUDPOSE_STORE" not in os.environ:
-            store = DEFAULT_STORE  # the shipped store, from any working folder
         overrides = {"store": store, "default_object": default_object, "model_path": model}
         for key, value in overrides.items():
             if value is not None:  # worker processes build their settings from the environment
-                os.environ[f"CLOUDPOSE_{key.upper()}"] = str(value)
+                os.environ[STORE_VARIABLES.get(key, f"CLOUDPOSE_{key.upper()}")] = str(value)
         settings = Settings()
         ObjectRegistry.load(settings)  # fail here, with one line, rather than inside the server
         if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
@@ -412,7 +422,7 @@ def predict(
     object_name: Annotated[
         str | None, typer.Option("--object", help="Object of the store (default: the default object).")
     ] = None,
-    store: StoreOption = DEFAULT_STORE,
+    store: StoreOption = None,
     model: Annotated[
         Path | None, typer.Option(help="A bare exported model.onnx instead of the store.")
     ] = None,
@@ -451,9 +461,8 @@ def predict(
             served = ObjectRegistry.load(settings).get(None)
         else:
             from service.objects import ServedObject
-            from service.store import ObjectStore
 
-            served = ServedObject.from_package(ObjectStore(store).get(object_name))
+            served = ServedObject.from_package(settings.object_store().get(object_name))
         points = read_cloud_file(cloud.name, cloud.read_bytes(), settings.max_points)
         served.check_cloud(points, where=cloud.name)
         (pose,) = served.estimate([points], refine, units)
@@ -504,7 +513,7 @@ def detect(
     objects: Annotated[
         str | None, typer.Option(help="Comma-separated objects to look for (default: every one).")
     ] = None,
-    store: StoreOption = DEFAULT_STORE,
+    store: StoreOption = None,
     units: Annotated[str, typer.Option(help="What a cloud's points are in.")] = "m",
     max_instances: Annotated[int | None, typer.Option(min=1, help="At most this many detections.")] = None,
     fx: Annotated[float | None, typer.Option(help="Depth image: focal length x, pixels.")] = None,
@@ -600,7 +609,7 @@ def bench_command(
     object_name: Annotated[
         str | None, typer.Option("--object", help="Bench an object of the store (instead of MODEL).")
     ] = None,
-    store: StoreOption = DEFAULT_STORE,
+    store: StoreOption = None,
     record: Annotated[
         bool, typer.Option("--record", help="With --object: put the figures into the object's package.")
     ] = False,
@@ -647,18 +656,18 @@ def bench_command(
                 "on_case": bar.update,
             }
             if object_name is not None:
-                from service.store import ObjectStore
+                from service.store import open_store
 
-                results = bench_object(ObjectStore(store).get(object_name), **options)
+                results = bench_object(open_store(store).get(object_name), **options)
             else:
                 results = bench(model, mesh_path=mesh, **options)
         typer.echo(format_table(results))
         if record and object_name is not None:
             from pipeline.objects import record_bench
-            from service.store import ObjectStore
+            from service.store import open_store
 
             package = record_bench(
-                ObjectStore(store), object_name, results, "cloudpose " + shlex.join(sys.argv[1:]), seed
+                open_store(store), object_name, results, "cloudpose " + shlex.join(sys.argv[1:]), seed
             )
             typer.echo(f"recorded the figures in {package.path}")
         paths = write_results(results, out)
@@ -672,19 +681,20 @@ def bench_command(
             )
 
 
-def bench_scenes(frames: int, seed: int, store: Path, out: Path) -> None:
+def bench_scenes(frames: int, seed: int, store: Path | None, out: Path) -> None:
     """``cloudpose bench --scenes``: cloudpose's detector and the baselines on the same frames."""
     with expected_failures():
         from pipeline import scene_bench
         from pipeline.files import atomic_write_json, atomic_write_text
         from service.objects import ObjectRegistry
         from service.settings import Settings
-        from service.store import ObjectStore
 
-        registry = ObjectRegistry.load(Settings(store=store))
-        targets, models = scene_bench.store_targets(ObjectStore(store), registry.objects)
+        settings = Settings(store=store)
+        registry = ObjectRegistry.load(settings)
+        served_store = settings.object_store()
+        targets, models = scene_bench.store_targets(served_store, registry.objects)
         if not targets:
-            raise FileNotFoundError(f"no object of {store} has units: scenes are in metres")
+            raise FileNotFoundError(f"no object of {served_store} has units: scenes are in metres")
         detectors = {
             "cloudpose": scene_bench.cloudpose_detector(
                 {item.name: registry.objects[item.name] for item in targets}
@@ -759,16 +769,20 @@ def object_add(
     ] = 50,
     seed: Annotated[int, typer.Option(help="Seed of sampling, training and the bench.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    store: StoreOption = DEFAULT_STORE,
+    store: StoreOption = None,
     runs_dir: Annotated[Path, typer.Option(help="Where training runs go (one folder per object).")] = Path(
         "runs/objects"
     ),
 ) -> None:
-    """Add a mesh to the object store: check it, find its symmetries, train, export, bench, package."""
+    """Add a mesh to the object store: check it, find its symmetries, train, export, bench, package.
+
+    Without --store the package goes to your store (CLOUDPOSE_STORE, else the user data folder's
+    cloudpose/objects), served beside the shipped objects.
+    """
     with expected_failures():
         from pipeline.objects import add_object
         from pipeline.progress import ProgressReport
-        from service.store import ObjectStore
+        from service.store import open_store
 
         if resume and retrain:
             typer.echo("error: choose one of --resume and --retrain", err=True)
@@ -789,7 +803,7 @@ def object_add(
         result = add_object(
             name,
             mesh_file,
-            store=ObjectStore(store),
+            store=open_store(store),
             units=units,
             metres_per_unit_value=metres_per_unit,
             surface_tolerance_text=surface_tolerance,
@@ -814,44 +828,165 @@ def object_add(
             "bench": result.bench,
         }
         typer.echo(json.dumps(summary, indent=2))
+        typer.echo(SERVING_HINT, err=True)
+
+
+# After `object add` and `object remove`: how a running service learns of the change.
+SERVING_HINT = (
+    "a running `cloudpose serve` of this store sees the change within seconds (it looks every "
+    "CLOUDPOSE_WATCH_STORE_S, 2 s); with that at 0, send it SIGHUP (kill -HUP PID) or restart it"
+)
 
 
 @object_app.command("list")
-def object_list(store: StoreOption = DEFAULT_STORE) -> None:
-    """List the objects of the store: name, units, size, symmetry, model."""
+def object_list(store: StoreOption = None) -> None:
+    """List the objects of the store: name, units, size, symmetry, model; the shipped ones marked."""
     with expected_failures():
-        from service.store import ObjectStore
+        from service.store import LayeredStore, open_store
 
-        packages = ObjectStore(store).packages()
+        opened = open_store(store)
+        packages = opened.packages()
         if not packages:
-            typer.echo(f"no objects in {store}")
+            typer.echo(f"no objects in {opened}")
             return
         for package in packages:
             info = package.describe()
             units, diagonal = info["units"] or "-", info["size"]["diagonal"]
+            shipped = isinstance(opened, LayeredStore) and opened.is_shipped(package.name)
             typer.echo(
                 f"{info['name']:<16} units {units:<4} diagonal {diagonal:<10.4g} "
                 f"symmetry {info['symmetry']['kind']:<10} model {info['model_id'] or '(search only)'}"
+                + ("  [shipped]" if shipped else "")
             )
 
 
 @object_app.command("show")
-def object_show(name: str, store: StoreOption = DEFAULT_STORE) -> None:
+def object_show(name: str, store: StoreOption = None) -> None:
     """Everything the store knows of one object, as JSON."""
     with expected_failures():
-        from service.store import ObjectStore
+        from service.store import open_store
 
-        typer.echo(json.dumps(ObjectStore(store).get(name).describe(), indent=2))
+        typer.echo(json.dumps(open_store(store).get(name).describe(), indent=2))
 
 
 @object_app.command("remove")
-def object_remove(name: str, store: StoreOption = DEFAULT_STORE) -> None:
-    """Delete an object's package from the store (its training run stays in runs/objects)."""
+def object_remove(name: str, store: StoreOption = None) -> None:
+    """Delete an object's package from the store (its training run stays in runs/objects); the
+    shipped objects cannot be removed."""
     with expected_failures():
-        from service.store import ObjectStore
+        from service.store import open_store
 
-        ObjectStore(store).remove(name)
-        typer.echo(f"removed {name} from {store}")
+        opened = open_store(store)
+        opened.remove(name)
+        typer.echo(f"removed {name} from {opened.root}")
+        typer.echo(SERVING_HINT, err=True)
+
+
+scene_app = typer.Typer(
+    cls=ExtrasGroup,
+    help="Depth frames of the store's objects on a cluttered table, with their true poses.",
+    no_args_is_help=True,
+)
+app.add_typer(scene_app, name="scene")
+
+
+@scene_app.command("make")
+def scene_make(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the frames' files.")],
+    objects: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated objects to put on the table (default: every one with units)."),
+    ] = None,
+    count: Annotated[int, typer.Option(min=1, help="Frames.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the frames: one seed, one set of frames.")] = 0,
+    copies: Annotated[int, typer.Option(min=0, help="Copies of each object per frame.")] = 1,
+    distractors: Annotated[int, typer.Option(min=0, help="Distractor shapes per frame.")] = 2,
+    scale: Annotated[
+        float, typer.Option(min=0.1, max=2.0, help="Resolution as a share of VGA (0.5: 320 x 240).")
+    ] = 1.0,
+    name: Annotated[
+        str, typer.Option(help="File name of the frames: NAME.png, ... (NAME_000.png, ... for several).")
+    ] = "frame",
+    no_cloud: Annotated[bool, typer.Option("--no-cloud", help="Leave out the .npy cloud.")] = False,
+    example: Annotated[
+        bool,
+        typer.Option(
+            "--example",
+            help="With one object and --count 1: also put the frame into the object's package as its "
+            "example frame (example_frame.png, .json, .npy).",
+        ),
+    ] = False,
+    store: StoreOption = None,
+) -> None:
+    """Make seeded depth frames of the store's objects resting on a table among distractors, as
+    a depth camera sees them (pipeline/scenes.py): per frame a 16-bit depth PNG, a JSON file with
+    its camera (fx, fy, cx, cy, depth_scale) and the objects' true poses, and the cloud (.npy,
+    metres). Try one with `cloudpose detect` or POST /v1/detect.
+    """
+    with expected_failures():
+        from pipeline import scene_bench
+        from pipeline.objects import EXAMPLE_FRAME, record_example_frame
+        from pipeline.scenes import Intrinsics, SceneCounts, package_object, save_frame
+        from service.store import StoreError, open_store
+
+        opened = open_store(store)
+        names = [item.strip() for item in objects.split(",") if item.strip()] if objects else opened.names()
+        packages = [opened.get(item) for item in names]
+        if example:
+            if len(names) != 1 or count != 1:
+                raise StoreError("--example makes one frame of one object: pass --objects NAME --count 1")
+            opened.check_writable(names[0])
+            name = EXAMPLE_FRAME
+        if objects:
+            unitless = [package.name for package in packages if package.metres_per_unit is None]
+            if unitless:
+                raise StoreError(
+                    f"{', '.join(unitless)} was added without units, and a frame is in metres: "
+                    "add it again with --units"
+                )
+        targets = [package_object(package) for package in packages if package.metres_per_unit is not None]
+        if not targets:
+            raise StoreError(f"no object of {opened} has units, and a frame is in metres")
+        intrinsics = Intrinsics().scaled(scale) if scale != 1.0 else Intrinsics()
+        frames = scene_bench.scene_frames(
+            targets,
+            scene_bench.distractor_objects(scene_bench.PRIMITIVE_DISTRACTORS),
+            count,
+            seed,
+            intrinsics,
+            empty_fraction=0.0,
+            counts=SceneCounts(target_copies=(copies, copies), distractors=(distractors, distractors)),
+        )
+        about = {"command": "cloudpose " + shlex.join(sys.argv[1:]), "seed": seed}
+        stem = None
+        for index, frame in enumerate(frames):
+            stem = out_dir / (name if count == 1 else f"{name}_{index:03d}")
+            written = save_frame(frame, stem, cloud=not no_cloud, about={**about, "frame": index})
+            held = ", ".join(
+                f"{instance.name} ({instance.visible_fraction:.0%} visible)" for instance in frame.instances
+            )
+            typer.echo(
+                f"wrote {', '.join(str(path) for path in written)}: {intrinsics.width} x "
+                f"{intrinsics.height}, {int((frame.depth > 0).sum())} points; {held or 'no object'}"
+            )
+            if example:
+                package = record_example_frame(opened, names[0], written, about["command"])
+                stem = package.path / EXAMPLE_FRAME
+                typer.echo(f"put it into {package.path} as its example frame")
+        camera = " ".join(
+            f"-F {key}={value:g}"
+            for key, value in (
+                ("fx", intrinsics.fx),
+                ("fy", intrinsics.fy),
+                ("cx", intrinsics.cx),
+                ("cy", intrinsics.cy),
+                ("depth_scale", intrinsics.depth_scale),
+            )
+        )
+        typer.echo(
+            f"try: curl -s -X POST localhost:8000/v1/detect -F depth=@{stem}.png {camera}",
+            err=True,
+        )
 
 
 def _mount_exam_commands() -> None:

@@ -43,7 +43,6 @@ from service.store import (
     ObjectPackage,
     ObjectStore,
     StoreError,
-    check_name,
     metres_per_unit,
     read_model_sidecar,
 )
@@ -488,7 +487,7 @@ def add_object(
             return contextlib.nullcontext(None)
         return track(description, total, unit=unit)
 
-    check_name(name)
+    store.check_writable(name)  # a shipped object's name, say, before any work
     if mode not in ("new", "resume", "retrain"):
         raise ConfigError(f"mode must be new, resume or retrain, got {mode!r}")
     run_dir = Path(runs_dir) / name
@@ -644,20 +643,22 @@ def add_object(
     if bench_count > 0:
         from pipeline.bench_cli import bench_object
         from pipeline.benchsets import SET_NAMES
+        from service.objects import served_method
 
+        method = served_method(package.model_path is not None)  # the rows name what ran
         bench_started = time.perf_counter()
         with tracked("bench", bench_count * len(SET_NAMES), "clouds") as bar:
             results = bench_object(
                 package,
                 count=bench_count,
                 seed=seed,
-                method_names=("network+refine",),
+                method_names=(method,),
                 on_case=None if bar is None else bar.update,
             )
         timings["bench_s"] = time.perf_counter() - bench_started
         bench_rows = _bench_rows(results)
         meta["bench"] = {
-            "command": f"cloudpose bench --object {name} --count {bench_count} --methods network+refine",
+            "command": f"cloudpose bench --object {name} --count {bench_count} --methods {method}",
             "seed": seed,
             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "rows": bench_rows,
@@ -682,6 +683,35 @@ def record_bench(store: ObjectStore, name: str, results: Any, command: str, seed
         if entry.is_file() and entry.name not in ("object.json", "PROVENANCE.md")
     }
     training = (meta.get("model") or {}).get("training")
+    files["PROVENANCE.md"] = _provenance(name, meta, training, rows).encode()
+    return store.write(
+        name, {key: value for key, value in meta.items() if key not in ("format", "name")}, files
+    )
+
+
+EXAMPLE_FRAME = "example_frame"
+
+
+def record_example_frame(store: ObjectStore, name: str, written: list[Path], command: str) -> ObjectPackage:
+    """Put a frame that ``cloudpose scene make --name example_frame`` wrote (its .png, .json and
+    .npy) into an object's package as its example frame, named with the command in the
+    descriptor (``example_frame``) and PROVENANCE.md; the package is rewritten whole."""
+    package = store.get(name)
+    meta = dict(package.meta)
+    files = {
+        entry.name: entry.read_bytes()
+        for entry in package.path.iterdir()
+        if entry.is_file()
+        and entry.name not in ("object.json", "PROVENANCE.md")
+        and not entry.name.startswith(EXAMPLE_FRAME + ".")
+    }
+    for path in written:
+        if path.stem != EXAMPLE_FRAME:
+            raise StoreError(f"{path} is not named {EXAMPLE_FRAME}.*: make it with --name {EXAMPLE_FRAME}")
+        files[path.name] = path.read_bytes()
+    meta["example_frame"] = {"files": sorted(path.name for path in written), "command": command}
+    training = (meta.get("model") or {}).get("training")
+    rows = (meta.get("bench") or {}).get("rows")
     files["PROVENANCE.md"] = _provenance(name, meta, training, rows).encode()
     return store.write(
         name, {key: value for key, value in meta.items() if key not in ("format", "name")}, files
@@ -761,6 +791,13 @@ def _provenance(
         )
     else:
         lines.append("| training | none yet: the registration search alone answers |")
+    frame = meta.get("example_frame")
+    if frame:
+        listed = ", ".join(f"`{file}`" for file in frame["files"])
+        lines.append(
+            f"| example frame | {listed}: a depth frame holding the object, its camera and the true "
+            f"poses (`{frame['command']}`) |"
+        )
     if bench:
         measured = f", measured {meta['bench']['measured']}" if meta["bench"].get("measured") else ""
         lines += ["", f"Bench (`{meta['bench']['command']}`, seed {meta['bench']['seed']}{measured}):", ""]

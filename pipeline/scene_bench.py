@@ -56,6 +56,7 @@ from pipeline.scenes import (
     SceneLayout,
     SceneObject,
     make_frame,
+    package_object,
 )
 from service.symmetry import Symmetry, axis_rotation, geodesic_deg
 
@@ -1075,31 +1076,35 @@ def ppf_detector(
 # Distractors of the benchmark's frames: shapes that no object of the store, nor the store's
 # tests, use (metres).
 DISTRACTOR_SHAPES = ("capsule", "cone", "torus", "sphere", "wedge", "crate", "post")
+# The same without the crate, whose boolean difference needs manifold3d (a development
+# dependency): what ``cloudpose scene make`` puts on the table in any install.
+PRIMITIVE_DISTRACTORS = tuple(name for name in DISTRACTOR_SHAPES if name != "crate")
 
 
-def distractor_objects() -> list[SceneObject]:
-    """The benchmark's distractors, sized like small parts on a table."""
+def distractor_objects(names: Sequence[str] = DISTRACTOR_SHAPES) -> list[SceneObject]:
+    """The benchmark's distractors (or those named), sized like small parts on a table."""
     import trimesh
 
-    wedge = trimesh.creation.extrude_triangulation(
-        np.array([[0.0, 0.0], [0.11, 0.0], [0.0, 0.05]]), np.array([[0, 1, 2]]), height=0.07
-    )
-    # An open crate (its walls hide what stands behind them) and a tall octagonal post.
-    outer = trimesh.creation.box(bounds=[[0.0, 0.0, 0.0], [0.24, 0.18, 0.14]])
-    inner = trimesh.creation.box(bounds=[[0.01, 0.01, 0.01], [0.23, 0.17, 0.15]])
-    crate = trimesh.boolean.difference([outer, inner], engine="manifold")
+    def crate() -> trimesh.Trimesh:
+        # An open crate: its walls hide what stands behind them.
+        outer = trimesh.creation.box(bounds=[[0.0, 0.0, 0.0], [0.24, 0.18, 0.14]])
+        inner = trimesh.creation.box(bounds=[[0.01, 0.01, 0.01], [0.23, 0.17, 0.15]])
+        return trimesh.boolean.difference([outer, inner], engine="manifold")
+
     shapes = {
         "crate": crate,
-        "post": trimesh.creation.cylinder(radius=0.035, height=0.2, sections=8),
-        "capsule": trimesh.creation.capsule(height=0.09, radius=0.028, count=[8, 8]),
-        "cone": trimesh.creation.cone(radius=0.045, height=0.1, sections=24),
-        "torus": trimesh.creation.torus(
+        "post": lambda: trimesh.creation.cylinder(radius=0.035, height=0.2, sections=8),  # tall, octagonal
+        "capsule": lambda: trimesh.creation.capsule(height=0.09, radius=0.028, count=[8, 8]),
+        "cone": lambda: trimesh.creation.cone(radius=0.045, height=0.1, sections=24),
+        "torus": lambda: trimesh.creation.torus(
             major_radius=0.045, minor_radius=0.016, major_sections=24, minor_sections=12
         ),
-        "sphere": trimesh.creation.icosphere(subdivisions=2, radius=0.04),
-        "wedge": wedge,
+        "sphere": lambda: trimesh.creation.icosphere(subdivisions=2, radius=0.04),
+        "wedge": lambda: trimesh.creation.extrude_triangulation(
+            np.array([[0.0, 0.0], [0.11, 0.0], [0.0, 0.05]]), np.array([[0, 1, 2]]), height=0.07
+        ),
     }
-    return [SceneObject(name, shapes[name]) for name in DISTRACTOR_SHAPES]
+    return [SceneObject(name, shapes[name]()) for name in names]
 
 
 def store_targets(store, served: Mapping[str, object]) -> tuple[list[SceneObject], dict[str, ObjectModel]]:
@@ -1110,16 +1115,12 @@ def store_targets(store, served: Mapping[str, object]) -> tuple[list[SceneObject
         store: the :class:`service.store.ObjectStore` the objects were served from.
         served: the served objects by name (:class:`service.objects.ServedObject`).
     """
-    import trimesh
-
     targets, models = [], {}
     for name, item in served.items():
         package = store.get(name)
         if package.metres_per_unit is None:
             continue
-        mesh = trimesh.load(package.mesh_path, force="mesh")
-        mesh.apply_scale(package.metres_per_unit)
-        scene_object = SceneObject(name, mesh)
+        scene_object = package_object(package)
         targets.append(scene_object)
         models[name] = ObjectModel.from_mesh(scene_object, symmetry=item.symmetry)
     return targets, models

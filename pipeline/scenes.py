@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -875,3 +876,87 @@ def frame_sequence(
             normal = normal @ rotation
             offset -= float(normal @ translation)
         yield render_frame(placements, rng, intrinsics, noise, plane=np.append(normal, offset))
+
+
+def package_object(package) -> SceneObject:
+    """A store package's object as frames place it: its mesh file in metres.
+
+    Args:
+        package: a :class:`service.store.ObjectPackage` whose units are known.
+
+    Raises:
+        ValueError: the package has no units, so it has no size in a metric frame.
+    """
+    import trimesh
+
+    if package.metres_per_unit is None:
+        raise ValueError(f"object {package.name!r} was added without units: a frame is in metres")
+    mesh = trimesh.load(package.mesh_path, force="mesh")
+    mesh.apply_scale(package.metres_per_unit)
+    return SceneObject(package.name, mesh)
+
+
+def save_frame(frame: Frame, stem: Path, cloud: bool = True, about: dict | None = None) -> list[Path]:
+    """Write a frame as a depth sensor gives it, with its camera and ground truth.
+
+    Files (``stem`` plus a suffix)::
+
+        .png   16-bit depth in ``depth_scale`` units (0: no return), as ``POST /v1/detect`` takes
+               it in the field ``depth``
+        .json  ``camera``: fx, fy, cx, cy, depth_scale, the fields that go with the PNG; ``size``
+               (width, height); ``instances``: each target's object and true pose, as an answer
+               gives it (``canonical = points @ rotation + translation``, metres, the mesh file's
+               coordinates; ``pose_matrix`` for column vectors) with its visible fraction; plus
+               ``about`` (e.g. the command and seed that made it)
+        .npy   (N, 3) float32 valid points in the sensor frame, metres (``cloud=True``)
+
+    Returns:
+        The paths written.
+    """
+    import json
+
+    from PIL import Image
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    depth_path = stem.with_name(stem.name + ".png")
+    Image.fromarray(frame.depth_units()).save(depth_path, format="PNG", optimize=True)
+    instances = []
+    for instance in frame.instances:
+        rotation, translation = instance.rotation, instance.translation  # observed = canonical @ R + t
+        pose_matrix = np.eye(4)
+        pose_matrix[:3, :3], pose_matrix[:3, 3] = rotation.T, translation
+        instances.append(
+            {
+                "object": instance.name,
+                "rotation": rotation.T.tolist(),
+                "translation": (-translation @ rotation.T).tolist(),
+                "pose_matrix": pose_matrix.tolist(),
+                "visible_fraction": round(instance.visible_fraction, 4),
+                "n_points": instance.n_points,
+            }
+        )
+    camera = frame.intrinsics
+    description = {
+        "depth": depth_path.name,
+        "cloud": stem.name + ".npy" if cloud else None,
+        "camera": {
+            "fx": camera.fx,
+            "fy": camera.fy,
+            "cx": camera.cx,
+            "cy": camera.cy,
+            "depth_scale": camera.depth_scale,
+        },
+        "size": [camera.width, camera.height],
+        "units": "m",
+        "convention": "canonical (mesh file coordinates, metres) = points @ rotation + translation",
+        "instances": instances,
+        **(about or {}),
+    }
+    json_path = stem.with_name(stem.name + ".json")
+    json_path.write_text(json.dumps(description, indent=2) + "\n")
+    written = [depth_path, json_path]
+    if cloud:
+        cloud_path = stem.with_name(stem.name + ".npy")
+        np.save(cloud_path, frame.points().astype(np.float32))
+        written.append(cloud_path)
+    return written

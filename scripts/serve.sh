@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: install, then serve every object of the store (models/objects: the shipped
-# bunny, and whatever `cloudpose object add` put there) on :8000, without training.
+# The main job: install, then serve the shipped objects (models/objects: the bunny) and the user's
+# own (what `cloudpose object add` put in CLOUDPOSE_STORE, else ~/.local/share/cloudpose/objects)
+# on :8000, without training.
 # With CLOUDPOSE_MODEL_PATH pointing at a model that does not exist yet, it installs the training
 # extras, trains the exam-setting default from scratch (--fresh: never an old run's checkpoint;
 # 600 steps, 6 s on an idle 2-core CPU, 33 s with the cores shared), exports and evaluates it
@@ -23,7 +24,7 @@ if [ -n "${CLOUDPOSE_MODEL_PATH:-}" ]; then
   example=$(dirname "$model")
 else
   scripts/install.sh serve
-  serve=(--store "${CLOUDPOSE_STORE:-models/objects}")
+  serve=()
   example=models/objects/bunny
 fi
 cat >&2 <<TXT
@@ -32,7 +33,8 @@ cloudpose serves on http://127.0.0.1:$port  (see a pose: /viewer; docs: /docs; o
   curl -s -X POST localhost:$port/v1/pose -H 'content-type: application/json' -d @$example/example.json
   curl -s -X POST localhost:$port/v1/pose -F file=@$example/example.xyz
 $example/example.json also holds the true answer (true_rotation, true_translation).
-Add your own object:  .venv/bin/cloudpose object add NAME MESH_FILE --units mm
+A whole depth frame:  curl -s -X POST localhost:$port/v1/detect -F depth=@models/objects/bunny/example_frame.png -F fx=525 -F fy=525 -F cx=319.5 -F cy=239.5
+Add your own object:  .venv/bin/cloudpose object add NAME MESH_FILE --units mm   (served within seconds)
 
 TXT
 exec .venv/bin/cloudpose serve --host "${CLOUDPOSE_HOST:-127.0.0.1}" --port "$port" "${serve[@]}"

@@ -437,7 +437,9 @@ class Client(_Routes):
         Args:
             clouds: each an (N, 3) array, a path or a list (a batch of lists only goes as JSON;
                 otherwise every cloud is a file, named ``clouds[i].npy`` for arrays).
-            object, units, refine: as :meth:`pose`.
+            object: as :meth:`pose`.
+            units: as :meth:`pose`.
+            refine: as :meth:`pose`.
 
         Returns:
             One result per cloud; each names its file (``file``) when it was one.
@@ -481,7 +483,10 @@ class Client(_Routes):
         """The instances of the frame before followed into this one (``POST /v1/track``).
 
         Args:
-            frame, depth, intrinsics, units: this frame, as :meth:`detect` takes it.
+            frame: this frame, as :meth:`detect` takes it.
+            depth: as :meth:`detect` takes it.
+            intrinsics: as :meth:`detect` takes them.
+            units: as :meth:`detect` takes them.
             previous: the poses to follow, most trusted first: detections (e.g. a
                 :class:`DetectResult`'s ``detections``), the last answer's tracks, or mappings
                 with ``object``, ``rotation`` (3, 3) and ``translation`` (3,).

@@ -26,7 +26,7 @@ Steps (library calls where one exists):
    detection explains leave the proposal, and what is left (a touching copy) is posed again;
 5. detections best first (confidence), at most ``max_instances``.
 
-What the scene benchmark measures of it is in the README.
+What the scene benchmark measures of it is in docs/results/index.md.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Example::
 
     from cloudpose import Estimator
 
-    estimator = Estimator.from_store()  # the shipped store, models/objects
+    estimator = Estimator.from_store()  # the shipped objects (models/objects) and the user's
     result = estimator.pose("models/objects/bunny/example.xyz", object="bunny")
     print(result.found, result.rotation, result.translation)
 
@@ -45,9 +45,8 @@ from service.results import (
     error_for,
 )
 from service.settings import Settings
+from service.store import SHIPPED_STORE  # noqa: F401  (where the shipped objects are)
 
-# The store that ships with cloudpose (the bunny), found from wherever the caller runs.
-SHIPPED_STORE = Path(__file__).resolve().parents[1] / "models" / "objects"
 INTRINSIC_FIELDS = ("fx", "fy", "cx", "cy", "depth_scale")
 
 
@@ -66,7 +65,8 @@ def _is_path(value: object) -> bool:
 
 class ArgumentSettings(Settings):
     """The service's settings from arguments and defaults alone: an estimator in a program reads
-    no ``CLOUDPOSE_*`` variables (they configure the server)."""
+    no ``CLOUDPOSE_*`` variables (they configure the server), but for where the user's objects are
+    (``CLOUDPOSE_STORE``, read when a default store is opened, as every command reads it)."""
 
     @classmethod
     def settings_customise_sources(
@@ -100,10 +100,12 @@ class Estimator:
         threads: int = 1,
         **limits: Any,
     ) -> Estimator:
-        """Every package of an object store, verified, as ``cloudpose serve --store`` loads it.
+        """Every package of an object store, verified, as ``cloudpose serve`` loads it.
 
         Args:
-            store: the store's folder (default: the shipped one, with the bunny).
+            store: the store's folder, used alone (as ``cloudpose serve --store``); by default
+                the shipped objects (the bunny) and the user's store (``CLOUDPOSE_STORE``, else
+                the user's data folder: where ``cloudpose object add`` puts objects).
             default_object: the object :meth:`pose` answers for without ``object`` (default: the
                 service's default, or the only object).
             threads: onnxruntime intra-op threads per object.
@@ -112,7 +114,7 @@ class Estimator:
         Raises:
             service.store.StoreError: no store there, or a broken package.
         """
-        options: dict[str, Any] = {"store": Path(store) if store is not None else SHIPPED_STORE}
+        options: dict[str, Any] = {"store": Path(store) if store is not None else None}
         if default_object is not None:
             options["default_object"] = default_object
         settings = ArgumentSettings(**{**limits, **options, "threads": threads})
@@ -235,7 +237,9 @@ class Estimator:
 
         Args:
             clouds: each as :meth:`pose` takes one; a path's result names its file.
-            object, units, refine: as :meth:`pose`.
+            object: as :meth:`pose`.
+            units: as :meth:`pose`.
+            refine: as :meth:`pose`.
             budget_s: each cloud's search time at most.
 
         Raises:
@@ -350,7 +354,11 @@ class Estimator:
         """The instances of the frame before followed into this one, as ``POST /v1/track`` answers.
 
         Args:
-            frame, depth, intrinsics, units, viewpoint: this frame, as :meth:`detect` takes it.
+            frame: this frame, as :meth:`detect` takes it.
+            depth: as :meth:`detect` takes it.
+            intrinsics: as :meth:`detect` takes them.
+            units: as :meth:`detect` takes them.
+            viewpoint: as :meth:`detect` takes it.
             previous: the poses to follow, most trusted first: detections (a
                 :class:`DetectResult`'s ``detections``), the last answer's tracks, or mappings with
                 ``object``, ``rotation`` (3, 3) and ``translation`` (3,), as answers give them.

@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-DEFAULT_STORE = Path("models/objects")
+from service.store import LayeredStore, ObjectStore
+
+# The variables of the two store fields, which do not follow the prefix + field name rule:
+# CLOUDPOSE_STORE names the user's store (what ``cloudpose object add`` writes to), served beside
+# the shipped objects; a store served alone (``cloudpose serve --store``) has a variable of its own.
+STORE_VARIABLES = {"user_store": "CLOUDPOSE_STORE", "store": "CLOUDPOSE_ONLY_STORE"}
+
+
+class _Environment(EnvSettingsSource):
+    """The ``CLOUDPOSE_*`` variables, the two store fields taken from :data:`STORE_VARIABLES`."""
+
+    def __call__(self) -> dict[str, Any]:
+        values = {key: value for key, value in super().__call__().items() if key not in STORE_VARIABLES}
+        for field_name, variable in STORE_VARIABLES.items():
+            if os.environ.get(variable, "").strip():
+                values[field_name] = os.environ[variable].strip()
+        return values
 
 
 class Settings(BaseSettings):
     """Limits, budgets, security and the objects to serve.
 
     Attributes:
-        store: the object store; every package in it is served.
+        store: serve exactly this object store, every package in it (``cloudpose serve --store``;
+            ``CLOUDPOSE_ONLY_STORE``); None serves the shipped objects and the user's store.
+        user_store: the user's store (``CLOUDPOSE_STORE``; None: ``objects`` in the user's data
+            folder), served beside the shipped objects when ``store`` is None.
+        watch_store_s: how often the served stores are looked at for added, replaced or removed
+            packages, which are then loaded as a reload loads them (0: never; SIGHUP still reloads).
         default_object: the object ``/v1/pose`` answers for (the only one, if the store holds
             one and this one is absent).
         model_path: serve this bare exported ONNX model (sidecar beside it) instead of the store.
@@ -53,7 +76,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CLOUDPOSE_")
 
-    store: Path = DEFAULT_STORE
+    store: Path | None = None
+    user_store: Path | None = None
+    watch_store_s: float = Field(default=2.0, ge=0)
     default_object: str = "bunny"
     model_path: Path | None = None
     max_points: int = Field(default=250_000, gt=0)
@@ -77,6 +102,21 @@ class Settings(BaseSettings):
     api_keys: str = ""
     cors_origins: str = ""
     log_format: str = Field(default="json", pattern="^(json|text)$")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _Environment(settings_cls), dotenv_settings, file_secret_settings)
+
+    def object_store(self) -> ObjectStore:
+        """The store served: ``store`` alone, else the shipped objects with the user's store."""
+        return ObjectStore(self.store) if self.store is not None else LayeredStore(self.user_store)
 
     def keys(self) -> list[str]:
         return [key.strip() for key in self.api_keys.split(",") if key.strip()]

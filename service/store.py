@@ -1,14 +1,28 @@
 """The object store and its package format, read by the pipeline and the service alike.
 
-A store is a folder of object packages, one sub-folder per object (default ``models/objects/``)::
+A store is a folder of object packages, one sub-folder per object::
 
-    models/objects/NAME/
+    STORE/NAME/
         object.json     the package descriptor (format ``cloudpose-object/1``, below)
         surface.npy     (M, 6) surface points and outward normals, internal frame, object units
         mesh.EXT        the mesh file as the user gave it (its frame is the API's canonical frame)
         model.onnx      optional order-free network; without it the registration search answers
         model.json      the network's sidecar (format ``cloudpose-model/1``), when there is one
+        example.json, example.xyz   a posed cloud and its true answer, to try by hand
+        example_frame.png, .json, .npy   optional: a depth frame holding the object, its camera
+                        and true poses (``object.json`` ``example_frame`` names them and the
+                        command that made them); read by people, never by the service
         PROVENANCE.md   how the package was made: command, seed, bench figures
+
+Files other than the descriptor, the surface and the network are not hashed: nothing served
+depends on them.
+
+Where stores are. The shipped objects (the bunny) live in ``models/objects`` of the repository
+(:data:`SHIPPED_STORE`) and are read-only; the user's own objects live in the user store,
+``CLOUDPOSE_STORE`` when set, else ``objects`` in the user's data folder
+(:func:`user_store_path`). By default the commands and the service work on both together
+(:class:`LayeredStore`): the shipped objects with the user's beside them, writes and removals in
+the user's. A folder given explicitly (``--store DIR``) is used alone (:func:`open_store`).
 
 Frames. Users see the mesh file's own coordinates ("canonical" in the API: a robot's grasp
 points are defined there). Internally the surface, the network and the refinement work in the
@@ -39,7 +53,10 @@ import numpy as np
 OBJECT_FORMAT = "cloudpose-object/1"
 MODEL_FORMAT = "cloudpose-model/1"
 DESCRIPTOR = "object.json"
-DEFAULT_STORE = Path("models/objects")
+# The objects that ship with cloudpose (the bunny), wherever the caller runs.
+SHIPPED_STORE = Path(__file__).resolve().parents[1] / "models" / "objects"
+# Names the user's store (read when a store is opened, never at import).
+STORE_VARIABLE = "CLOUDPOSE_STORE"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # Metres per unit of the unit names a user may declare or a request may name.
 UNITS_M = {"um": 1e-6, "mm": 1e-3, "cm": 1e-2, "dm": 0.1, "m": 1.0, "in": 0.0254, "ft": 0.3048}
@@ -284,7 +301,7 @@ class ObjectStore:
         root: the store folder (need not exist yet).
     """
 
-    def __init__(self, root: str | Path = DEFAULT_STORE) -> None:
+    def __init__(self, root: str | Path = SHIPPED_STORE) -> None:
         self.root = Path(root)
 
     def names(self) -> list[str]:
@@ -317,9 +334,116 @@ class ObjectStore:
     def write(self, name: str, meta: dict[str, Any], files: dict[str, bytes]) -> ObjectPackage:
         return read_package(write_package(self.root, name, meta, files))
 
+    def check_writable(self, name: str) -> None:
+        """Raise StoreError when a package of this name may not be written here."""
+        check_name(name)
+
     def remove(self, name: str) -> None:
         """Delete a package: renamed away first, so no reader sees half of it."""
         package = self.get(name)
         retired = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=self.root))
         os.replace(package.path, retired / name)
         shutil.rmtree(retired, ignore_errors=True)
+
+    def signature(self) -> tuple:
+        """What changes whenever a package is added, replaced or removed (packages are renamed
+        into place, so a replaced descriptor is a new file): the names with their descriptors'
+        inode, size and modification time. Cheap: one listing and one ``stat`` per package."""
+        return _signature(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+
+def _signature(root: Path) -> tuple:
+    stamps = []
+    for name in ObjectStore(root).names():
+        try:
+            stat = (root / name / DESCRIPTOR).stat()
+        except OSError:  # removed between the listing and the stat: the next look sees it gone
+            continue
+        stamps.append((name, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return (str(root), *stamps)
+
+
+def user_store_path() -> Path:
+    """The user's store: ``CLOUDPOSE_STORE`` when set, else ``objects`` in the user's data folder
+    (``~/.local/share/cloudpose/objects`` on Linux; platformdirs' ``user_data_path``). Read when
+    called."""
+    value = os.environ.get(STORE_VARIABLE, "").strip()
+    if value:
+        return Path(value).expanduser()
+    import platformdirs
+
+    return platformdirs.user_data_path("cloudpose") / "objects"
+
+
+class LayeredStore(ObjectStore):
+    """The shipped objects, read-only, with the user's store beside them: what the commands and
+    the service use when no store is named.
+
+    Names are the union of both. A user package of a shipped object's name shadows it (``object
+    add`` refuses such a name, so only a package copied in by hand, or an object a later release
+    ships under a name the user already took, gets there). Writes and removals go to the user
+    store; a shipped object cannot be removed, nor replaced unless a user package shadows it.
+
+    Args:
+        user: the user store (:func:`user_store_path` when None).
+        shipped: the shipped store.
+    """
+
+    def __init__(self, user: str | Path | None = None, shipped: str | Path = SHIPPED_STORE) -> None:
+        super().__init__(user if user is not None else user_store_path())
+        self.shipped = ObjectStore(shipped)
+        self.user = ObjectStore(self.root)
+
+    def names(self) -> list[str]:
+        return sorted(set(self.shipped.names()) | set(self.user.names()))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.user or name in self.shipped
+
+    def is_shipped(self, name: str) -> bool:
+        """Whether the object of this name is the shipped one (no user package shadows it)."""
+        return name in self.shipped and name not in self.user
+
+    def get(self, name: str) -> ObjectPackage:
+        check_name(name)
+        if name in self.user:
+            return self.user.get(name)
+        if name in self.shipped:
+            return self.shipped.get(name)
+        known = ", ".join(self.names()) or "none"
+        raise StoreError(f"no object {name!r} in {self} (known: {known})")
+
+    def check_writable(self, name: str) -> None:
+        check_name(name)
+        if self.is_shipped(name):
+            raise StoreError(
+                f"object {name!r} ships with cloudpose ({self.shipped.root}) and is read-only: add "
+                "yours under another name, or name a store of your own with --store DIR"
+            )
+
+    def write(self, name: str, meta: dict[str, Any], files: dict[str, bytes]) -> ObjectPackage:
+        self.check_writable(name)
+        return self.user.write(name, meta, files)
+
+    def remove(self, name: str) -> None:
+        if self.is_shipped(name):
+            raise StoreError(
+                f"object {name!r} ships with cloudpose ({self.shipped.root}) and cannot be removed; "
+                f"your objects are in {self.user.root}"
+            )
+        self.user.remove(name)
+
+    def signature(self) -> tuple:
+        return (_signature(self.shipped.root), _signature(self.user.root))
+
+    def __str__(self) -> str:
+        return f"{self.shipped.root} (shipped) + {self.user.root}"
+
+
+def open_store(store: str | Path | None = None) -> ObjectStore:
+    """The store a command or the service works on: exactly ``store`` when given, else the
+    shipped objects with the user's store beside them (:class:`LayeredStore`)."""
+    return ObjectStore(store) if store is not None else LayeredStore()

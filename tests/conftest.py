@@ -1,13 +1,60 @@
-"""Shared fixtures: one small model trained and exported for real, reused by the whole session."""
+"""Shared fixtures: the session's own object stores, and one small model trained and exported for
+real, reused by the whole session."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from service.store import SHIPPED_STORE
+
 SMALL_N = 64
+# The packages of models/objects that ship with cloudpose; anything else there is a user's.
+SHIPPED_OBJECTS = ("bunny",)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The user's store for the whole session: an empty folder of its own (``CLOUDPOSE_STORE``,
+    and the data folder it would default to), so no test reads the objects a user has added, and
+    none writes among them. Servers and commands the tests start inherit it."""
+    root = tmp_path_factory.mktemp("user")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CLOUDPOSE_STORE", str(root / "objects"))
+    patch.setenv("XDG_DATA_HOME", str(root / "data"))
+    patch.delenv("CLOUDPOSE_ONLY_STORE", raising=False)
+    yield root / "objects"
+    patch.undo()
+
+
+def _copy_package(package: Path, store: Path, name: str) -> Path:
+    target = store / name
+    shutil.copytree(package, target)
+    descriptor = target / "object.json"
+    descriptor.write_text(json.dumps({**json.loads(descriptor.read_text()), "name": name}, indent=2))
+    return target
+
+
+@pytest.fixture(scope="session")
+def copy_package() -> Callable[[Path, Path, str], Path]:
+    """``copy_package(package, store, name)``: a copy of a package under another name in
+    ``store`` (a user's object, made in no time); returns its folder."""
+    return _copy_package
+
+
+@pytest.fixture(scope="session")
+def shipped_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding a copy of the shipped objects alone, whatever else models/objects holds
+    (objects a user added there with ``--store models/objects``). Tests only read it."""
+    root = tmp_path_factory.mktemp("shipped") / "objects"
+    for name in SHIPPED_OBJECTS:
+        shutil.copytree(SHIPPED_STORE / name, root / name)
+    return root
 
 
 @dataclass

@@ -53,6 +53,7 @@ INVOCATIONS: dict[str, list[list[str]]] = {
         ["object", "add", "removed", str(MESH), "--no-train", "--bench-count", "0", "--store", "store"],
         ["object", "remove", "removed", "--store", "store"],
     ],
+    "scene make": [["scene", "make", "frames", "--scale", "0.25"]],
     "lenet train": [["lenet", "train", "--limit", "20", "--epochs", "1", "--out", "lenet"]],
     "plot elu": [["plot", "elu", "--out", "elu.png"]],
 }

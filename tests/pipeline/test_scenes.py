@@ -8,7 +8,7 @@ import open3d as o3d
 import pytest
 import trimesh
 from PIL import Image
-from scipy.spatial import ConvexHull
+from scipy.spatial import ConvexHull, cKDTree
 
 from pipeline.mesh import load_mesh
 from pipeline.scenes import (
@@ -380,3 +380,78 @@ def test_the_depth_png_of_a_frame_reads_back_as_its_cloud(bunny, distractors):
     points = frame.points()
     assert served.shape == points.shape
     np.testing.assert_allclose(served, points, atol=SMALL.depth_scale)
+
+
+def test_scene_make_writes_seeded_frames_whose_files_agree(tmp_path, copy_package):
+    """``cloudpose scene make``: per frame a depth PNG, its camera and true poses (JSON) and its
+    cloud; the PNG back-projects to the cloud, the true pose puts the mesh on the frame's points,
+    and the same seed gives the same bytes."""
+    import json
+    import subprocess
+
+    from service.store import SHIPPED_STORE
+    from tests.service.test_uvicorn import cloudpose_command
+
+    def make(out, *extra, objects="bunny"):
+        arguments = ["--count", "2", "--seed", "4", "--scale", "0.25", "--objects", objects, *extra]
+        command = [*cloudpose_command(), "scene", "make", str(out), *arguments]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    made = make(tmp_path / "a")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.count("wrote ") == 2 and "160 x 120" in made.stdout
+    assert made.stderr.strip().startswith(
+        f"try: curl -s -X POST localhost:8000/v1/detect -F depth=@{tmp_path / 'a' / 'frame_001'}.png -F fx="
+    )
+    assert sorted(path.name for path in (tmp_path / "a").iterdir()) == [
+        f"frame_00{index}{suffix}" for index in (0, 1) for suffix in (".json", ".npy", ".png")
+    ]
+    about = json.loads((tmp_path / "a" / "frame_000.json").read_text())
+    assert about["camera"] == {
+        "fx": SMALL.fx,
+        "fy": SMALL.fy,
+        "cx": SMALL.cx,
+        "cy": SMALL.cy,
+        "depth_scale": 0.001,
+    }
+    assert about["size"] == [160, 120] and about["seed"] == 4 and about["frame"] == 0
+    assert about["command"].startswith("cloudpose scene make ")
+    depth = read_depth_image(
+        "frame_000.png", (tmp_path / "a" / "frame_000.png").read_bytes(), SMALL.pinhole(), 160 * 120
+    )
+    points = np.load(tmp_path / "a" / "frame_000.npy")
+    np.testing.assert_allclose(valid_points(back_project(depth, SMALL)), points, atol=SMALL.depth_scale)
+    (truth,) = about["instances"]
+    metres = json.loads((SHIPPED_STORE / "bunny" / "object.json").read_text())["units"]["metres_per_unit"]
+    mesh = trimesh.load(SHIPPED_STORE / "bunny" / "mesh.ply", force="mesh")
+    matrix = np.asarray(truth["pose_matrix"])
+    posed = (np.asarray(mesh.vertices) * metres) @ matrix[:3, :3].T + matrix[:3, 3]
+    # canonical = points @ rotation + translation takes the posed mesh back to the file's frame.
+    np.testing.assert_allclose(
+        posed @ np.asarray(truth["rotation"]) + truth["translation"],
+        np.asarray(mesh.vertices) * metres,
+        atol=1e-9,
+    )
+    near, _ = cKDTree(posed).query(points, distance_upper_bound=0.01)
+    assert np.isfinite(near).sum() >= 0.9 * truth["n_points"]  # the bunny's points are where it stands
+
+    again = make(tmp_path / "b")
+    assert again.returncode == 0, again.stderr
+    for name in ("frame_001.png", "frame_001.npy"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+    unitless = tmp_path / "unitless"
+    descriptor = copy_package(SHIPPED_STORE / "bunny", unitless, "blob") / "object.json"
+    meta = json.loads(descriptor.read_text())
+    descriptor.write_text(json.dumps({**meta, "units": {"name": None, "metres_per_unit": None}}))
+    refused = make(tmp_path / "c", "--store", str(unitless), objects="blob")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "error: blob was added without units, and a frame is in metres: add it again with --units"
+    )
+    example = make(tmp_path / "d", "--example")
+    assert example.returncode == 1
+    assert (
+        example.stderr.strip()
+        == "error: --example makes one frame of one object: pass --objects NAME --count 1"
+    )

@@ -11,13 +11,11 @@ from service.objects import ObjectRegistry
 from service.settings import Settings
 from service.store import ObjectStore
 
-STORE = Path(__file__).resolve().parents[2] / "models" / "objects"
-
 
 @pytest.fixture(scope="module")
-def frames() -> list[track_bench.TrackedFrame]:
-    registry = ObjectRegistry.load(Settings(store=STORE))
-    targets, models = scene_bench.store_targets(ObjectStore(STORE), registry.objects)
+def frames(shipped_store: Path) -> list[track_bench.TrackedFrame]:
+    registry = ObjectRegistry.load(Settings(store=shipped_store))
+    targets, models = scene_bench.store_targets(ObjectStore(shipped_store), registry.objects)
     return track_bench.run_track_bench(
         registry.objects, targets, scene_bench.distractor_objects(), models, sequences=1, length=3, seed=4
     )

@@ -38,8 +38,7 @@ from tests.service.test_detect import matches
 from tests.service.test_uvicorn import free_port, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STORE = REPO_ROOT / "models" / "objects"
-BUNNY = STORE / "bunny"
+BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
 API_KEY = "client-test-key"
 # A recovered pose is within these of the truth (degrees; fraction of the bunny's diagonal).
 ROTATION_DEG = 1.0
@@ -47,15 +46,15 @@ TRANSLATION_FRACTION = 0.01
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """uvicorn serving the shipped store with an API key; budgets wide enough that a busy machine
+def server(tmp_path_factory: pytest.TempPathFactory, shipped_store: Path) -> Iterator[str]:
+    """uvicorn serving the shipped objects with an API key; budgets wide enough that a busy machine
     never cuts a search short (answers are compared with other computations of the same cloud)."""
     port = free_port()
     code = (
         "import uvicorn\n"
         "from service.app import create_app\n"
         "from service.settings import Settings\n"
-        f"settings = Settings(store={str(STORE)!r}, api_keys={API_KEY!r}, hard_processes=False, "
+        f"settings = Settings(store={str(shipped_store)!r}, api_keys={API_KEY!r}, hard_processes=False, "
         "pose_budget_ms=60000, batch_budget_s=120)\n"
         f"uvicorn.run(create_app(settings), host='127.0.0.1', port={port}, log_level='warning')\n"
     )

@@ -23,21 +23,20 @@ from service.symmetry import geodesic_deg
 from tests.service.test_uvicorn import cloudpose_command, serving_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STORE = REPO_ROOT / "models" / "objects"
 # A found instance's pose is within these of the truth (degrees; metres).
 ROTATION_DEG = 2.0
 TRANSLATION_M = 0.005
 
 
 @pytest.fixture(scope="module")
-def bunny() -> ServedObject:
-    return ServedObject.from_package(ObjectStore(STORE).get("bunny"))
+def bunny(shipped_store: Path) -> ServedObject:
+    return ServedObject.from_package(ObjectStore(shipped_store).get("bunny"))
 
 
 @pytest.fixture(scope="module")
-def scene_bunny(bunny: ServedObject) -> SceneObject:
+def scene_bunny(bunny: ServedObject, shipped_store: Path) -> SceneObject:
     """The served bunny's mesh, in metres (its package's units), as the scenes place it."""
-    mesh = trimesh.load(STORE / "bunny" / "mesh.ply", force="mesh")
+    mesh = trimesh.load(shipped_store / "bunny" / "mesh.ply", force="mesh")
     mesh.apply_scale(bunny.metres_per_unit)
     return SceneObject("bunny", mesh)
 
@@ -100,8 +99,8 @@ def test_a_frame_without_the_object_gets_no_detection(bunny, scene_bunny, distra
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    with serving_store(STORE, tmp_path_factory.mktemp("detect")) as url:
+def server(tmp_path_factory: pytest.TempPathFactory, shipped_store: Path):
+    with serving_store(shipped_store, tmp_path_factory.mktemp("detect")) as url:
         yield url
 
 
@@ -244,14 +243,16 @@ def test_unknown_objects_and_frames_over_the_limit_are_refused(server: str) -> N
     )
 
 
-def test_cli_detect_prints_the_detections_and_fails_in_one_line(frame: Frame, tmp_path: Path) -> None:
+def test_cli_detect_prints_the_detections_and_fails_in_one_line(
+    frame: Frame, tmp_path: Path, shipped_store: Path
+) -> None:
     import json
     import subprocess
 
     cloud = tmp_path / "frame.npy"
     cloud.write_bytes(npy_bytes(frame.points()))
     done = subprocess.run(
-        [*cloudpose_command(), "detect", str(cloud), "--store", str(STORE)],
+        [*cloudpose_command(), "detect", str(cloud), "--store", str(shipped_store)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -262,7 +263,7 @@ def test_cli_detect_prints_the_detections_and_fails_in_one_line(frame: Frame, tm
     depth = tmp_path / "frame.png"
     depth.write_bytes(png_bytes(frame.depth_units()))
     failed = subprocess.run(
-        [*cloudpose_command(), "detect", str(depth), "--store", str(STORE), "--fx", "525"],
+        [*cloudpose_command(), "detect", str(depth), "--store", str(shipped_store), "--fx", "525"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -272,3 +273,40 @@ def test_cli_detect_prints_the_detections_and_fails_in_one_line(frame: Frame, tm
     assert (
         failed.stderr.strip() == "error: bad camera intrinsics: fy is missing; cx is missing; cy is missing"
     )
+
+
+def test_the_shipped_example_frame_holds_the_bunny_that_detect_finds(server: str) -> None:
+    """The example frame of the bunny's package (``cloudpose scene make --example``), posted as
+    the documentation shows, as a depth PNG with its camera and as a cloud."""
+    import json
+
+    package = ObjectStore(REPO_ROOT / "models" / "objects").get("bunny")
+    files = package.meta["example_frame"]["files"]
+    assert files == ["example_frame.json", "example_frame.npy", "example_frame.png"]
+    assert sum((package.path / name).stat().st_size for name in files) < 1_000_000
+    about = json.loads((package.path / "example_frame.json").read_text())
+    assert about["command"] == package.meta["example_frame"]["command"]
+    (truth,) = about["instances"]
+    assert truth["object"] == "bunny"
+    camera = {key: str(value) for key, value in about["camera"].items()}
+    answers = [
+        httpx.post(
+            f"{server}/v1/detect",
+            files={"depth": ("example_frame.png", (package.path / "example_frame.png").read_bytes())},
+            data=camera,
+            timeout=60,
+        ),
+        httpx.post(
+            f"{server}/v1/detect",
+            files={"file": ("example_frame.npy", (package.path / "example_frame.npy").read_bytes())},
+            timeout=60,
+        ),
+    ]
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        (found,) = [item for item in answer.json()["detections"] if item["confident"]]
+        assert found["object"] == "bunny" and found["found"] is True
+        rotation = np.asarray(found["rotation"])
+        assert geodesic_deg(rotation, np.asarray(truth["rotation"])) < ROTATION_DEG
+        assert np.linalg.norm(np.subtract(found["translation"], truth["translation"])) < TRANSLATION_M
+        np.testing.assert_allclose(found["pose_matrix"], truth["pose_matrix"], atol=0.01)

@@ -18,7 +18,7 @@ from tests.service.test_uvicorn import serving_store
 from tests.service.test_viewer import CHROMIUM, LOCAL_HOSTS, chromium, local_page
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STORE = REPO_ROOT / "models" / "objects"
+BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
 RENDER_TIMEOUT_MS = 20_000
 
 browser_only = pytest.mark.skipif(
@@ -28,8 +28,8 @@ browser_only = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with serving_store(STORE, tmp_path_factory.mktemp("docs")) as url:
+def server(tmp_path_factory: pytest.TempPathFactory, shipped_store: Path) -> Iterator[str]:
+    with serving_store(shipped_store, tmp_path_factory.mktemp("docs")) as url:
         yield url
 
 
@@ -45,7 +45,7 @@ def documented_example(document: dict, path: str) -> dict:
 
 def test_the_documented_examples_are_real_clouds_that_answer_200(server: str) -> None:
     document = httpx.get(f"{server}/openapi.json", timeout=10).json()
-    shipped = np.asarray(json.loads((STORE / "bunny" / "example.json").read_text())["points"])
+    shipped = np.asarray(json.loads((BUNNY / "example.json").read_text())["points"])
     example = documented_example(document, "/v1/pose")
     points = np.asarray(example["points"])
     assert points.shape[0] >= max(32, MIN_POINTS) and points.shape[1] == 3

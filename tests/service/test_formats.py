@@ -24,7 +24,7 @@ from tests.service.test_clouds import pypcd4_pcd
 from tests.service.test_uvicorn import REPO_ROOT, cloudpose_command, free_port, running_server
 
 MAX_POINTS = 1000
-STORE = REPO_ROOT / "models" / "objects"
+BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
 # Coordinates on a grid of 2**-10: exact in float32 (PCD, E57), in decimal text and as LAS
 # integers at this scale, so every format holds exactly the same numbers.
 GRID = 2.0**-10
@@ -361,19 +361,19 @@ def test_too_many_points_is_refused_before_reading_them(
 @pytest.fixture(scope="module")
 def bunny_cloud() -> np.ndarray:
     """The shipped bunny example cloud, on the grid (so every format holds the same numbers)."""
-    cloud = np.loadtxt(STORE / "bunny" / "example.xyz")
+    cloud = np.loadtxt(BUNNY / "example.xyz")
     return np.round(cloud / GRID) * GRID
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(tmp_path_factory: pytest.TempPathFactory, shipped_store: Path) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("formats")
     port = free_port()
     code = (
         "import uvicorn\n"
         "from service.app import create_app\n"
         "from service.settings import Settings\n"
-        f"uvicorn.run(create_app(Settings(store={str(STORE)!r})), host='127.0.0.1', port={port}, "
+        f"uvicorn.run(create_app(Settings(store={str(shipped_store)!r})), host='127.0.0.1', port={port}, "
         "log_level='warning')\n"
     )
     with running_server([sys.executable, "-c", code], port, folder / "server.log") as base_url:
@@ -437,7 +437,9 @@ def test_damaged_upload_gets_a_4xx_over_http(
     assert answer.startswith(f"{name!r} ") and detail in answer, answer
 
 
-def test_cli_predict_reads_the_new_formats(server: str, bunny_cloud: np.ndarray, tmp_path: Path) -> None:
+def test_cli_predict_reads_the_new_formats(
+    server: str, bunny_cloud: np.ndarray, tmp_path: Path, shipped_store: Path
+) -> None:
     expected = httpx.post(
         f"{server}/v1/pose", files={"file": ("bunny.npy", npy_bytes(bunny_cloud))}, timeout=60.0
     ).json()
@@ -448,7 +450,7 @@ def test_cli_predict_reads_the_new_formats(server: str, bunny_cloud: np.ndarray,
         path = tmp_path / name
         path.write_bytes(data)
         result = subprocess.run(
-            [*cloudpose_command(), "predict", str(path), "--store", str(STORE)],
+            [*cloudpose_command(), "predict", str(path), "--store", str(shipped_store)],
             cwd=tmp_path,
             capture_output=True,
             text=True,

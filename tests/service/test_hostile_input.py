@@ -30,7 +30,7 @@ from tests.service.test_clouds import zipped
 from tests.service.test_uvicorn import free_port, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STORE = REPO_ROOT / "models" / "objects"
+BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
 MAX_POINTS = 250_000  # the service's default limits, set explicitly for this server
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_BATCH = 256
@@ -840,7 +840,7 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, shipped_store: Path) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("hostile")
     pid_file = folder / "server.pid"
     port = free_port()
@@ -850,7 +850,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "from service.app import create_app\n"
         "from service.settings import Settings\n"
         f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
-        f"settings = Settings(store={str(STORE)!r}, max_points={MAX_POINTS}, "
+        f"settings = Settings(store={str(shipped_store)!r}, max_points={MAX_POINTS}, "
         f"max_body_bytes={MAX_BODY_BYTES}, max_batch={MAX_BATCH})\n"
         f"uvicorn.run(create_app(settings), host='127.0.0.1', port={port}, log_level='critical')\n"
     )
@@ -860,7 +860,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def example() -> dict:
-    return json.loads((STORE / "bunny" / "example.json").read_text())
+    return json.loads((BUNNY / "example.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,8 @@ FEW = "points has 10 points; send at least 32 points of the object"
 
 
 @pytest.fixture(scope="module")
-def estimator() -> Estimator:
-    return Estimator.from_store()
+def estimator(shipped_store: Path) -> Estimator:
+    return Estimator.from_store(shipped_store)
 
 
 @pytest.fixture
@@ -229,5 +229,20 @@ def test_settings_come_from_arguments_not_the_environment(monkeypatch: pytest.Mo
     monkeypatch.setenv("CLOUDPOSE_MAX_POINTS", "5")
     monkeypatch.setenv("CLOUDPOSE_STORE", "/nowhere")
     assert Settings().max_points == 5  # the server reads it
+    # CLOUDPOSE_STORE names the user's store, served beside the shipped objects, not alone.
+    assert Settings().user_store == Path("/nowhere") and Settings().store is None
     settings = ArgumentSettings(store=SHIPPED_STORE)
     assert settings.max_points == DEFAULT_MAX_POINTS and settings.store == SHIPPED_STORE
+    assert settings.user_store is None
+
+
+def test_by_default_the_shipped_objects_and_the_users_are_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy_package
+) -> None:
+    user = tmp_path / "mine"
+    copy_package(BUNNY, user, "rabbit")
+    monkeypatch.setenv("CLOUDPOSE_STORE", str(user))
+    both = Estimator.from_store()
+    assert [item.name for item in both.objects().objects] == ["bunny", "rabbit"]
+    assert both.default == "bunny"
+    assert [item.name for item in Estimator.from_store(user).objects().objects] == ["rabbit"]

@@ -17,7 +17,7 @@ from service.app import create_app
 from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STORE = REPO_ROOT / "models" / "objects"
+BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
 ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -39,23 +39,25 @@ def described(store: Path, path: str = "/v1/model") -> dict:
 
 @pytest.fixture(scope="module")
 def package() -> dict:
-    return json.loads((STORE / "bunny" / "object.json").read_text())
+    return json.loads((BUNNY / "object.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def sidecar() -> dict:
-    return json.loads((STORE / "bunny" / "model.json").read_text())
+    return json.loads((BUNNY / "model.json").read_text())
 
 
 @pytest.fixture
 def store_copy(tmp_path: Path) -> Path:
     """A store holding a copy of the shipped bunny package."""
-    shutil.copytree(STORE / "bunny", tmp_path / "store" / "bunny")
+    shutil.copytree(BUNNY, tmp_path / "store" / "bunny")
     return tmp_path / "store"
 
 
-def test_model_card_shows_the_served_figures_beside_the_network_alone(package: dict, sidecar: dict) -> None:
-    with TestClient(create_app(Settings(store=STORE))) as client:
+def test_model_card_shows_the_served_figures_beside_the_network_alone(
+    package: dict, sidecar: dict, shipped_store: Path
+) -> None:
+    with TestClient(create_app(Settings(store=shipped_store))) as client:
         model = client.get("/v1/model").json()
         one = client.get("/v1/objects/bunny").json()
         listed = client.get("/v1/objects").json()
@@ -87,8 +89,8 @@ def test_model_card_shows_the_served_figures_beside_the_network_alone(package: d
     assert validation["rotation_median_deg"] > 1.0
 
 
-def test_openapi_documents_the_card() -> None:
-    with TestClient(create_app(Settings(store=STORE))) as client:
+def test_openapi_documents_the_card(shipped_store: Path) -> None:
+    with TestClient(create_app(Settings(store=shipped_store))) as client:
         document = client.get("/openapi.json").json()
     paths = document["paths"]
     for path, model in (
@@ -161,3 +163,51 @@ def test_an_exam_setting_model_is_served_by_its_network_alone(exported_model) ->
     }
     assert validation == sidecar["training"]["validation"]
     assert model["metrics"]["network_only"]["validation"] == served["validation"]
+
+
+def test_a_package_without_a_network_names_its_rows_for_the_search(tmp_path: Path) -> None:
+    import trimesh
+
+    from pipeline.bench_cli import bench_object
+    from pipeline.config import ConfigError
+    from pipeline.objects import add_object
+    from service.store import ObjectStore
+
+    mesh_path = tmp_path / "block.stl"
+    trimesh.creation.box(extents=(40.0, 30.0, 20.0)).export(mesh_path)
+    store = ObjectStore(tmp_path / "store")
+    added = add_object(
+        "block", mesh_path, store=store, units="mm", train=False, bench_count=1, runs_dir=tmp_path / "runs"
+    )
+    meta = added.package.meta
+    assert {row["method"] for row in meta["bench"]["rows"]} == {"search+refine"}  # no network ran
+    assert meta["bench"]["command"] == "cloudpose bench --object block --count 1 --methods search+refine"
+    assert "| search+refine | shuffled |" in (added.package.path / "PROVENANCE.md").read_text()
+    card = described(store.root, "/v1/objects/block")["metrics"]
+    assert card["served"]["what"].startswith("registration search alone (the object has no network)")
+    assert "method search+refine" in card["served"]["what"]
+    assert card["served"]["sets"] == by_set(meta["bench"]["rows"], "search+refine")
+
+    # `cloudpose bench --object` with its default methods: each row names what ran.
+    results = bench_object(
+        store.get("block"), count=1, set_names=("shuffled",), method_names=("network", "network+refine")
+    )
+    assert [row["method"] for row in results.rows()] == ["principal_axes", "search+refine"]
+    same = bench_object(store.get("block"), count=1, set_names=("shuffled",), method_names=("search+refine",))
+    assert [row["method"] for row in same.rows()] == ["search+refine"]
+    with pytest.raises(ConfigError, match="has a network: its methods are network and network\\+refine"):
+        bench_object(
+            ObjectStore(BUNNY.parent).get("bunny"),
+            count=1,
+            set_names=("shuffled",),
+            method_names=("search+refine",),
+        )
+
+    # A package benched before the rows were named for what ran still shows its figures.
+    legacy = [{**row, "method": "network+refine"} for row in meta["bench"]["rows"]]
+    descriptor = store.root / "block" / "object.json"
+    old = json.loads(descriptor.read_text())
+    old["bench"]["rows"] = legacy
+    descriptor.write_text(json.dumps(old))
+    card = described(store.root, "/v1/objects/block")["metrics"]
+    assert card["served"]["sets"] == by_set(legacy, "network+refine")

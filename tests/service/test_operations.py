@@ -43,23 +43,24 @@ def example() -> dict:
     return json.loads((BUNNY / "example.json").read_text())
 
 
-def start(tmp_path: Path, environment: dict[str, str]) -> Iterator[Served]:
-    """A server with these settings; the test process's own environment is left as it was."""
+def start(tmp_path: Path, environment: dict[str, str], shipped: Path) -> Iterator[Served]:
+    """A server of a copy of the ``shipped`` objects with these settings; the test process's own
+    environment is left as it was."""
     store = tmp_path / "objects"
-    shutil.copytree(BUNNY.parent, store, ignore=shutil.ignore_patterns("*.md"))
+    shutil.copytree(shipped, store, ignore=shutil.ignore_patterns("*.md"))
     port = free_port()
     log_path = tmp_path / "server.log"
     with ExitStack() as stack:
         with pytest.MonkeyPatch.context() as patch:
-            for name, value in {**environment, "CLOUDPOSE_STORE": str(store)}.items():
+            for name, value in environment.items():
                 patch.setenv(name, value)
-            command = [*cloudpose_command(), "serve", "--port", str(port)]
+            command = [*cloudpose_command(), "serve", "--port", str(port), "--store", str(store)]
             url = stack.enter_context(running_server(command, port, log_path))
         yield Served(url, log_path, store, port)
 
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def guarded(tmp_path_factory: pytest.TempPathFactory, shipped_store: Path) -> Iterator[Served]:
     """API keys, short body and header deadlines, room for few connections."""
     yield from start(
         tmp_path_factory.mktemp("guarded"),
@@ -69,15 +70,17 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             "CLOUDPOSE_HEADER_TIMEOUT_S": "1",
             "CLOUDPOSE_MAX_CONNECTIONS": "64",
         },
+        shipped_store,
     )
 
 
 @pytest.fixture(scope="module")
-def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def narrow(tmp_path_factory: pytest.TempPathFactory, shipped_store: Path) -> Iterator[Served]:
     """One pose worker, no queue, a 20 ms budget per cloud."""
     yield from start(
         tmp_path_factory.mktemp("narrow"),
         {"CLOUDPOSE_POOL_THREADS": "1", "CLOUDPOSE_QUEUE_LIMIT": "0", "CLOUDPOSE_POSE_BUDGET_MS": "20"},
+        shipped_store,
     )
 
 
@@ -336,8 +339,8 @@ def test_a_hard_cloud_is_finished_in_a_lower_priority_process(guarded: Served) -
     assert 10 in niceness  # the hard-cloud process runs at a lower priority
 
 
-def test_hard_cloud_processes_end_with_a_killed_server(tmp_path: Path) -> None:
-    for served in start(tmp_path, {}):
+def test_hard_cloud_processes_end_with_a_killed_server(tmp_path: Path, shipped_store: Path) -> None:
+    for served in start(tmp_path, {}, shipped_store):
         wait_ready(served)
         server = _server_pid(served.port)
         children = [int(pid) for pid in Path(f"/proc/{server}/task/{server}/children").read_text().split()]

@@ -25,7 +25,6 @@ from service.store import ObjectStore
 from tests.service.test_uvicorn import serving_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STORE = REPO_ROOT / "models" / "objects"
 MOSD = REPO_ROOT / ".." / "shared" / "real" / "mosd"
 FRAMES = sorted(path.stem for path in MOSD.glob("test*.pcd")) if MOSD.is_dir() else []
 MAX_FRAME_POINTS = 1_000_000
@@ -36,8 +35,8 @@ pytestmark = pytest.mark.skipif(not FRAMES, reason=f"the real Kinect frames are 
 
 
 @pytest.fixture(scope="module")
-def bunny() -> dict[str, ServedObject]:
-    return {"bunny": ServedObject.from_package(ObjectStore(STORE).get("bunny"))}
+def bunny(shipped_store: Path) -> dict[str, ServedObject]:
+    return {"bunny": ServedObject.from_package(ObjectStore(shipped_store).get("bunny"))}
 
 
 def real_frame(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -150,8 +149,8 @@ def test_each_object_standing_alone_is_one_segment(bunny, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    with serving_store(STORE, tmp_path_factory.mktemp("real-frames")) as url:
+def server(tmp_path_factory: pytest.TempPathFactory, shipped_store: Path):
+    with serving_store(shipped_store, tmp_path_factory.mktemp("real-frames")) as url:
         yield url
 
 

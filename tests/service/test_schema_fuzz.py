@@ -32,9 +32,9 @@ def fuzz_module() -> ModuleType:
 
 
 @pytest.mark.parametrize("api_key", [None, "fuzz-test-key"], ids=["open", "with-keys"])
-def test_schemathesis_finds_no_server_error(api_key: str | None) -> None:
+def test_schemathesis_finds_no_server_error(api_key: str | None, shipped_store: Path) -> None:
     fuzz = fuzz_module()
-    result, tracebacks = fuzz.run(EXAMPLES, seed=0, api_key=api_key)
+    result, tracebacks = fuzz.run(EXAMPLES, seed=0, api_key=api_key, store=shipped_store)
     assert result.requests >= 200, fuzz.format_table(result)
     assert result.server_errors == 0, fuzz.format_table(result)
     assert result.returncode == 0, result.output[-4000:]

@@ -27,8 +27,8 @@ from tests.service.test_uvicorn import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STORE = REPO_ROOT / "models" / "objects"
-EXAMPLE_XYZ = STORE / "bunny" / "example.xyz"
+BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
+EXAMPLE_XYZ = BUNNY / "example.xyz"
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless flags that keep Chromium from reaching out on its own (updates, sync, QUIC probes).
 CHROMIUM_FLAGS = [
@@ -105,8 +105,8 @@ def local_page(context) -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with serving_store(STORE, tmp_path_factory.mktemp("viewer")) as url:
+def server(tmp_path_factory: pytest.TempPathFactory, shipped_store: Path) -> Iterator[str]:
+    with serving_store(shipped_store, tmp_path_factory.mktemp("viewer")) as url:
         yield url
 
 
@@ -196,7 +196,7 @@ def test_an_uploaded_cloud_shows_the_pose_the_api_gives(server: str, browser) ->
 def test_a_shipped_example_is_sent_from_the_list(server: str, browser) -> None:
     expected = httpx.post(
         f"{server}/v1/objects/bunny/pose",
-        json=json.loads((STORE / "bunny" / "example.json").read_text()),
+        json=json.loads((BUNNY / "example.json").read_text()),
         timeout=60,
     ).json()
     with local_page(browser) as page:
@@ -225,13 +225,15 @@ def test_a_bad_file_shows_the_service_detail(server: str, browser, tmp_path: Pat
         assert page.text_content("#pose-result") == ""
 
 
-def test_a_frame_shows_every_detection_in_its_own_colour(server: str, browser, tmp_path: Path) -> None:
+def test_a_frame_shows_every_detection_in_its_own_colour(
+    server: str, browser, tmp_path: Path, shipped_store: Path
+) -> None:
     import trimesh
 
     from pipeline.scenes import Intrinsics, SceneCounts, SceneObject, make_frame
     from service.store import ObjectStore
 
-    bunny_package = ObjectStore(STORE).get("bunny")
+    bunny_package = ObjectStore(shipped_store).get("bunny")
     mesh = trimesh.load(bunny_package.mesh_path, force="mesh")
     mesh.apply_scale(bunny_package.metres_per_unit)
     crate = SceneObject("crate", trimesh.creation.box((0.09, 0.06, 0.11)))
@@ -263,11 +265,11 @@ def test_a_frame_shows_every_detection_in_its_own_colour(server: str, browser, t
 
 
 def test_with_api_keys_the_page_is_open_and_its_routes_need_the_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shipped_store: Path
 ) -> None:
     key = "viewer-test-key"
     monkeypatch.setenv("CLOUDPOSE_API_KEYS", key)
-    with serving_store(STORE, tmp_path) as url:
+    with serving_store(shipped_store, tmp_path) as url:
         with httpx.Client(base_url=url, timeout=30) as client:
             for path in (
                 "/viewer",
