@@ -108,7 +108,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from real_scans import Scan, load_scans  # noqa: E402
+from real_scans import Scan, load_scans, parse_sizes  # noqa: E402
 
 from service.inference import EXPLAINED_RATIO, _CloudScatter  # noqa: E402
 from service.objects import FOUND_CONFIDENCE  # noqa: E402
@@ -522,16 +522,6 @@ def posed_scan(scan: Scan, scan_index: int, pose_index: int, seed: int, centroid
     rotation = scan.rotation @ motion
     translation = shift - scan.translation @ rotation + centroid @ rotation
     return observed, rotation, translation
-
-
-def parse_sizes(text: str) -> list[str]:
-    sizes = [part.strip().lower() for part in text.split(",") if part.strip()]
-    for size in sizes:
-        if size != "full" and not (size.isdigit() and int(size) > 0):
-            raise SystemExit(f"--sizes: {size!r} is neither a positive point count nor 'full'")
-    if not sizes:
-        raise SystemExit("--sizes: give at least one size")
-    return sizes
 
 
 def of_size(points: np.ndarray, size: str, rng: np.random.Generator) -> np.ndarray:

@@ -214,7 +214,7 @@ def train(
             finally:
                 distributed.cleanup()
         if not main_rank:
-            return
+            distributed.exit_now(0)
         summary = {
             "device": result.device,
             "world_size": result.world_size,
@@ -228,6 +228,8 @@ def train(
             **{key: round(value, 6) for key, value in result.validation.items() if isinstance(value, float)},
         }
         typer.echo(json.dumps(summary, indent=2))
+        if result.world_size > 1:
+            distributed.exit_now(0)
 
 
 def _train_flags(config: Path | None, values: dict[str, object], fresh: bool) -> list[str]:

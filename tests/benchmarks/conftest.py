@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,3 +26,16 @@ def loaded_script(name: str) -> Iterator[ModuleType]:
         yield module
     finally:
         sys.modules.pop(spec.name, None)
+
+
+def markdown_table(markdown: str, title_start: str) -> list[list[str]]:
+    """The body rows of the markdown table under the heading that starts with ``title_start``."""
+    section = markdown.split(f"## {title_start}", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[2:]]
+
+
+def number(cell: str) -> float:
+    """A table cell's number; the cell must be one."""
+    assert re.fullmatch(r"-?\d+(\.\d+)?", cell), cell
+    return float(cell)

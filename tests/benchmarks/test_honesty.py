@@ -4,14 +4,13 @@ the right fits and refuses the dragon's turned fits (the point of the honesty mo
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from types import ModuleType
 
 import numpy as np
 import pytest
 
-from tests.benchmarks.conftest import REAL, loaded_script
+from tests.benchmarks.conftest import REAL, loaded_script, markdown_table, number
 
 pytestmark = pytest.mark.skipif(
     not (REAL / "dragon" / "poses.json").is_file(), reason=f"no real data at {REAL} (../shared/real)"
@@ -35,18 +34,6 @@ def tiny_run(honesty: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> t
     return markdown_path.read_text(), json.loads(json_path.read_text())
 
 
-def _table(markdown: str, title_start: str) -> list[list[str]]:
-    """The body rows of the markdown table under the heading that starts with ``title_start``."""
-    section = markdown.split(f"## {title_start}", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
-    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[2:]]
-
-
-def _number(cell: str) -> float:
-    assert re.fullmatch(r"-?\d+(\.\d+)?", cell), cell
-    return float(cell)
-
-
 def test_posed_scan_has_the_internal_pose(honesty: ModuleType) -> None:
     """observed = (canonical_file - centroid) @ R + t: the README's convention, in the internal frame."""
     scan = honesty.load_scans(REAL / "dragon", 1)[0]
@@ -61,7 +48,7 @@ def test_tiny_run_tables(honesty: ModuleType, tiny_run: tuple[str, dict]) -> Non
     markdown, report = tiny_run
     rows = {
         (row[0], row[1]): dict(zip(honesty.TABLE_HEADER, row, strict=True))
-        for row in _table(markdown, "By data")
+        for row in markdown_table(markdown, "By data")
     }
     datas = {data for data, _ in rows}
     assert datas == {"real dragon 1024", "synthetic lever"}
@@ -72,40 +59,41 @@ def test_tiny_run_tables(honesty: ModuleType, tiny_run: tuple[str, dict]) -> Non
     assert ("real dragon 1024", "other object (bunny -> dragon)") in rows
     assert ("synthetic lever", "other object (bunny -> lever)") in rows
     for key, row in rows.items():
-        fits, dropped = _number(row["fits"]), _number(row["dropped"])
+        fits, dropped = number(row["fits"]), number(row["dropped"])
         assert fits >= 0 and dropped >= 0
         if fits == 0:
             continue
-        assert 0 <= _number(row["found %"]) <= 100, key
+        assert 0 <= number(row["found %"]) <= 100, key
         for quantity in ("fitness", "RMSE %", "ratio"):
-            values = [_number(row[f"{quantity} {q}"]) for q in ("p10", "med", "p90")]
+            values = [number(row[f"{quantity} {q}"]) for q in ("p10", "med", "p90")]
             assert values == sorted(values) and values[0] >= 0, (key, quantity)
-        assert _number(row["fitness p90"]) <= 1.0
+        assert number(row["fitness p90"]) <= 1.0
     right = rows[("real dragon 1024", "right")]
-    assert _number(right["fits"]) + _number(right["dropped"]) == 2  # 2 scans, 1 pose, 1 size
-    assert _number(right["RMSE % med"]) < 0.3  # the README: about 0.1 % of the diagonal
+    assert number(right["fits"]) + number(right["dropped"]) == 2  # 2 scans, 1 pose, 1 size
+    assert number(right["RMSE % med"]) < 0.3  # the README: about 0.1 % of the diagonal
     assert (
-        _number(rows[("synthetic lever", "right")]["fits"])
-        + _number(rows[("synthetic lever", "right")]["dropped"])
+        number(rows[("synthetic lever", "right")]["fits"])
+        + number(rows[("synthetic lever", "right")]["dropped"])
         == 6
     )  # 2 sets x 3 cases
 
     summary = {
-        row[0]: dict(zip(honesty.SUMMARY_HEADER, row, strict=True)) for row in _table(markdown, "Summary")
+        row[0]: dict(zip(honesty.SUMMARY_HEADER, row, strict=True))
+        for row in markdown_table(markdown, "Summary")
     }
     assert set(summary) == {"real", "synthetic"}
     for row in summary.values():
         for key in ("right found %", "wrong found %", "its found %"):
-            assert 0 <= _number(row[key]) <= 100, key
+            assert 0 <= number(row[key]) <= 100, key
         assert row["worst wrong kind"] in honesty.KIND_ORDER[1:]
 
-    margins = {row[0]: row for row in _table(markdown, "Margin")}
+    margins = {row[0]: row for row in markdown_table(markdown, "Margin")}
     assert set(margins) == datas
     for row in margins.values():
-        assert _number(row[2]) > 0 and _number(row[5]) == honesty.EXPLAINED_RATIO
+        assert number(row[2]) > 0 and number(row[5]) == honesty.EXPLAINED_RATIO
 
     fits = report["fits"]
-    assert len(fits) == sum(_number(row["fits"]) + _number(row["dropped"]) for row in rows.values())
+    assert len(fits) == sum(number(row["fits"]) + number(row["dropped"]) for row in rows.values())
     for fit in fits:
         assert 0 <= fit["fitness"] <= 1 and 0 <= fit["confidence"] <= 1
         assert fit["found"] == (fit["confidence"] >= honesty.FOUND_CONFIDENCE and fit["explained"])

@@ -4,7 +4,6 @@ prints sane tables (no accuracy bars: measuring them is the benchmark's job)."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -12,7 +11,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from tests.benchmarks.conftest import REAL, loaded_script
+from tests.benchmarks.conftest import REAL, loaded_script, markdown_table, number
 
 pytestmark = pytest.mark.skipif(
     not (REAL / "dragon" / "poses.json").is_file(), reason=f"no real data at {REAL} (../shared/real)"
@@ -23,18 +22,6 @@ pytestmark = pytest.mark.skipif(
 def real_scans() -> Iterator[ModuleType]:
     with loaded_script("real_scans") as module:
         yield module
-
-
-def _table(markdown: str, title_start: str) -> list[list[str]]:
-    """The body rows of the markdown table under the heading that starts with ``title_start``."""
-    section = markdown.split(f"## {title_start}", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
-    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[2:]]
-
-
-def _number(cell: str) -> float:
-    assert re.fullmatch(r"-?\d+(\.\d+)?", cell), cell
-    return float(cell)
 
 
 def test_true_answer_brings_a_posed_scan_back(real_scans: ModuleType) -> None:
@@ -62,37 +49,37 @@ def test_small_run_prints_sane_tables(real_scans: ModuleType, tmp_path: Path) ->
     assert real_scans.main(argv) == 0
     markdown = markdown_path.read_text()
 
-    sizes = _table(markdown, "Dragon scans")
-    per_scan = _table(markdown, "Per scan")
+    sizes = markdown_table(markdown, "Dragon scans")
+    per_scan = markdown_table(markdown, "Per scan")
     assert [row[0] for row in per_scan] == [
         "dragonStandRight_0",
         "dragonStandRight_24",
         "dragonStandRight_48",
     ]
     for row in per_scan:
-        found, right = (_number(value) for value in row[2].split(" / "))
+        found, right = (number(value) for value in row[2].split(" / "))
         assert 0 <= found <= 100 and 0 <= right <= 100
     assert [row[0] for row in sizes] == ["1024"]
     row = dict(zip(real_scans.SIZE_HEADER, sizes[0], strict=True))
-    assert _number(row["clouds"]) == 3
-    assert _number(row["points (median)"]) == 1024
-    rotations = [_number(row[key]) for key in ("rot median (deg)", "rot p90 (deg)", "rot p99 (deg)")]
+    assert number(row["clouds"]) == 3
+    assert number(row["points (median)"]) == 1024
+    rotations = [number(row[key]) for key in ("rot median (deg)", "rot p90 (deg)", "rot p99 (deg)")]
     assert all(0 <= value <= 180 for value in rotations) and rotations == sorted(rotations)
-    assert _number(row["transl median (mm)"]) >= 0
+    assert number(row["transl median (mm)"]) >= 0
     shares = [key for key in real_scans.SIZE_HEADER if key.endswith("%")]
     assert len(shares) == 5
     for key in shares:
-        assert 0 <= _number(row[key]) <= 100, key
-    found, right = _number(row["found %"]), _number(row["< 5 deg %"])
-    assert _number(row["found & right %"]) + _number(row["wrong & found %"]) == pytest.approx(found, abs=0.15)
-    assert _number(row["found & right %"]) + _number(row["right, not found %"]) == pytest.approx(
+        assert 0 <= number(row[key]) <= 100, key
+    found, right = number(row["found %"]), number(row["< 5 deg %"])
+    assert number(row["found & right %"]) + number(row["wrong & found %"]) == pytest.approx(found, abs=0.15)
+    assert number(row["found & right %"]) + number(row["right, not found %"]) == pytest.approx(
         right, abs=0.15
     )
     for key in ("server p50 (ms)", "server p90 (ms)", "client p50 (ms)"):
-        assert _number(row[key]) > 0, key
+        assert number(row[key]) > 0, key
 
-    cross = _table(markdown, "Cross-object checks")
-    sent = {(route, what): (_number(clouds), _number(found)) for route, what, clouds, found, *_ in cross}
+    cross = markdown_table(markdown, "Cross-object checks")
+    sent = {(route, what): (number(clouds), number(found)) for route, what, clouds, found, *_ in cross}
     assert sent[("/v1/objects/bunny/pose", "posed dragon scans, 1024")][0] == 3
     for what in ("bunny samples, 1024 pts", "bunny samples, 4096 pts", "bunny single views"):
         assert sent[("/v1/objects/dragon/pose", what)][0] == 2
