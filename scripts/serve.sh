@@ -33,7 +33,7 @@ cloudpose serves on http://127.0.0.1:$port  (see a pose: /viewer; docs: /docs; o
   curl -s -X POST localhost:$port/v1/pose -H 'content-type: application/json' -d @$example/example.json
   curl -s -X POST localhost:$port/v1/pose -F file=@$example/example.xyz
 $example/example.json also holds the true answer (true_rotation, true_translation).
-A whole depth frame:  curl -s -X POST localhost:$port/v1/detect -F depth=@models/objects/bunny/example_frame.png -F fx=525 -F fy=525 -F cx=319.5 -F cy=239.5
+A whole depth frame:  curl -s -X POST 'localhost:$port/v1/detect?units=m' -F file=@models/objects/bunny/example_frame.npy
 Add your own object:  .venv/bin/cloudpose object add NAME MESH_FILE --units mm   (served within seconds)
 
 TXT

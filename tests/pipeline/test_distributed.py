@@ -224,3 +224,18 @@ def test_a_time_budget_stops_every_rank_under_plain_torchrun(tmp_path: Path) -> 
     assert summary["stopped_because"] == "time budget" and summary["world_size"] == 2
     assert 0 < summary["steps"] < 1_000_000
     assert load_checkpoint(run / "checkpoint.pt")["step"] == summary["steps"]
+
+
+def test_a_rank_ends_at_once_with_its_output_flushed() -> None:
+    # exit_now skips the interpreter's finalization (which gloo's leftover threads can abort)
+    # but not what the rank printed, nor its status.
+    code = (
+        "import sys\n"
+        "from pipeline import distributed\n"
+        "print('summary', flush=False)\n"
+        "sys.stderr.write('progress')\n"
+        "distributed.exit_now(3)\n"
+        "print('never')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "summary\n", "progress")

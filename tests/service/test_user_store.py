@@ -33,6 +33,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNNY = SHIPPED_STORE / "bunny"
 # How long a running service may take to see a change of its store (it looks every 0.2 s here).
 PICK_UP_S = 30.0
+# The user's objects of these tests, named unlike anything a user may have put in models/objects.
+MINE = "test-user-bracket"
+
+
+def served_with(*names: str) -> list[str]:
+    """What the commands and the service see by default: the shipped objects (whatever
+    models/objects holds) and the user's."""
+    return sorted({*ObjectStore(SHIPPED_STORE).names(), *names})
 
 
 def cloudpose(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -123,19 +131,19 @@ def test_object_commands_work_on_the_users_store(tmp_path: Path, box_mesh: Path)
     mine = tmp_path / "mine"
     env = {"CLOUDPOSE_STORE": str(mine)}
     added = cloudpose(
-        "object", "add", "bracket", str(box_mesh), "--units", "mm", "--no-train", "--bench-count", "0",
+        "object", "add", MINE, str(box_mesh), "--units", "mm", "--no-train", "--bench-count", "0",
         "--runs-dir", str(tmp_path / "runs"), env=env,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
-    assert json.loads(added.stdout)["package"] == str(mine / "bracket")
+    assert json.loads(added.stdout)["package"] == str(mine / MINE)
     assert added.stderr.strip().splitlines()[-1] == SERVING_HINT
-    assert not (SHIPPED_STORE / "bracket").exists()
+    assert not (SHIPPED_STORE / MINE).exists()
 
     listed = cloudpose("object", "list", env=env)
     assert listed.returncode == 0, listed.stderr
-    bracket, bunny = listed.stdout.splitlines()
-    assert bracket.startswith("bracket ") and not bracket.endswith("[shipped]")
-    assert bunny.startswith("bunny ") and bunny.endswith("  [shipped]")
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()}
+    assert sorted(lines) == served_with(MINE)
+    assert not lines[MINE].endswith("[shipped]") and lines["bunny"].endswith("  [shipped]")
     shown = cloudpose("object", "show", "bunny", env=env)
     assert shown.returncode == 0 and json.loads(shown.stdout)["name"] == "bunny"
 
@@ -151,7 +159,7 @@ def test_object_commands_work_on_the_users_store(tmp_path: Path, box_mesh: Path)
     )  # fmt: skip
     assert again.returncode == 1 and "Traceback" not in again.stderr
     assert again.stderr.strip().startswith("error: object 'bunny' ships with cloudpose")
-    assert cloudpose("object", "remove", "bracket", env=env).returncode == 0
+    assert cloudpose("object", "remove", MINE, env=env).returncode == 0
     assert ObjectStore(mine).names() == []
 
 
@@ -188,23 +196,23 @@ def test_a_running_service_picks_up_added_and_removed_objects(
     served: tuple[str, Path, dict[str, str]], box_mesh: Path, tmp_path: Path
 ) -> None:
     url, log_path, env = served
-    assert objects_served(url) == ["bunny"]
+    assert objects_served(url) == served_with()
     added = cloudpose(
-        "object", "add", "bracket", str(box_mesh), "--units", "mm", "--no-train", "--bench-count", "0",
+        "object", "add", MINE, str(box_mesh), "--units", "mm", "--no-train", "--bench-count", "0",
         "--runs-dir", str(tmp_path / "runs"), env=env,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
-    wait_for(url, ["bracket", "bunny"], log_path)
+    wait_for(url, served_with(MINE), log_path)
     mesh = trimesh.load(box_mesh, force="mesh")
     points, _ = trimesh.sample.sample_surface(mesh, 1500, seed=3)
     observed = points @ Rotation.random(random_state=4).as_matrix() + [100.0, -40.0, 250.0]
-    answer = httpx.post(f"{url}/v1/objects/bracket/pose", json={"points": observed.tolist()}, timeout=60)
+    answer = httpx.post(f"{url}/v1/objects/{MINE}/pose", json={"points": observed.tolist()}, timeout=60)
     assert answer.status_code == 200 and answer.json()["found"] is True, answer.text
 
     # A broken package is refused, once, and the objects before it keep serving.
     mine = Path(env["CLOUDPOSE_STORE"])
     staged = mine / ".broken.new"
-    shutil.copytree(mine / "bracket", staged)
+    shutil.copytree(mine / MINE, staged)
     (staged / "object.json").write_text(
         json.dumps({**json.loads((staged / "object.json").read_text()), "name": "broken"})
     )
@@ -217,14 +225,14 @@ def test_a_running_service_picks_up_added_and_removed_objects(
         time.sleep(0.1)
     time.sleep(1.0)  # five more looks at the unchanged store: refused once, not at every look
     assert log_path.read_text().count("reload refused") == 1
-    assert objects_served(url) == ["bracket", "bunny"]
+    assert objects_served(url) == served_with(MINE)
     retired = mine / ".broken.old"
     os.replace(mine / "broken", retired)
     shutil.rmtree(retired)
 
-    removed = cloudpose("object", "remove", "bracket", env=env)
+    removed = cloudpose("object", "remove", MINE, env=env)
     assert removed.returncode == 0, removed.stderr
-    wait_for(url, ["bunny"], log_path)
+    wait_for(url, served_with(), log_path)
 
 
 def test_serve_with_a_store_serves_that_store_alone(
@@ -241,7 +249,7 @@ def test_serve_with_a_store_serves_that_store_alone(
     port = free_port()
     command = [*cloudpose_command(), "serve", "--port", str(port)]
     with running_server(command, port, tmp_path / "both.log") as url:
-        assert objects_served(url) == ["bunny", "rabbit"]
+        assert objects_served(url) == served_with("rabbit")
         # An object of the user's store answers like any other.
         example = json.loads((BUNNY / "example.json").read_text())
         answer = httpx.post(f"{url}/v1/objects/rabbit/pose", json={"points": example["points"]}, timeout=60)
