@@ -40,8 +40,8 @@ StoreOption = Annotated[
     Path | None,
     typer.Option(
         "--store",
-        help="Use this object store alone [default: the shipped objects and yours: CLOUDPOSE_STORE, "
-        "else the user data folder's cloudpose/objects].",
+        help="Use this object store alone (default: the shipped objects and yours, in CLOUDPOSE_STORE, "
+        "else the user data folder's cloudpose/objects).",
         show_default=False,
     ),
 ]
@@ -366,8 +366,8 @@ def serve(
     store: Annotated[
         Path | None,
         typer.Option(
-            help="Serve this object store alone [default: the shipped objects and yours: "
-            "CLOUDPOSE_STORE, else the user data folder's cloudpose/objects].",
+            help="Serve this object store alone (default: the shipped objects and yours, in "
+            "CLOUDPOSE_STORE, else the user data folder's cloudpose/objects).",
             show_default=False,
         ),
     ] = None,
