@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from cloudpose import Client, Estimator, ServiceUnreachable  # noqa: E402
 
-EXAMPLE = REPO_ROOT / "models" / "objects" / "bunny" / "example.xyz"
+EXAMPLE = REPO_ROOT / "data" / "objects" / "bunny" / "example.xyz"
 
 
 def free_port() -> int:

@@ -31,10 +31,10 @@ from serving import npy_bytes, running_servers  # noqa: E402
 
 def frame_bodies(store: Path, frames: int, seed: int) -> tuple[list[bytes], list[int]]:
     """The frames' clouds as ``.npy`` bodies, and how many target instances each holds."""
-    from pipeline import scene_bench
-    from service.objects import ObjectRegistry
-    from service.settings import Settings
-    from service.store import ObjectStore
+    from cloudpose.estimation.served import ObjectRegistry
+    from cloudpose.settings import Settings
+    from cloudpose.store.package import ObjectStore
+    from pipeline.evaluation import scene_bench
 
     registry = ObjectRegistry.load(Settings(store=store))
     targets, _ = scene_bench.store_targets(ObjectStore(store), registry.objects)
@@ -47,7 +47,7 @@ def frame_bodies(store: Path, frames: int, seed: int) -> tuple[list[bytes], list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", type=Path, default=REPO_ROOT / "models" / "objects")
+    parser.add_argument("--store", type=Path, default=REPO_ROOT / "data" / "objects")
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -1,10 +1,10 @@
 """How well the ``found`` verdict separates right fits from wrong ones, on real and synthetic data.
 
 A pose answer is found when (a) the refined fit's confidence reaches
-:data:`service.objects.FOUND_CONFIDENCE` (``confidence = fitness * (1 - rmse / (0.03 diagonal))``,
-:func:`service.refine.confidence_score`), (b) the fit is *explained*
-(:class:`service.inference._CloudScatter`: inlier RMSE within
-:data:`service.inference.EXPLAINED_RATIO` of ``sqrt(scatter^2 + tolerance^2)``, the cloud's own
+:data:`cloudpose.estimation.served.FOUND_CONFIDENCE` (``confidence = fitness * (1 - rmse / (0.03 diagonal))``,
+:func:`cloudpose.registration.refine.confidence_score`), (b) the fit is *explained*
+(:class:`cloudpose.estimation.inference._CloudScatter`: inlier RMSE within
+:data:`cloudpose.estimation.inference.EXPLAINED_RATIO` of ``sqrt(scatter^2 + tolerance^2)``, the cloud's own
 scatter about its local surface and the object's surface tolerance) and (c) no other pose competes
 (part of the search, not measured here). This benchmark refines fits that are right and fits that
 are wrong, each from one start and without any search
@@ -26,7 +26,8 @@ Fits per cloud (observed cloud, true object pose ``R_gt, t_gt`` in the package's
 * ``other object (A -> B)``: a cloud of object A, scaled by ``diagonal_B / diagonal_A``,
   registered against B's model from the four proper alignments of principal axes plus
   ``--other-random-starts`` random rotations (centroids matched); the best fit by
-  :func:`service.refine.fit_score` (fitness to two decimals, then the RMSE) is kept, as a search
+  :func:`cloudpose.registration.refine.fit_score` (fitness to two decimals, then the RMSE) is kept,
+  as a search
   would answer it.
 
 A turned, shifted or near-symmetric fit is kept as wrong when it does *not* end right (>= 5 deg
@@ -34,13 +35,14 @@ from the truth modulo symmetry, or >= 5 % of the diagonal away); one that came b
 is dropped (the ``dropped`` column). Every other-object fit is wrong. (Translation counts: a fit
 that slides a long part along itself ends a few degrees but 10-30 % of the diagonal off, and is
 as wrong an answer as a turned one.) A wrong fit *competes* with the right fit of its cloud when
-:func:`service.refine.competes` says so (fitness within 0.03, RMSE within 1.5 times): a view that
+:func:`cloudpose.registration.refine.competes` says so (fitness within 0.03, RMSE within 1.5 times):
+a view that
 several poses explain, which the search's ambiguity check (c) must refuse, as no residual test
 can; it lies *on a near-symmetric copy* when it ends < 5 deg from ``T @ R_gt`` for a near
 symmetry ``T``.
 
 Per fit: fitness, inlier RMSE (% of the diagonal), the cloud's scatter (% of the diagonal,
-:func:`service.refine.surface_noise` on <= 4096 points), ``ratio = rmse / sqrt(scatter^2 +
+:func:`cloudpose.registration.refine.surface_noise` on <= 4096 points), ``ratio = rmse / sqrt(scatter^2 +
 tolerance^2)``, confidence, explained, found (= confidence >= FOUND_CONFIDENCE and explained).
 
 Data:
@@ -57,14 +59,14 @@ Data:
   points drawn at random, or ``full``). The dragon package is made in a temporary store with
   ``cloudpose object add dragon dragon_vrip_res3.ply --units m --no-train --bench-count 0``
   (or taken from ``--store``). Other-object fits of the real rows: every dragon cloud scaled to
-  the bunny's size against the bunny (``models/objects/bunny``), and ``--other-count`` single
-  rendered views of the bunny (``pipeline.benchsets`` set ``partial``, N of their points or all)
+  the bunny's size against the bunny (``data/objects/bunny``), and ``--other-count`` single
+  rendered views of the bunny (``pipeline.data.benchsets`` set ``partial``, N of their points or all)
   scaled to the dragon's size against the dragon.
 * synthetic: the bunny and objects of ``benchmarks/make_objects.py`` (``--objects``; made in a
-  temporary store with ``pipeline.objects.add_object(..., units="mm", train=False,
+  temporary store with ``pipeline.objects.adding.add_object(..., units="mm", train=False,
   bench_count=0)`` unless ``--store`` holds them) on the seeded sets of
-  :mod:`pipeline.benchsets` (``--sets``, ``--count`` cases each; their poses are in the frame of
-  ``pipeline.mesh.load_mesh``, the file's frame minus the surface centroid: the package's internal
+  :mod:`pipeline.data.benchsets` (``--sets``, ``--count`` cases each; their poses are in the frame of
+  ``pipeline.objects.mesh.load_mesh``, the file's frame minus the surface centroid: the package's internal
   frame, checked at start-up). Other-object fits: the first ``--other-count`` cases of each set of
   the next object in ``--objects`` (the lever for the bunny and the bunny for any other when only
   one object is listed), scaled, against this object.
@@ -110,9 +112,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from real_scans import Scan, load_scans, parse_sizes  # noqa: E402
 
-from service.inference import EXPLAINED_RATIO, _CloudScatter  # noqa: E402
-from service.objects import FOUND_CONFIDENCE  # noqa: E402
-from service.refine import (  # noqa: E402
+from cloudpose.estimation.inference import EXPLAINED_RATIO, _CloudScatter  # noqa: E402
+from cloudpose.estimation.served import FOUND_CONFIDENCE  # noqa: E402
+from cloudpose.geometry.symmetry import Symmetry  # noqa: E402
+from cloudpose.registration.refine import (  # noqa: E402
     INLIER_DISTANCE,
     SurfaceModel,
     competes,
@@ -120,11 +123,10 @@ from service.refine import (  # noqa: E402
     principal_axes,
     refine_pose,
 )
-from service.store import ObjectPackage, ObjectStore  # noqa: E402
-from service.symmetry import Symmetry  # noqa: E402
+from cloudpose.store.package import ObjectPackage, ObjectStore  # noqa: E402
 
 DEFAULT_REAL = REPO_ROOT.parent / "shared" / "real"
-SHIPPED_STORE = REPO_ROOT / "models" / "objects"
+SHIPPED_STORE = REPO_ROOT / "data" / "objects"
 DRAGON, BUNNY = "dragon", "bunny"
 DRAGON_MESH = "dragon_vrip_res3.ply"
 TRANSLATION_HALF_RANGE_M = 0.5
@@ -136,7 +138,7 @@ RIGHT_TRANSLATION = 0.05  # of the diagonal
 TURNED_DEG = (20.0, 180.0)
 SHIFT_RANGE = (0.04, 0.08)  # of the diagonal
 SHIFT_TURN_DEG = 10.0
-MAX_POINTS = 1024  # what the service refines on (service.inference.REFINE_MAX_POINTS)
+MAX_POINTS = 1024  # what the service refines on (cloudpose.estimation.inference.REFINE_MAX_POINTS)
 
 # Start-up check of the real ground truth: the true pose, unrefined (the README: ~0.1 %).
 REAL_START_FITNESS = 0.95
@@ -199,7 +201,7 @@ class Target:
     def of(cls, package: ObjectPackage) -> Target:
         from scipy.spatial import cKDTree
 
-        from service.inference import DEFAULT_SURFACE_TOLERANCE
+        from cloudpose.estimation.inference import DEFAULT_SURFACE_TOLERANCE
 
         model = SurfaceModel.from_array(package.surface(), package.diagonal)
         tolerance = package.surface_tolerance
@@ -294,7 +296,7 @@ class Objects:
                 self.meshes = make_objects.make_objects(self.folder / "meshes")
             if name not in self.meshes:
                 raise SystemExit(f"no object {name!r}: choose bunny or one of {', '.join(self.meshes)}")
-            from pipeline.objects import add_object
+            from pipeline.objects.adding import add_object
 
             add_object(
                 name, self.meshes[name], store=self.made, units="mm", train=False, bench_count=0,
@@ -336,7 +338,7 @@ class Fit:
     translation_error_percent: float | None = None
     kept: bool = True  # False: dropped (a right start that ended wrong, a wrong one that came back)
     near_copy: bool | None = None  # ended < 5 deg from a near-symmetric copy (None: the object has none)
-    # A wrong fit about as good as the right fit of its cloud (service.refine.competes: fitness
+    # A wrong fit about as good as the right fit of its cloud (cloudpose.registration.refine.competes: fitness
     # within 0.03, RMSE within 1.5 times): a view that several poses explain, which only the
     # search's ambiguity check (c) can refuse, not the residual test.
     competes_right: bool = False
@@ -531,8 +533,8 @@ def of_size(points: np.ndarray, size: str, rng: np.random.Generator) -> np.ndarr
 
 
 def real_fits(args: argparse.Namespace, objects: Objects, progress: Callable[[str], None]) -> list[Fit]:
-    from pipeline.benchsets import make_set
-    from pipeline.mesh import load_mesh
+    from pipeline.data.benchsets import make_set
+    from pipeline.objects.mesh import load_mesh
 
     dragon, bunny = objects.target(DRAGON), objects.target(BUNNY)
     scans = load_scans(args.real / "dragon", args.scans)
@@ -586,8 +588,8 @@ def real_fits(args: argparse.Namespace, objects: Objects, progress: Callable[[st
 
 
 def synthetic_fits(args: argparse.Namespace, objects: Objects, progress: Callable[[str], None]) -> list[Fit]:
-    from pipeline.benchsets import make_set
-    from pipeline.mesh import load_mesh
+    from pipeline.data.benchsets import make_set
+    from pipeline.objects.mesh import load_mesh
 
     names = [name.strip() for name in args.objects.split(",") if name.strip()]
     set_names = [name.strip() for name in args.sets.split(",") if name.strip()]
@@ -818,7 +820,8 @@ def report(fits: Sequence[Fit], notes: Sequence[str]) -> str:
         f"tolerance^2) <= {EXPLAINED_RATIO:g}); fits refined from one start, without search. "
         f"Right: < {RIGHT_DEG:g} deg and < {100 * RIGHT_TRANSLATION:g} % of the diagonal from the truth "
         "(modulo symmetry); dropped: right starts that ended wrong, wrong starts that came back right. "
-        "A wrong fit competes with the right one when service.refine.competes says so (the ambiguity "
+        "A wrong fit competes with the right one when cloudpose.registration.refine.competes says so "
+        "(the ambiguity "
         "check's business, not the residual test's).",
         *(f"- {note}" for note in notes),
         "## By data and fit kind",

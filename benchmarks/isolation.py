@@ -68,7 +68,7 @@ class Deadlines:
 def service_deadlines(args: argparse.Namespace) -> tuple[Deadlines, str]:
     """Deadlines from the options, else from the service's settings; and where they came from."""
     sys.path.insert(0, str(serving.REPO_ROOT))
-    from service.settings import Settings
+    from cloudpose.settings import Settings
 
     settings = Settings()
     queue_s = getattr(settings, "queue_timeout_s", None)

@@ -16,7 +16,7 @@ The pose error is reported on the clean points: ``max |clean @ rotation + transl
 
 Usage::
 
-    .venv/bin/python benchmarks/latency.py [--model models/objects/bunny/model.onnx]
+    .venv/bin/python benchmarks/latency.py [--model data/objects/bunny/model.onnx]
         [--points 2048] [--cloud fresh|noisy|surface] [--requests 1000] [--json-out latency.json]
 """
 
@@ -42,11 +42,11 @@ import orjson
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from service.clouds import as_cloud, read_cloud_file  # noqa: E402
-from service.inference import PoseEstimator  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from cloudpose.estimation.inference import PoseEstimator  # noqa: E402
+from cloudpose.io.clouds import as_cloud, read_cloud_file  # noqa: E402
+from cloudpose.settings import Settings  # noqa: E402
 
-DEFAULT_MODEL = Path("models/objects/bunny/model.onnx")
+DEFAULT_MODEL = Path("data/objects/bunny/model.onnx")
 READY_TIMEOUT_S = 60.0
 
 
@@ -104,7 +104,7 @@ def object_cloud(estimator: PoseEstimator, model: Path, kind: str, count: int) -
     if kind == "surface":
         surface = np.load(model.parent / estimator.metadata["surface"]["file"])[:, :3].astype(np.float64)
         return surface[rng.choice(len(surface), count, replace=False)]
-    from pipeline.mesh import load_mesh, sample_surface
+    from pipeline.objects.mesh import load_mesh, sample_surface
 
     mesh = load_mesh(REPO_ROOT / "data" / estimator.metadata["mesh"]["name"])
     return sample_surface(mesh, count, rng).astype(np.float64)

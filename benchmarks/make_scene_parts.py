@@ -3,7 +3,7 @@
 `cloudpose bench --scenes` looks for the objects of a store in cluttered frames. Its default
 store holds only the bunny, which the detector's defaults were tuned on; these parts are what it
 is measured on instead. None of them appears in the object-store tests (`benchmarks/make_objects.py`
-makes those) or among the scene distractors (`pipeline/scene_bench.py`):
+makes those) or among the scene distractors (`pipeline/evaluation/scene_bench.py`):
 
 * ``crank.stl``: an arm 100 between centres, 24 wide and 12 thick, a boss of 40 x 30 with a 16
   bore at one end and a boss of 24 x 20 with a 10 bore at the other, a pin of 10 x 25 out of the

@@ -1,7 +1,7 @@
 """How well any registration can pin down an object's rotation from a noisy cloud: the
 Cramér-Rao bound of the ``noisy`` bench set, per object.
 
-The ``noisy`` set (:mod:`pipeline.benchsets`) holds 973 surface points with Gaussian noise of
+The ``noisy`` set (:mod:`pipeline.data.benchsets`) holds 973 surface points with Gaussian noise of
 σ = 1 % of the diagonal per axis (and 51 outliers, which carry no information). Along the
 surface normal, a point's offset is N(0, σ²), and a small motion (rotation ω about the surface
 centroid, translation v) moves it by ``(x × n)·ω + n·v``. The Fisher information of the pose from
@@ -11,7 +11,7 @@ unbiased estimator has a smaller covariance than its inverse. The table gives th
 measured for cloudpose, so a bar below the bound is visibly out of reach for the object's shape:
 a smooth, nearly ellipsoidal pebble turns its surface along itself, and little of it resists.
 
-    .venv/bin/python benchmarks/noise_bound.py --store models/objects --store artifacts/objects
+    .venv/bin/python benchmarks/noise_bound.py --store data/objects --store artifacts/objects
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.benchsets import NOISE_SIGMA, NOISY_POINTS, OUTLIER_FRACTION  # noqa: E402
-from service.store import SHIPPED_STORE, ObjectStore  # noqa: E402
-from service.symmetry import Symmetry  # noqa: E402
+from cloudpose.geometry.symmetry import Symmetry  # noqa: E402
+from cloudpose.store.package import SHIPPED_STORE, ObjectStore  # noqa: E402
+from pipeline.data.benchsets import NOISE_SIGMA, NOISY_POINTS, OUTLIER_FRACTION  # noqa: E402
 
 SAMPLES = 200_000
 

@@ -3,12 +3,12 @@ turn (object A's cloud 0, B's cloud 0, ..., A's cloud 1, ...), so a machine that
 slows down affects all objects alike, and the table gives each object's median time and its
 ratio to the reference object's (the bunny) on the same set.
 
-The clouds are the seeded sets of ``cloudpose bench`` (:mod:`pipeline.benchsets`), posed through
-the service's own answering code (:class:`service.objects.ServedObject`), refinement on. Errors
+The clouds are the seeded sets of ``cloudpose bench`` (:mod:`pipeline.data.benchsets`), posed through
+the service's own answering code (:class:`cloudpose.estimation.served.ServedObject`), refinement on. Errors
 are symmetry-aware; "wrong & found" is the share of answers at least 5 degrees off yet marked
 ``found``.
 
-    .venv/bin/python benchmarks/object_times.py --store models/objects --store artifacts/objects \\
+    .venv/bin/python benchmarks/object_times.py --store data/objects --store artifacts/objects \\
         [--objects bunny,lever,box] [--sets shuffled,noisy,partial] [--count 200] [--seed 0]
 """
 
@@ -23,11 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.benchsets import SET_NAMES, make_set  # noqa: E402
-from pipeline.mesh import load_mesh  # noqa: E402
-from service.objects import ServedObject  # noqa: E402
-from service.store import SHIPPED_STORE, ObjectStore  # noqa: E402
-from service.symmetry import Symmetry  # noqa: E402
+from cloudpose.estimation.served import ServedObject  # noqa: E402
+from cloudpose.geometry.symmetry import Symmetry  # noqa: E402
+from cloudpose.store.package import SHIPPED_STORE, ObjectStore  # noqa: E402
+from pipeline.data.benchsets import SET_NAMES, make_set  # noqa: E402
+from pipeline.objects.mesh import load_mesh  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Start-up time and memory per served object: load each package of a store in turn, as the
 service does at start, and print a table (wall time, resident memory added, package size).
 
-    .venv/bin/python benchmarks/objects_startup.py [--store models/objects] [--store artifacts/objects]
+    .venv/bin/python benchmarks/objects_startup.py [--store data/objects] [--store artifacts/objects]
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def main() -> None:
     import open3d  # noqa: F401
     import scipy.ndimage  # noqa: F401
 
-    from service.objects import ServedObject
-    from service.store import SHIPPED_STORE, ObjectStore
+    from cloudpose.estimation.served import ServedObject
+    from cloudpose.store.package import SHIPPED_STORE, ObjectStore
 
     rows = []
     served = []

@@ -6,7 +6,7 @@ wrote it (fields ``label x y z rgba``, metres, the Kinect's frame, no return as 
 tabletops of boxes, cylinders and household objects. None of the store's objects is in them, so a
 confident detection is a false alarm.
 
-Without ``--store`` the benchmark makes its own: a temporary copy of ``models/objects`` (the
+Without ``--store`` the benchmark makes its own: a temporary copy of ``data/objects`` (the
 bunny) plus ``cloudpose object add dragon DIR/dragon/dragon_vrip_res3.ply --units m --no-train
 --bench-count 0`` (timed and printed). The service is ``cloudpose serve --store STORE`` on a free
 loopback port (``benchmarks/serving.py``), started and stopped by this script. Each frame's file
@@ -49,8 +49,8 @@ MESH_FILE = Path("dragon") / "dragon_vrip_res3.ply"
 
 def frame_counts(data: bytes, name: str) -> tuple[int, int]:
     """Points in the file's header and those with a return, by the project's own readers."""
-    from service.cloudfiles import read_pcd
-    from service.clouds import read_frame_file
+    from cloudpose.io.cloudfiles import read_pcd
+    from cloudpose.io.clouds import read_frame_file
 
     return len(read_pcd(data, 10**7)), len(read_frame_file(name, data, 10**7))
 
@@ -137,9 +137,7 @@ def main() -> None:
         lines = []
         if args.store is None:
             store, seconds = make_store(folder, args.real / MESH_FILE)
-            lines.append(
-                f"store: models/objects + dragon (`cloudpose object add --no-train`: {seconds:.1f} s)"
-            )
+            lines.append(f"store: data/objects + dragon (`cloudpose object add --no-train`: {seconds:.1f} s)")
         else:
             store = args.store.resolve()
             lines.append(f"store: {store}")

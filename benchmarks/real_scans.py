@@ -22,7 +22,7 @@ moved back by ``(R_gt, t_gt)`` must both lie within a median 1 mm of the mesh's 
 README: 0.29-0.33 mm), measured point-to-plane against a dense seeded surface sample of the mesh
 (scipy ``cKDTree``). A wrong convention puts them centimetres off and stops the run.
 
-Without ``--store`` the benchmark makes its own: a temporary copy of ``models/objects`` plus
+Without ``--store`` the benchmark makes its own: a temporary copy of ``data/objects`` plus
 ``cloudpose object add dragon DIR/dragon/dragon_vrip_res3.ply --units m --no-train
 --bench-count 0``. The service is ``cloudpose serve --store STORE`` on a free loopback port (or
 ``--port``), started and stopped by this script (``benchmarks/serving.py``).
@@ -33,7 +33,7 @@ Cross-object checks in the same run (another object's cloud must come back ``fou
   sent to the bunny's route ``/v1/objects/bunny/pose?units=m``;
 * bunny clouds in metres sent to the dragon's route: fresh surface samples of the bunny
   (``serving.posed_bunny``, 1024 and 4096 points) and single rendered views of it
-  (``pipeline.benchsets`` set ``partial``: 30-70 % of the surface, self-occlusion, sensor
+  (``pipeline.data.benchsets`` set ``partial``: 30-70 % of the surface, self-occlusion, sensor
   fall-off), ``--cross-count`` of each kind, each converted from the bunny's units to metres;
 * as a control, the same bunny clouds sent to the bunny's own route (they should be found).
 
@@ -240,7 +240,7 @@ def make_store(folder: Path, mesh_path: Path) -> tuple[Path, float]:
     """The shipped bunny and the dragon, added (``--no-train``), in a store of their own; and
     the seconds the add took."""
     store = folder / "store"
-    shutil.copytree(REPO_ROOT / "models" / "objects" / "bunny", store / "bunny")
+    shutil.copytree(REPO_ROOT / "data" / "objects" / "bunny", store / "bunny")
     command = [
         *serving.cloudpose_command(), "object", "add", OBJECT, str(mesh_path), "--units", "m",
         "--no-train", "--bench-count", "0", "--store", str(store), "--runs-dir", str(folder / "runs"),
@@ -383,8 +383,8 @@ def bunny_clouds(count: int, seed: int) -> tuple[list[tuple[str, np.ndarray]], l
             clouds.append((f"bunny samples, {size} pts", cloud.observed * metres))
     notes = []
     try:
-        from pipeline.benchsets import make_set
-        from pipeline.mesh import load_mesh
+        from pipeline.data.benchsets import make_set
+        from pipeline.objects.mesh import load_mesh
 
         views = make_set("partial", load_mesh(serving.BUNNY / "mesh.ply"), count=count, seed=seed)
         clouds += [("bunny single views", case.observed * metres) for case in views]
@@ -578,7 +578,7 @@ def measure(
         if args.store is None:
             store, add_seconds = make_store(folder, mesh_path)
             notes.append(
-                f"store: a temporary copy of models/objects plus `cloudpose object add {OBJECT} "
+                f"store: a temporary copy of data/objects plus `cloudpose object add {OBJECT} "
                 f"{mesh_path.name} --units m --no-train --bench-count 0`, which took {add_seconds:.1f} s"
             )
             progress(f"object add {OBJECT} (--no-train) took {add_seconds:.1f} s")

@@ -43,10 +43,10 @@ from scipy.spatial.transform import Rotation
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline import baselines  # noqa: E402
-from pipeline.mesh import load_mesh  # noqa: E402
-from service import refine  # noqa: E402
-from service.refine import back_matrix, object_pose  # noqa: E402
+from cloudpose.registration import refine  # noqa: E402
+from cloudpose.registration.refine import back_matrix, object_pose  # noqa: E402
+from pipeline.evaluation import baselines  # noqa: E402
+from pipeline.objects.mesh import load_mesh  # noqa: E402
 
 registration = o3d.pipelines.registration
 SURFACE_POINTS = 20_000
@@ -173,7 +173,7 @@ def small_gicp_icp(model: refine.SurfaceModel) -> Refiner:
 
 @contextlib.contextmanager
 def settings(**values: object) -> Iterator[None]:
-    """Temporarily override module settings of service.refine (to measure alternatives)."""
+    """Temporarily override module settings of cloudpose.registration.refine (to measure alternatives)."""
     saved = {name: getattr(refine, name) for name in values}
     for name, value in values.items():
         setattr(refine, name, value)

@@ -2,10 +2,10 @@
 
 * ``cloudpose serve`` in a subprocess of its own process group, ready once ``GET /ready`` (or,
   on a service without it, ``GET /health``) answers 200, and stopped at the end, also on errors;
-  it serves the shipped objects alone (``models/objects``: the bunny) unless told ``--store``,
+  it serves the shipped objects alone (``data/objects``: the bunny) unless told ``--store``,
   so the objects a user has added never change the figures;
 * nginx with a copy of ``deploy/nginx.conf`` whose upstream is local replicas;
-* posed bunny clouds: fresh samples of the surface of ``models/objects/bunny/mesh.ply`` (its
+* posed bunny clouds: fresh samples of the surface of ``data/objects/bunny/mesh.ply`` (its
   file frame and units), posed as ``observed = canonical @ rotation + translation`` (row
   vectors) with rotations uniform on SO(3), and the JSON and ``.npy`` multipart bodies that
   carry them;
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
+BUNNY = REPO_ROOT / "data" / "objects" / "bunny"
 NGINX_CONF = REPO_ROOT / "deploy" / "nginx.conf"
 READY_TIMEOUT_S = 120.0
 MULTIPART_BOUNDARY = "cloudposebenchmarkboundary"

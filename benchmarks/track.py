@@ -1,8 +1,8 @@
 """Tracking: the frame rate that following poses from frame to frame sustains, and how often it holds.
 
-Makes ``--sequences`` seeded sequences of ``--length`` VGA frames (``pipeline.scenes.frame_sequence``:
+Makes ``--sequences`` seeded sequences of ``--length`` VGA frames (``pipeline.data.scenes.frame_sequence``:
 one cluttered scene of the store's objects with units, the camera circling it ``--turn-deg`` a frame
-and moving ``--shift-m``), and runs the client's loop on each (``pipeline.track_bench``): detection
+and moving ``--shift-m``), and runs the client's loop on each (``pipeline.evaluation.track_bench``): detection
 on the first frame, tracking from the frame before on the others, detection again on a frame where
 a track was lost. Prints the scene benchmark's figures for tracked and detected frames and the
 sustained frame rate, in process. With ``--http`` it then runs the loop through a real server
@@ -11,7 +11,7 @@ the frame as ``.npy`` and the previous poses in the field ``previous``, and prin
 
 Usage::
 
-    .venv/bin/python benchmarks/track.py [--store models/objects] [--sequences 10] [--length 30] [--http]
+    .venv/bin/python benchmarks/track.py [--store data/objects] [--sequences 10] [--length 30] [--http]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def http_loop(store: Path, sequences: list[list], url: str) -> dict[str, list[fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", type=Path, default=REPO_ROOT / "models" / "objects")
+    parser.add_argument("--store", type=Path, default=REPO_ROOT / "data" / "objects")
     parser.add_argument("--sequences", type=int, default=10)
     parser.add_argument("--length", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
@@ -77,11 +77,11 @@ def main() -> None:
     parser.add_argument("--http", action="store_true", help="also run the loop through a real server")
     args = parser.parse_args()
 
-    from pipeline import scene_bench, track_bench
-    from pipeline.scenes import CameraMotion, SceneLayout, frame_sequence
-    from service.objects import ObjectRegistry
-    from service.settings import Settings
-    from service.store import ObjectStore
+    from cloudpose.estimation.served import ObjectRegistry
+    from cloudpose.settings import Settings
+    from cloudpose.store.package import ObjectStore
+    from pipeline.evaluation import scene_bench, track_bench
+    from pipeline.data.scenes import CameraMotion, SceneLayout, frame_sequence
 
     store = args.store.resolve()
     registry = ObjectRegistry.load(Settings(store=store))

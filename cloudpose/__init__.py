@@ -1,103 +1,19 @@
-"""cloudpose for Python programs: the HTTP client, and the same answers computed in process.
+"""cloudpose: the rigid pose of known objects in point clouds and depth frames.
 
-    from cloudpose import Client, Estimator
-
-    with Client("http://127.0.0.1:8000") as client:  # a running `cloudpose serve`
-        result = client.pose(points)  # (N, 3) array, a cloud file's path, or a list of [x, y, z]
-
-    estimator = Estimator.from_store()  # no server: the shipped objects and yours, loaded here
-    result = estimator.pose(points, object="bunny", units="mm")
-
-Both give a :class:`PoseResult` (``canonical = points @ result.rotation + result.translation``)
-and raise the same typed errors (:class:`InvalidCloud`, :class:`NotFound`...) with the service's
-``detail``. Importing the client loads only numpy and httpx; the in-process API (``Estimator``,
-``PoseEstimator``) loads onnxruntime and open3d when first used.
+The public surface is :mod:`cloudpose.api` (``Client``, ``Estimator`` and the result types),
+re-exported here. The library's layers, each a sub-package: :mod:`cloudpose.geometry` and
+:mod:`cloudpose.io` at the bottom, then :mod:`cloudpose.store`, :mod:`cloudpose.registration`,
+:mod:`cloudpose.estimation` and :mod:`cloudpose.detection`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from service.client import AsyncClient, Client
-from service.results import (
-    BadRequest,
-    BatchResult,
-    Candidate,
-    CloudposeError,
-    Detection,
-    DetectResult,
-    Fit,
-    Forbidden,
-    Health,
-    InvalidCloud,
-    ModelInfo,
-    NotFound,
-    ObjectInfo,
-    ObjectList,
-    Overloaded,
-    PoseResult,
-    Ready,
-    ServerError,
-    ServiceUnreachable,
-    SymmetryInfo,
-    Track,
-    TrackResult,
-    Unauthorized,
-)
-
-if TYPE_CHECKING:
-    from service.clouds import CloudError
-    from service.frames import Intrinsics
-    from service.in_process import Estimator
-    from service.inference import Pose, PoseEstimator
-
-# Names whose modules load the serving stack, imported when first asked for.
-_LAZY = {
-    "Estimator": "service.in_process",
-    "PoseEstimator": "service.inference",
-    "Pose": "service.inference",
-    "CloudError": "service.clouds",
-    "Intrinsics": "service.frames",
-}
+from cloudpose import api
+from cloudpose.api import *  # noqa: F403
+from cloudpose.api import __all__  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'cloudpose' has no attribute {name!r}")
-
-
-__all__ = [
-    "AsyncClient",
-    "BadRequest",
-    "BatchResult",
-    "Candidate",
-    "Client",
-    "CloudError",
-    "CloudposeError",
-    "DetectResult",
-    "Detection",
-    "Estimator",
-    "Fit",
-    "Forbidden",
-    "Health",
-    "Intrinsics",
-    "InvalidCloud",
-    "ModelInfo",
-    "NotFound",
-    "ObjectInfo",
-    "ObjectList",
-    "Overloaded",
-    "Pose",
-    "PoseEstimator",
-    "PoseResult",
-    "Ready",
-    "ServerError",
-    "ServiceUnreachable",
-    "SymmetryInfo",
-    "Track",
-    "TrackResult",
-    "Unauthorized",
-]
+    return getattr(api, name)  # the names api loads when first asked for

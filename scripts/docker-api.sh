@@ -3,6 +3,6 @@
 # bundled store (the shipped bunny).
 set -eu
 shared=${CLOUDPOSE_SHARED_STORE:-/models/objects}
-if ls "$shared"/*/object.json >/dev/null 2>&1; then store=$shared; else store=/app/models/objects; fi
+if ls "$shared"/*/object.json >/dev/null 2>&1; then store=$shared; else store=/app/data/objects; fi
 echo "serving the object store $store" >&2
 exec cloudpose serve --host 0.0.0.0 --port 8000 --store "$store"

@@ -6,7 +6,7 @@ set -eu
 name=${CLOUDPOSE_OBJECT:-bunny}
 mesh=${CLOUDPOSE_MESH:-data/bunny.ply}
 mkdir -p /models/objects
-[ -d /models/objects/bunny ] || cp -r /app/models/objects/bunny /models/objects/  # keep serving the bunny
+[ -d /models/objects/bunny ] || cp -r /app/data/objects/bunny /models/objects/  # keep serving the bunny
 mode=""
 if [ -d "/models/objects/$name" ] || [ -d "/models/runs/$name" ]; then mode=--retrain; fi
 exec cloudpose object add "$name" "$mesh" ${CLOUDPOSE_UNITS:+--units "$CLOUDPOSE_UNITS"} $mode \

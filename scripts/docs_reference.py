@@ -28,8 +28,8 @@ HTTP_METHODS = ("get", "put", "post", "patch", "delete", "head", "options")
 def openapi_document() -> dict[str, Any]:
     """The service's OpenAPI document, as a service with default settings and API keys serves it
     (no ``CLOUDPOSE_*`` variable of this shell changes it)."""
+    from cloudpose.estimator import ArgumentSettings
     from service.app import create_app
-    from service.in_process import ArgumentSettings
 
     return create_app(ArgumentSettings(api_keys=DOCUMENTED_API_KEY)).openapi()
 
@@ -267,7 +267,7 @@ def cli_page() -> str:
     """The CLI reference page: every command of ``cloudpose``, its usage, help and parameters."""
     import typer.main
 
-    from pipeline.cli import app
+    from pipeline.cli.app import app
 
     root = typer.main.get_command(app)
     context_class = root.context_class

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: install, then serve the shipped objects (models/objects: the bunny) and the user's
+# The main job: install, then serve the shipped objects (data/objects: the bunny) and the user's
 # own (what `cloudpose object add` put in CLOUDPOSE_STORE, else ~/.local/share/cloudpose/objects)
 # on :8000, without training.
 # With CLOUDPOSE_MODEL_PATH pointing at a model that does not exist yet, it installs the training
@@ -25,7 +25,7 @@ if [ -n "${CLOUDPOSE_MODEL_PATH:-}" ]; then
 else
   scripts/install.sh serve
   serve=()
-  example=models/objects/bunny
+  example=data/objects/bunny
 fi
 cat >&2 <<TXT
 
@@ -33,7 +33,7 @@ cloudpose serves on http://127.0.0.1:$port  (see a pose: /viewer; docs: /docs; o
   curl -s -X POST localhost:$port/v1/pose -H 'content-type: application/json' -d @$example/example.json
   curl -s -X POST localhost:$port/v1/pose -F file=@$example/example.xyz
 $example/example.json also holds the true answer (true_rotation, true_translation).
-A whole depth frame:  curl -s -X POST 'localhost:$port/v1/detect?units=m' -F file=@models/objects/bunny/example_frame.npy
+A whole depth frame:  curl -s -X POST 'localhost:$port/v1/detect?units=m' -F file=@data/objects/bunny/example_frame.npy
 Add your own object:  .venv/bin/cloudpose object add NAME MESH_FILE --units mm   (served within seconds)
 
 TXT

@@ -3,7 +3,7 @@
 Every package of the object store is served (``/v1/objects/{name}/pose``); ``/v1/pose`` answers for
 the default object. Routes stay thin: read the body on the event loop, then parse, check and
 estimate in one job of the bounded pose pool (``service.compute``) under a compute budget
-(``service.budget``), and send the answer. Bad input is a 4xx with a fixed ``detail``; a full
+(``cloudpose.budget``), and send the answer. Bad input is a 4xx with a fixed ``detail``; a full
 pool is a 503 with ``Retry-After``.
 
 Operations: ``/health`` (liveness) and ``/ready`` (readiness) are always open and never wait for
@@ -38,16 +38,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloudpose.budget import Budget, TurnedHard
+from cloudpose.estimation.served import ObjectPose, ObjectRegistry, ServedObject
+from cloudpose.io.clouds import CloudError, as_cloud, read_cloud_file, read_frame_file
+from cloudpose.settings import Settings
+from cloudpose.store.package import UNITS_M, StoreError, user_store_path
 from service import schemas
 from service.bodies import BodyTooLarge, BodyTooSlow
-from service.budget import Budget, TurnedHard
-from service.clouds import CloudError, as_cloud, read_cloud_file, read_frame_file
 from service.compute import PoseWorkers, Saturated
 from service.hard import HardProcesses
 from service.metrics import ServiceMetrics
-from service.objects import ObjectPose, ObjectRegistry, ServedObject
-from service.settings import Settings
-from service.store import UNITS_M, StoreError, user_store_path
 from service.web import add_request_examples, mount_web
 
 access_log = logging.getLogger("cloudpose.access")
@@ -370,7 +370,7 @@ def decode_frame(
 ) -> tuple[np.ndarray, str | None, np.ndarray | None]:
     """The frame's points, the body's units and its viewpoint, from :func:`read_frame_body`
     (``units``: the request's ``?units=``, which a depth image cannot take)."""
-    from service.frames import depth_frame_points
+    from cloudpose.io.frames import depth_frame_points
 
     if kind == "depth" and units not in (None, "m"):
         raise CloudError(
@@ -435,7 +435,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def watch_store(app: FastAPI) -> None:
         """Reload when a package of the served stores is added, replaced or removed: packages are
-        renamed into place whole (service.store), so a change seen is a complete package. A
+        renamed into place whole (cloudpose.store.package), so a change seen is a complete package. A
         broken one is refused once (logged) and tried again when the store changes again."""
         store = settings.object_store()
         refused = None
@@ -784,7 +784,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request_id: str,
     ) -> bytes:
         """Parse the frame and find every instance (a worker thread); returns the JSON answer."""
-        from service.detect import detect
+        from cloudpose.detection.detect import detect
 
         started = time.perf_counter()
         points, body_units, viewpoint = decode_frame(kind, raw, settings, units)
@@ -856,7 +856,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request_id: str,
     ) -> bytes:
         """Parse the frame and the previous poses, and follow each (a worker thread)."""
-        from service.track import PreviousPose, track
+        from cloudpose.detection.track import PreviousPose, track
 
         started = time.perf_counter()
         if kind == "json":

@@ -8,7 +8,7 @@ only reads bodies and writes answers and ``/health`` stays quick whatever the cl
   longer than its queue timeout is dropped unstarted (503 as well): no unbounded waits.
 - **Hard clouds yield to easy ones.** Most clouds are answered in a few milliseconds; a few
   (a sphere, another object, a cloud in other units) search for up to their budget. A cloud that
-  has used ``slow_after_s`` of its thread's CPU (its :class:`service.budget.Budget` says so)
+  has used ``slow_after_s`` of its thread's CPU (its :class:`cloudpose.budget.Budget` says so)
   leaves the workers (a fresh thread takes its place at once) and lowers its thread's CPU
   priority. With ``hard_in_processes`` (the service's default) it then raises
   :class:`TurnedHard`, and its job hands it to a lower-priority process of its own
@@ -35,7 +35,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from service.budget import Budget, TurnedHard
+from cloudpose.budget import Budget, TurnedHard
 
 logger = logging.getLogger("cloudpose.compute")
 

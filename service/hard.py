@@ -25,9 +25,9 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from service.budget import Budget
-from service.objects import ObjectPose, ObjectRegistry
-from service.settings import Settings
+from cloudpose.budget import Budget
+from cloudpose.estimation.served import ObjectPose, ObjectRegistry
+from cloudpose.settings import Settings
 
 logger = logging.getLogger("cloudpose.hard")
 

@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.clouds import MAX_ABS_COORDINATE
-from service.inference import MIN_POINTS
-from service.store import UNITS_M
+from cloudpose.estimation.inference import MIN_POINTS
+from cloudpose.io.clouds import MAX_ABS_COORDINATE
+from cloudpose.store.package import UNITS_M
 
 Coordinate = Annotated[float, Field(ge=-MAX_ABS_COORDINATE, le=MAX_ABS_COORDINATE)]
 Point = Annotated[list[Coordinate], Field(min_length=3, max_length=3)]

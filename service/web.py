@@ -39,10 +39,10 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from cloudpose.estimation.served import ObjectRegistry, ServedObject
+from cloudpose.io.clouds import CLOUD_SUFFIXES, CloudError, read_cloud_file, read_frame_file
 from service import schemas
 from service.bodies import BodyTooLarge, BodyTooSlow
-from service.clouds import CLOUD_SUFFIXES, CloudError, read_cloud_file, read_frame_file
-from service.objects import ObjectRegistry, ServedObject
 
 WEB_ROOT = Path(__file__).resolve().parent / "web"
 # Enough points to see a shape and its pose, few enough to send and draw at once.

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from service.store import SHIPPED_STORE
+from cloudpose.store.package import SHIPPED_STORE
 
 SMALL_N = 64
-# The packages of models/objects that ship with cloudpose; anything else there is a user's.
+# The packages of data/objects that ship with cloudpose; anything else there is a user's.
 SHIPPED_OBJECTS = ("bunny",)
 
 
@@ -49,8 +49,8 @@ def copy_package() -> Callable[[Path, Path, str], Path]:
 
 @pytest.fixture(scope="session")
 def shipped_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store holding a copy of the shipped objects alone, whatever else models/objects holds
-    (objects a user added there with ``--store models/objects``). Tests only read it."""
+    """A store holding a copy of the shipped objects alone, whatever else data/objects holds
+    (objects a user added there with ``--store data/objects``). Tests only read it."""
     root = tmp_path_factory.mktemp("shipped") / "objects"
     for name in SHIPPED_OBJECTS:
         shutil.copytree(SHIPPED_STORE / name, root / name)
@@ -75,9 +75,9 @@ class ExportedModel:
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     """Train the exam-setting linear model on N = 64 points until it is exact, then export it."""
-    from pipeline.config import load_config
-    from pipeline.export import export_model
-    from pipeline.train import train
+    from pipeline.training.config import load_config
+    from pipeline.training.export import export_model
+    from pipeline.training.train import train
 
     root = tmp_path_factory.mktemp("model")
     cfg = load_config(
@@ -97,9 +97,9 @@ def order_free_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     Its network is far from accurate; refinement and hypotheses carry the pose, which is what
     the tests of the order-free path check.
     """
-    from pipeline.config import load_config
-    from pipeline.export import export_model
-    from pipeline.train import train
+    from pipeline.training.config import load_config
+    from pipeline.training.export import export_model
+    from pipeline.training.train import train
 
     root = tmp_path_factory.mktemp("order_free")
     cfg = load_config(

@@ -81,7 +81,7 @@ def test_api_replicas_serve_behind_nginx_with_a_healthcheck_and_the_shared_volum
 
 
 def test_nginx_proxies_to_the_replicas_with_passive_checks_and_retries() -> None:
-    from service.settings import Settings
+    from cloudpose.settings import Settings
 
     (listen,) = directive("listen", "server")
     assert listen == ["8000"]

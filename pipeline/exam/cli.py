@@ -1,6 +1,6 @@
 """``cloudpose lenet``, ``cloudpose plot`` and ``cloudpose exam`` commands.
 
-Mounted by :mod:`pipeline.cli`. torch and matplotlib are imported inside the
+Mounted by :mod:`pipeline.cli.app`. torch and matplotlib are imported inside the
 commands so ``cloudpose --help`` stays fast.
 """
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 from models.exam.sparsity import hold_masks, prune_magnitude, sparsity_of, storage_report
-from pipeline.config import TrainConfig
-from pipeline.evaluate import evaluate_model
-from pipeline.export import export_model
+from pipeline.data.synth import generator_for
+from pipeline.evaluation.evaluate import evaluate_model
 from pipeline.files import atomic_write_json
-from pipeline.mesh import load_mesh
-from pipeline.synth import generator_for
-from pipeline.train import (
+from pipeline.objects.mesh import load_mesh
+from pipeline.training.config import TrainConfig
+from pipeline.training.export import export_model
+from pipeline.training.train import (
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from cloudpose.estimation.inference import ModelLoadError, PoseEstimator
+from cloudpose.settings import Settings
 from service.app import create_app
-from service.inference import ModelLoadError, PoseEstimator
-from service.settings import Settings
 
 MAX_POINTS = 200
 MAX_BODY_BYTES = 64 * 1024

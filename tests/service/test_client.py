@@ -31,14 +31,14 @@ from cloudpose import (
     ServiceUnreachable,
     Unauthorized,
 )
-from pipeline.scenes import Frame, Intrinsics, SceneCounts, SceneObject, make_frame
-from service.client import npy_bytes, raise_for_answer
-from service.symmetry import geodesic_deg
+from cloudpose.client import npy_bytes, raise_for_answer
+from cloudpose.geometry.symmetry import geodesic_deg
+from pipeline.data.scenes import Frame, Intrinsics, SceneCounts, SceneObject, make_frame
 from tests.service.test_detect import matches
 from tests.service.test_uvicorn import free_port, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
+BUNNY = REPO_ROOT / "data" / "objects" / "bunny"
 API_KEY = "client-test-key"
 # A recovered pose is within these of the truth (degrees; fraction of the bunny's diagonal).
 ROTATION_DEG = 1.0
@@ -53,7 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, shipped_store: Path) -> Ite
     code = (
         "import uvicorn\n"
         "from service.app import create_app\n"
-        "from service.settings import Settings\n"
+        "from cloudpose.settings import Settings\n"
         f"settings = Settings(store={str(shipped_store)!r}, api_keys={API_KEY!r}, hard_processes=False, "
         "pose_budget_ms=60000, batch_budget_s=120)\n"
         f"uvicorn.run(create_app(settings), host='127.0.0.1', port={port}, log_level='warning')\n"
@@ -424,7 +424,7 @@ def test_the_client_loads_neither_the_server_nor_the_networks() -> None:
     code = (
         "import sys\n"
         "from cloudpose import Client, PoseResult, InvalidCloud\n"
-        "heavy = {'torch', 'onnxruntime', 'open3d', 'fastapi', 'scipy', 'service.inference'}\n"
+        "heavy = {'torch', 'onnxruntime', 'open3d', 'fastapi', 'scipy', 'cloudpose.estimation.inference'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     result = subprocess.run(

@@ -14,12 +14,12 @@ import pytest
 import trimesh
 from PIL import Image
 
-from pipeline.scenes import Frame, Intrinsics, SceneCounts, SceneObject, make_frame
-from service.detect import detect, voxel_labels
-from service.objects import ServedObject
-from service.settings import Settings
-from service.store import ObjectStore
-from service.symmetry import geodesic_deg
+from cloudpose.detection.detect import detect, voxel_labels
+from cloudpose.estimation.served import ServedObject
+from cloudpose.geometry.symmetry import geodesic_deg
+from cloudpose.settings import Settings
+from cloudpose.store.package import ObjectStore
+from pipeline.data.scenes import Frame, Intrinsics, SceneCounts, SceneObject, make_frame
 from tests.service.test_uvicorn import cloudpose_command, serving_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -158,7 +158,7 @@ def test_detect_route_takes_a_frame_file_and_a_depth_png_alike(server: str, fram
 
 
 def test_an_organized_cloud_with_missing_returns_is_a_frame(server: str, frame: Frame) -> None:
-    from service.frames import back_project
+    from cloudpose.io.frames import back_project
 
     organized = back_project(frame.depth, frame.intrinsics.pinhole()).astype(np.float32)  # NaN holes
     assert np.isnan(organized).any()
@@ -280,7 +280,7 @@ def test_the_shipped_example_frame_holds_the_bunny_that_detect_finds(server: str
     the documentation shows, as a depth PNG with its camera and as a cloud."""
     import json
 
-    package = ObjectStore(REPO_ROOT / "models" / "objects").get("bunny")
+    package = ObjectStore(REPO_ROOT / "data" / "objects").get("bunny")
     files = package.meta["example_frame"]["files"]
     assert files == ["example_frame.json", "example_frame.npy", "example_frame.png"]
     assert sum((package.path / name).stat().st_size for name in files) < 1_000_000

@@ -13,12 +13,12 @@ import httpx
 import numpy as np
 import pytest
 
-from service.inference import MIN_POINTS
+from cloudpose.estimation.inference import MIN_POINTS
 from tests.service.test_uvicorn import serving_store
 from tests.service.test_viewer import CHROMIUM, LOCAL_HOSTS, chromium, local_page
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
+BUNNY = REPO_ROOT / "data" / "objects" / "bunny"
 RENDER_TIMEOUT_MS = 20_000
 
 browser_only = pytest.mark.skipif(

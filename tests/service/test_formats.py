@@ -19,12 +19,12 @@ import httpx
 import numpy as np
 import pytest
 
-from service.clouds import CLOUD_SUFFIXES, CloudError, read_cloud_file
-from tests.service.test_clouds import pypcd4_pcd
+from cloudpose.io.clouds import CLOUD_SUFFIXES, CloudError, read_cloud_file
+from tests.cloudpose.test_clouds import pypcd4_pcd
 from tests.service.test_uvicorn import REPO_ROOT, cloudpose_command, free_port, running_server
 
 MAX_POINTS = 1000
-BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
+BUNNY = REPO_ROOT / "data" / "objects" / "bunny"
 # Coordinates on a grid of 2**-10: exact in float32 (PCD, E57), in decimal text and as LAS
 # integers at this scale, so every format holds exactly the same numbers.
 GRID = 2.0**-10
@@ -372,7 +372,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, shipped_store: Path) -> Ite
     code = (
         "import uvicorn\n"
         "from service.app import create_app\n"
-        "from service.settings import Settings\n"
+        "from cloudpose.settings import Settings\n"
         f"uvicorn.run(create_app(Settings(store={str(shipped_store)!r})), host='127.0.0.1', port={port}, "
         "log_level='warning')\n"
     )
@@ -471,7 +471,7 @@ def test_the_readers_import_no_torch(points: np.ndarray, tmp_path: Path) -> None
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from service.clouds import read_cloud_file\n"
+        "from cloudpose.io.clouds import read_cloud_file\n"
         f"for path in map(Path, {[str(path) for path in paths]!r}):\n"
         "    assert read_cloud_file(path.name, path.read_bytes(), 1000).shape == (200, 3), path\n"
         "leaked = sorted(name for name in sys.modules if name.split('.')[0] in ('torch', 'models'))\n"

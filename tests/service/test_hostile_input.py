@@ -25,12 +25,12 @@ import httpx
 import numpy as np
 import pytest
 
-from service.cloudfiles import MAX_DECODED_BYTES
-from tests.service.test_clouds import zipped
+from cloudpose.io.cloudfiles import MAX_DECODED_BYTES
+from tests.cloudpose.test_clouds import zipped
 from tests.service.test_uvicorn import free_port, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
+BUNNY = REPO_ROOT / "data" / "objects" / "bunny"
 MAX_POINTS = 250_000  # the service's default limits, set explicitly for this server
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_BATCH = 256
@@ -848,7 +848,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, shipped_store: Path) -> Ite
         "import os\n"
         "import uvicorn\n"
         "from service.app import create_app\n"
-        "from service.settings import Settings\n"
+        "from cloudpose.settings import Settings\n"
         f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
         f"settings = Settings(store={str(shipped_store)!r}, max_points={MAX_POINTS}, "
         f"max_body_bytes={MAX_BODY_BYTES}, max_batch={MAX_BATCH})\n"

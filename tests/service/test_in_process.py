@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from cloudpose import Client, CloudError, Estimator, InvalidCloud, NotFound, PoseEstimator
-from pipeline.scenes import Frame
-from service.in_process import SHIPPED_STORE, ArgumentSettings
-from service.inference import DEFAULT_MAX_POINTS, MIN_POINTS
-from service.settings import Settings
-from service.store import ObjectStore
+from cloudpose.estimation.inference import DEFAULT_MAX_POINTS, MIN_POINTS
+from cloudpose.estimator import SHIPPED_STORE, ArgumentSettings
+from cloudpose.settings import Settings
+from cloudpose.store.package import ObjectStore
+from pipeline.data.scenes import Frame
 from tests.service.test_client import (  # noqa: F401  (fixtures)
     API_KEY,
     BUNNY,
@@ -244,7 +244,7 @@ def test_by_default_the_shipped_objects_and_the_users_are_loaded(
     copy_package(BUNNY, user, "rabbit")
     monkeypatch.setenv("CLOUDPOSE_STORE", str(user))
     both = Estimator.from_store()
-    shipped = ObjectStore(SHIPPED_STORE).names()  # the bunny, and whatever else models/objects holds
+    shipped = ObjectStore(SHIPPED_STORE).names()  # the bunny, and whatever else data/objects holds
     assert [item.name for item in both.objects().objects] == sorted({*shipped, "rabbit"})
     assert both.default == "bunny"
     assert [item.name for item in Estimator.from_store(user).objects().objects] == ["rabbit"]

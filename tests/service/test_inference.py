@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from service.inference import Pose, PoseEstimator, project_to_so3, quaternion_xyzw
+from cloudpose.estimation.inference import Pose, PoseEstimator, project_to_so3, quaternion_xyzw
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -188,10 +188,10 @@ def test_service_never_imports_torch_or_models(exported_model, tmp_path: Path) -
         f"""
         import io, sys
         import numpy as np
-        import service.app, service.inference, service.clouds, service.settings
+        import service.app, cloudpose.estimation.inference, cloudpose.io.clouds, cloudpose.settings
         from fastapi.testclient import TestClient
 
-        settings = service.settings.Settings(model_path={str(exported_model.model_path)!r})
+        settings = cloudpose.settings.Settings(model_path={str(exported_model.model_path)!r})
         with TestClient(service.app.create_app(settings)) as client:
             template = np.array(client.get("/v1/model").json()["template"])
             assert client.post("/v1/pose", json={{"points": template.tolist()}}).status_code == 200
@@ -211,7 +211,7 @@ def test_service_never_imports_torch_or_models(exported_model, tmp_path: Path) -
 
 def test_service_import_alone_has_no_torch() -> None:
     command = (
-        "import service.app, service.inference, service.clouds, sys; "
+        "import service.app, cloudpose.estimation.inference, cloudpose.io.clouds, sys; "
         "assert 'torch' not in sys.modules and 'models' not in sys.modules, "
         "[m for m in sys.modules if m.startswith(('torch', 'models'))]"
     )
@@ -222,8 +222,8 @@ def test_service_import_alone_has_no_torch() -> None:
 
 
 def test_stray_points_are_dropped_before_the_network() -> None:
-    from pipeline.mesh import load_mesh, sample_surface
-    from service.inference import drop_stray_points
+    from cloudpose.estimation.inference import drop_stray_points
+    from pipeline.objects.mesh import load_mesh, sample_surface
 
     mesh = load_mesh()
     rng = np.random.default_rng(0)
@@ -239,8 +239,8 @@ def test_stray_points_are_dropped_before_the_network() -> None:
 
 
 def test_spread_rotations_cover_all_rotations() -> None:
-    from pipeline.bench import rotation_error_deg
-    from service.inference import SPREAD_ROTATIONS
+    from cloudpose.estimation.inference import SPREAD_ROTATIONS
+    from pipeline.evaluation.bench import rotation_error_deg
 
     identity = np.broadcast_to(np.eye(3), SPREAD_ROTATIONS.shape)
     np.testing.assert_allclose(SPREAD_ROTATIONS @ SPREAD_ROTATIONS.transpose(0, 2, 1), identity, atol=1e-12)
@@ -254,7 +254,7 @@ def test_spread_rotations_cover_all_rotations() -> None:
 
 
 def test_spread_starts_place_the_object_around_the_cloud() -> None:
-    from service.inference import SPREAD_ROTATIONS, VIEW_OFFSET, spread_starts
+    from cloudpose.estimation.inference import SPREAD_ROTATIONS, VIEW_OFFSET, spread_starts
 
     rng = np.random.default_rng(0)
     cloud = rng.normal(size=(500, 3)) * [3.0, 2.0, 0.2] + [10.0, -4.0, 1.0]  # thinnest along z

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from cloudpose.settings import Settings
 from service import schemas
 from service.app import create_app
-from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
+BUNNY = REPO_ROOT / "data" / "objects" / "bunny"
 ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -118,9 +118,9 @@ def test_a_package_without_a_bench_says_how_to_measure_it(store_copy: Path, side
 
 
 def test_a_recorded_bench_carries_when_it_was_measured(store_copy: Path) -> None:
-    from pipeline.bench_cli import bench_object
-    from pipeline.objects import record_bench
-    from service.store import ObjectStore
+    from cloudpose.store.package import ObjectStore
+    from pipeline.evaluation.bench_cli import bench_object
+    from pipeline.objects.adding import record_bench
 
     store = ObjectStore(store_copy)
     results = bench_object(
@@ -168,10 +168,10 @@ def test_an_exam_setting_model_is_served_by_its_network_alone(exported_model) ->
 def test_a_package_without_a_network_names_its_rows_for_the_search(tmp_path: Path) -> None:
     import trimesh
 
-    from pipeline.bench_cli import bench_object
-    from pipeline.config import ConfigError
-    from pipeline.objects import add_object
-    from service.store import ObjectStore
+    from cloudpose.store.package import ObjectStore
+    from pipeline.evaluation.bench_cli import bench_object
+    from pipeline.objects.adding import add_object
+    from pipeline.training.config import ConfigError
 
     mesh_path = tmp_path / "block.stl"
     trimesh.creation.box(extents=(40.0, 30.0, 20.0)).export(mesh_path)

@@ -22,17 +22,17 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pipeline.mesh import load_mesh, sample_surface
-from pipeline.objects import add_object
-from service.clouds import CloudError
-from service.objects import ObjectPose, ServedObject, degenerate_reason
-from service.store import ObjectPackage, ObjectStore, read_package
+from cloudpose.estimation.served import ObjectPose, ServedObject, degenerate_reason
+from cloudpose.io.clouds import CloudError
+from cloudpose.store.package import ObjectPackage, ObjectStore, read_package
+from pipeline.objects.adding import add_object
+from pipeline.objects.mesh import load_mesh, sample_surface
 
 pytest.importorskip("manifold3d", reason="make_objects cuts its holes with manifold3d")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "benchmarks" / "make_objects.py"
-BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
+BUNNY = REPO_ROOT / "data" / "objects" / "bunny"
 BUNNY_METRES_PER_UNIT = 0.015866
 BUNNY_MODEL_ID = "bunny-pointnet-n512-657a623e"
 BUNNY_UNITS = "bunny unit (~15.9 mm)"
@@ -375,7 +375,7 @@ def running_server(store_root: Path, log_path: Path) -> Iterator[str]:
     code = (
         "import uvicorn\n"
         "from service.app import create_app\n"
-        "from service.settings import Settings\n"
+        "from cloudpose.settings import Settings\n"
         f"uvicorn.run(create_app(Settings(store={str(store_root)!r})), host='127.0.0.1', port={port}, "
         "log_level='warning')\n"
     )
@@ -577,7 +577,7 @@ def test_a_far_stray_does_not_make_a_cloud_a_line(bunny_example: dict) -> None:
 
 
 def test_a_cloud_past_the_budget_is_not_looked_at(bunny: ServedObject, bunny_example: dict) -> None:
-    from service.budget import Budget
+    from cloudpose.budget import Budget
 
     first, second = bunny.estimate([bunny_example["points"]] * 2, budgets=lambda: Budget(0.0, nominal_s=0.25))
     assert first.found is True  # looked at: an easy cloud needs no search, so no budget

@@ -23,7 +23,7 @@ import pytest
 from tests.service.test_uvicorn import cloudpose_command, free_port, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
+BUNNY = REPO_ROOT / "data" / "objects" / "bunny"
 KEYS = ("first-key", "second-key")
 
 

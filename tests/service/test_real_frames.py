@@ -18,10 +18,10 @@ import httpx
 import numpy as np
 import pytest
 
-from service.clouds import read_frame_file
-from service.detect import PLANE_DISTANCE_VOXELS, frame_segments, open_frame
-from service.objects import ServedObject
-from service.store import ObjectStore
+from cloudpose.detection.detect import PLANE_DISTANCE_VOXELS, frame_segments, open_frame
+from cloudpose.estimation.served import ServedObject
+from cloudpose.io.clouds import read_frame_file
+from cloudpose.store.package import ObjectStore
 from tests.service.test_uvicorn import serving_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -18,8 +18,7 @@ import pytest
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from pipeline.cli import SERVING_HINT
-from service.store import (
+from cloudpose.store.package import (
     SHIPPED_STORE,
     LayeredStore,
     ObjectStore,
@@ -27,19 +26,20 @@ from service.store import (
     open_store,
     user_store_path,
 )
+from pipeline.cli.app import SERVING_HINT
 from tests.service.test_uvicorn import cloudpose_command, free_port, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNNY = SHIPPED_STORE / "bunny"
 # How long a running service may take to see a change of its store (it looks every 0.2 s here).
 PICK_UP_S = 30.0
-# The user's objects of these tests, named unlike anything a user may have put in models/objects.
+# The user's objects of these tests, named unlike anything a user may have put in data/objects.
 MINE = "test-user-bracket"
 
 
 def served_with(*names: str) -> list[str]:
     """What the commands and the service see by default: the shipped objects (whatever
-    models/objects holds) and the user's."""
+    data/objects holds) and the user's."""
     return sorted({*ObjectStore(SHIPPED_STORE).names(), *names})
 
 

@@ -145,7 +145,7 @@ def test_uvicorn_server(exported_model, template, diagonal, sidecar, tmp_path: P
     code = (
         "import uvicorn\n"
         "from service.app import create_app\n"
-        "from service.settings import Settings\n"
+        "from cloudpose.settings import Settings\n"
         f"uvicorn.run(create_app(Settings(model_path={str(exported_model.model_path)!r})), "
         f"host='127.0.0.1', port={port}, log_level='warning')\n"
     )

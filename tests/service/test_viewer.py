@@ -27,7 +27,7 @@ from tests.service.test_uvicorn import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNNY = REPO_ROOT / "models" / "objects" / "bunny"
+BUNNY = REPO_ROOT / "data" / "objects" / "bunny"
 EXAMPLE_XYZ = BUNNY / "example.xyz"
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless flags that keep Chromium from reaching out on its own (updates, sync, QUIC probes).
@@ -230,8 +230,8 @@ def test_a_frame_shows_every_detection_in_its_own_colour(
 ) -> None:
     import trimesh
 
-    from pipeline.scenes import Intrinsics, SceneCounts, SceneObject, make_frame
-    from service.store import ObjectStore
+    from cloudpose.store.package import ObjectStore
+    from pipeline.data.scenes import Intrinsics, SceneCounts, SceneObject, make_frame
 
     bunny_package = ObjectStore(shipped_store).get("bunny")
     mesh = trimesh.load(bunny_package.mesh_path, force="mesh")

@@ -3,9 +3,9 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from cloudpose.estimation.inference import PoseEstimator
+from pipeline.cli.app import app
 from pipeline.exam.prune import format_prune_table, prune_model
-from service.inference import PoseEstimator
 
 
 def test_pruning_levels_reach_their_sparsity_and_export_servable_models(exported_model, tmp_path) -> None:
