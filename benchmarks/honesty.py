@@ -66,7 +66,7 @@ Data:
   temporary store with ``pipeline.objects.adding.add_object(..., units="mm", train=False,
   bench_count=0)`` unless ``--store`` holds them) on the seeded sets of
   :mod:`pipeline.data.benchsets` (``--sets``, ``--count`` cases each; their poses are in the frame of
-  ``pipeline.objects.mesh.load_mesh``, the file's frame minus the surface centroid: the package's internal
+  ``pipeline.data.mesh.load_mesh``, the file's frame minus the surface centroid: the package's internal
   frame, checked at start-up). Other-object fits: the first ``--other-count`` cases of each set of
   the next object in ``--objects`` (the lever for the bunny and the bunny for any other when only
   one object is listed), scaled, against this object.
@@ -114,6 +114,7 @@ from real_scans import Scan, load_scans, parse_sizes  # noqa: E402
 
 from cloudpose.estimation.inference import EXPLAINED_RATIO, _CloudScatter  # noqa: E402
 from cloudpose.estimation.served import FOUND_CONFIDENCE  # noqa: E402
+from cloudpose.geometry.rotations import random_rotations  # noqa: E402
 from cloudpose.geometry.symmetry import Symmetry  # noqa: E402
 from cloudpose.registration.refine import (  # noqa: E402
     INLIER_DISTANCE,
@@ -480,8 +481,6 @@ def other_object_fit(
 ) -> Fit:
     """Another object's cloud, scaled to this object's size, registered from the principal axes'
     alignments and ``random_starts`` random rotations; the best fit by fitness, then RMSE."""
-    from scipy.spatial.transform import Rotation
-
     scaled = cloud * (target.diagonal / source_diagonal)
     verdict = Verdict(target, scaled)
     cloud_centre, cloud_axes = principal_axes(scaled)
@@ -493,7 +492,7 @@ def other_object_fit(
         if np.linalg.det(rotation) < 0:
             rotation = model_axes.T @ np.diag(signs) @ np.diag((1, 1, -1)) @ cloud_axes
         rotations.append(rotation)
-    rotations += list(Rotation.random(random_starts, random_state=rng).as_matrix()) if random_starts else []
+    rotations += list(random_rotations(rng, random_starts)) if random_starts else []
     best = None
     for rotation in rotations:
         refinement = verdict.refine(rotation, cloud_centre - model_centre @ rotation)
@@ -515,10 +514,8 @@ def posed_scan(scan: Scan, scan_index: int, pose_index: int, seed: int, centroid
     (``observed = canonical_file @ R + t_file``) inverts it: ``R = T3 @ A``, ``t_file = b - t @ R``;
     internally ``canonical_internal = canonical_file - centroid``, so ``t_internal = t_file +
     centroid @ R``."""
-    from scipy.spatial.transform import Rotation
-
     rng = np.random.default_rng([seed, scan_index, pose_index])
-    motion = Rotation.random(random_state=rng).as_matrix()
+    motion = random_rotations(rng)
     shift = rng.uniform(-TRANSLATION_HALF_RANGE_M, TRANSLATION_HALF_RANGE_M, 3)
     observed = scan.points @ motion + shift
     rotation = scan.rotation @ motion
@@ -534,7 +531,7 @@ def of_size(points: np.ndarray, size: str, rng: np.random.Generator) -> np.ndarr
 
 def real_fits(args: argparse.Namespace, objects: Objects, progress: Callable[[str], None]) -> list[Fit]:
     from pipeline.data.benchsets import make_set
-    from pipeline.objects.mesh import load_mesh
+    from pipeline.data.mesh import load_mesh
 
     dragon, bunny = objects.target(DRAGON), objects.target(BUNNY)
     scans = load_scans(args.real / "dragon", args.scans)
@@ -589,7 +586,7 @@ def real_fits(args: argparse.Namespace, objects: Objects, progress: Callable[[st
 
 def synthetic_fits(args: argparse.Namespace, objects: Objects, progress: Callable[[str], None]) -> list[Fit]:
     from pipeline.data.benchsets import make_set
-    from pipeline.objects.mesh import load_mesh
+    from pipeline.data.mesh import load_mesh
 
     names = [name.strip() for name in args.objects.split(",") if name.strip()]
     set_names = [name.strip() for name in args.sets.split(",") if name.strip()]

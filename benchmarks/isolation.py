@@ -294,7 +294,7 @@ def table(outcomes: list[Outcome], deadlines: Deadlines) -> tuple[list[list[obje
     return rows, summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration-s", type=float, default=60.0, help="how long the hard clients run")
     parser.add_argument(
@@ -323,7 +323,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.clients < 1 or args.batch_size < 2:
         sys.exit("error: --clients must be 1 or more and --batch-size 2 or more")
+    return args
 
+
+def summary_notes(
+    summary: dict[str, dict[str, float]], late: int, source: str, args: argparse.Namespace
+) -> list[str]:
+    """The notes under the table: probes idle against loaded, lateness, and how it was measured."""
+    health_idle, health_loaded = summary.get("health idle", {}), summary.get("health loaded", {})
+    easy_idle, easy_loaded = summary.get("easy idle", {}), summary.get("easy loaded", {})
+    ratio = easy_loaded.get("p50_ms", float("nan")) / easy_idle.get("p50_ms", float("nan"))
+    return [
+        f"/health p99: idle {serving.fmt_ms(health_idle.get('p99_ms', float('nan')))} ms, "
+        f"loaded {serving.fmt_ms(health_loaded.get('p99_ms', float('nan')))} ms",
+        f"easy p50: idle {serving.fmt_ms(easy_idle.get('p50_ms', float('nan')))} ms, "
+        f"loaded {serving.fmt_ms(easy_loaded.get('p50_ms', float('nan')))} ms ({ratio:.1f}× idle)",
+        "every request ended within its deadline"
+        if late == 0
+        else f"{late} request(s) ended after their deadline",
+        f"deadlines from {source}",
+        "found: poses marked found of those answered (each of a batch counts); a sphere is never the bunny",
+        "hard clients are threads of this script, on the same CPU cores as the server; the probers "
+        + ("run in a process of their own" if args.probers == "process" else "are threads beside them"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     deadlines, source = service_deadlines(args)
     notes = []
     with tempfile.TemporaryDirectory(prefix="cloudpose-isolation-") as tmp, ExitStack() as stack:
@@ -341,22 +367,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, summary = table(outcomes, deadlines)
     late = sum(row[-1] for row in rows)
-    health_idle, health_loaded = summary.get("health idle", {}), summary.get("health loaded", {})
-    easy_idle, easy_loaded = summary.get("easy idle", {}), summary.get("easy loaded", {})
-    ratio = easy_loaded.get("p50_ms", float("nan")) / easy_idle.get("p50_ms", float("nan"))
-    notes += [
-        f"/health p99: idle {serving.fmt_ms(health_idle.get('p99_ms', float('nan')))} ms, "
-        f"loaded {serving.fmt_ms(health_loaded.get('p99_ms', float('nan')))} ms",
-        f"easy p50: idle {serving.fmt_ms(easy_idle.get('p50_ms', float('nan')))} ms, "
-        f"loaded {serving.fmt_ms(easy_loaded.get('p50_ms', float('nan')))} ms ({ratio:.1f}× idle)",
-        "every request ended within its deadline"
-        if late == 0
-        else f"{late} request(s) ended after their deadline",
-        f"deadlines from {source}",
-        "found: poses marked found of those answered (each of a batch counts); a sphere is never the bunny",
-        "hard clients are threads of this script, on the same CPU cores as the server; the probers "
-        + ("run in a process of their own" if args.probers == "process" else "are threads beside them"),
-    ]
+    notes += summary_notes(summary, late, source, args)
     if tracebacks is not None:
         notes.append(f"server log: {tracebacks} line(s) with 'Traceback'")
     serving.print_table(

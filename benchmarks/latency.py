@@ -43,6 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from cloudpose.estimation.inference import PoseEstimator  # noqa: E402
+from cloudpose.geometry.rotations import random_rotations  # noqa: E402
 from cloudpose.io.clouds import as_cloud, read_cloud_file  # noqa: E402
 from cloudpose.settings import Settings  # noqa: E402
 
@@ -81,16 +82,10 @@ def measure(call: Callable[[], Any], count: int, warmup: int, max_seconds: float
 def posed_cloud(template: np.ndarray, seed: int = 0) -> np.ndarray:
     """``template @ R + t`` for a uniform random rotation and a translation of about the object's size."""
     rng = np.random.default_rng(seed)
-    x, y, z, w = (quaternion := rng.normal(size=4)) / np.linalg.norm(quaternion)
-    column = np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+    # The transpose of a uniform rotation is as uniform; taking it keeps the clouds of earlier runs.
+    rotation = random_rotations(rng).T
     extent = float(np.ptp(template, axis=0).max())
-    return template.astype(np.float64) @ column.T + rng.uniform(-0.5, 0.5, size=3) * extent
+    return template.astype(np.float64) @ rotation + rng.uniform(-0.5, 0.5, size=3) * extent
 
 
 CLOUD_KINDS = ("fresh", "noisy", "surface")
@@ -104,7 +99,7 @@ def object_cloud(estimator: PoseEstimator, model: Path, kind: str, count: int) -
     if kind == "surface":
         surface = np.load(model.parent / estimator.metadata["surface"]["file"])[:, :3].astype(np.float64)
         return surface[rng.choice(len(surface), count, replace=False)]
-    from pipeline.objects.mesh import load_mesh, sample_surface
+    from pipeline.data.mesh import load_mesh, sample_surface
 
     mesh = load_mesh(REPO_ROOT / "data" / estimator.metadata["mesh"]["name"])
     return sample_surface(mesh, count, rng).astype(np.float64)

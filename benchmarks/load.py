@@ -365,7 +365,8 @@ def validate(args: argparse.Namespace) -> None:
         sys.exit("error: " + "; ".join(problems))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, with ``bodies`` and ``concurrency`` split into lists, validated."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration-s", type=int, default=60, help="length of each run")
     parser.add_argument("--concurrency", default="1,8,64", help="requests in flight, comma-separated")
@@ -394,58 +395,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     args.bodies = [kind.strip() for kind in args.bodies.split(",")]
-    concurrencies = [int(value) for value in args.concurrency.split(",")]
+    args.concurrency = [int(value) for value in args.concurrency.split(",")]
     validate(args)
+    return args
 
-    api_key = args.api_key or (secrets.token_hex(16) if args.reload_every_s and not args.url else None)
-    env = {"CLOUDPOSE_API_KEYS": api_key} if api_key and not args.url else {}
-    rows, results, notes = [], [], []
-    with tempfile.TemporaryDirectory(prefix="cloudpose-load-") as tmp, ExitStack() as stack:
-        folder = Path(tmp)
-        if args.model is not None:
-            args.points = len(np.load(args.model.with_name("template.npy"), mmap_mode="r"))
-        bodies = {
-            kind: build_bodies(kind, args.points, args.distinct_clouds, folder, args.model)
-            for kind in args.bodies
-        }
-        if args.url:
-            topology = Topology(args.url.rstrip("/"), [], None)
-            serving.wait_ready(topology.url, None, None)
-            described = f"the service at {topology.url}"
-        else:
-            servers = stack.enter_context(
-                serving.running_servers(
-                    folder,
-                    count=args.replicas,
-                    workers=args.workers,
-                    env=env,
-                    extra_args=["--model", str(args.model.resolve())] if args.model else (),
-                )
-            )
-            notes += sorted({server.note for server in servers if server.note})
-            nginx = None
-            if args.nginx:
-                nginx = stack.enter_context(
-                    serving.running_nginx([server.port for server in servers], folder)
-                )
-            topology = Topology(nginx.url if nginx else servers[0].url, servers, nginx)
-            described = f"{args.replicas} × cloudpose serve, {args.workers} worker(s) each"
-            described += ", behind nginx (deploy/nginx.conf)" if nginx else ""
-            described += f", serving the exam-setting model {args.model}" if args.model else ""
-        clouds = "copies of its template" if args.model else "bunny clouds"
-        print(f"cloudpose load: {described}; {args.points}-point posed {clouds}, {args.duration_s} s per run")
-        for line in check_answers(topology.url, args.points, api_key, args.path, args.model):
-            print(f"  {line}")
-        for kind in args.bodies:
-            for concurrency in concurrencies:
-                row, result = one_run(topology, kind, concurrency, bodies[kind], args, api_key, env, folder)
-                rows.append(row)
-                results.append(result)
-                notes += [f"{kind} c={concurrency}: {event}" for event in result["events"]]
-        memory = {f":{server.port}": serving.rss_mib(server.pid) for server in topology.servers}
 
+def start_topology(
+    args: argparse.Namespace, stack: ExitStack, folder: Path, env: dict[str, str]
+) -> tuple[Topology, str, list[str]]:
+    """The service under load: ``--url``, or servers (behind nginx) that ``stack`` stops.
+
+    Returns:
+        The topology, a description of it for the title, and notes from the servers' start.
+    """
+    if args.url:
+        topology = Topology(args.url.rstrip("/"), [], None)
+        serving.wait_ready(topology.url, None, None)
+        return topology, f"the service at {topology.url}", []
+    servers = stack.enter_context(
+        serving.running_servers(
+            folder,
+            count=args.replicas,
+            workers=args.workers,
+            env=env,
+            extra_args=["--model", str(args.model.resolve())] if args.model else (),
+        )
+    )
+    notes = sorted({server.note for server in servers if server.note})
+    nginx = None
+    if args.nginx:
+        nginx = stack.enter_context(serving.running_nginx([server.port for server in servers], folder))
+    topology = Topology(nginx.url if nginx else servers[0].url, servers, nginx)
+    described = f"{args.replicas} × cloudpose serve, {args.workers} worker(s) each"
+    described += ", behind nginx (deploy/nginx.conf)" if nginx else ""
+    described += f", serving the exam-setting model {args.model}" if args.model else ""
+    return topology, described, notes
+
+
+def closing_notes(args: argparse.Namespace, memory: dict[str, float]) -> list[str]:
+    """The notes under the table that explain the setting and the columns."""
     sent = "posed copies of the model's template" if args.model else "fresh posed samples of the bunny"
-    notes += [
+    notes = [
         f"loopback on {os.cpu_count()} CPU cores, shared by wrk (one thread), the server(s) and nginx: "
         "server CPU and wrk CPU are shares of one core (200% = both)",
         "latency: wrk's closed loop (each connection sends its next request once the last is answered), "
@@ -463,6 +453,37 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(
             "RSS after the runs: " + ", ".join(f"{port} {mib:.0f} MiB" for port, mib in memory.items())
         )
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    api_key = args.api_key or (secrets.token_hex(16) if args.reload_every_s and not args.url else None)
+    env = {"CLOUDPOSE_API_KEYS": api_key} if api_key and not args.url else {}
+    rows, results, notes = [], [], []
+    with tempfile.TemporaryDirectory(prefix="cloudpose-load-") as tmp, ExitStack() as stack:
+        folder = Path(tmp)
+        if args.model is not None:
+            args.points = len(np.load(args.model.with_name("template.npy"), mmap_mode="r"))
+        bodies = {
+            kind: build_bodies(kind, args.points, args.distinct_clouds, folder, args.model)
+            for kind in args.bodies
+        }
+        topology, described, server_notes = start_topology(args, stack, folder, env)
+        notes += server_notes
+        clouds = "copies of its template" if args.model else "bunny clouds"
+        print(f"cloudpose load: {described}; {args.points}-point posed {clouds}, {args.duration_s} s per run")
+        for line in check_answers(topology.url, args.points, api_key, args.path, args.model):
+            print(f"  {line}")
+        for kind in args.bodies:
+            for concurrency in args.concurrency:
+                row, result = one_run(topology, kind, concurrency, bodies[kind], args, api_key, env, folder)
+                rows.append(row)
+                results.append(result)
+                notes += [f"{kind} c={concurrency}: {event}" for event in result["events"]]
+        memory = {f":{server.port}": serving.rss_mib(server.pid) for server in topology.servers}
+
+    notes += closing_notes(args, memory)
     header = ["body", "concurrency", "requests", "req/s", "p50 ms", "p99 ms", "errors", "what failed"]
     serving.print_table(
         f"cloudpose load: POST {args.path}, {args.points} points, {args.duration_s} s per row",

@@ -2,7 +2,7 @@
 
 cloudpose ships only the bunny; these are the kinds of files a user brings instead. Every mesh is
 in millimetres with its origin where a CAD file would put it (a corner, the middle of the base),
-not at its centroid, so loading them exercises the re-centring in ``pipeline/objects/mesh.py``:
+not at its centroid, so loading them exercises the re-centring in ``pipeline/data/mesh.py``:
 
 * ``bracket.stl``: an L bracket, base plate 60 x 40 x 5 and upright 40 x 40 x 5, a gusset, and
   three through-holes (9, 6.6 and 5.5 mm), placed so the part has no symmetry at all; origin at
@@ -44,7 +44,7 @@ import trimesh
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline.objects.mesh import surface_centroid  # noqa: E402
+from pipeline.data.mesh import surface_centroid  # noqa: E402
 
 PEBBLE_SEED = 20240611
 PEBBLE_SIZE_MM = 60.0

@@ -27,7 +27,7 @@ from cloudpose.estimation.served import ServedObject  # noqa: E402
 from cloudpose.geometry.symmetry import Symmetry  # noqa: E402
 from cloudpose.store.package import SHIPPED_STORE, ObjectStore  # noqa: E402
 from pipeline.data.benchsets import SET_NAMES, make_set  # noqa: E402
-from pipeline.objects.mesh import load_mesh  # noqa: E402
+from pipeline.data.mesh import load_mesh  # noqa: E402
 
 
 def main() -> None:

@@ -74,6 +74,8 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serving  # noqa: E402
 
+from cloudpose.geometry.rotations import geodesic_deg, random_rotations  # noqa: E402
+
 DEFAULT_REAL = REPO_ROOT.parent / "shared" / "real"
 OBJECT = "dragon"
 OTHER = "bunny"
@@ -148,10 +150,8 @@ class PosedScan:
 
 def pose_scan(scan: Scan, scan_index: int, pose_index: int, seed: int) -> PosedScan:
     """Pose ``pose_index`` of scan ``scan_index``: depends only on ``(seed, scan, pose)``."""
-    from scipy.spatial.transform import Rotation
-
     rng = np.random.default_rng([seed, scan_index, pose_index])
-    motion_rotation = Rotation.random(random_state=rng).as_matrix()
+    motion_rotation = random_rotations(rng)
     motion_translation = rng.uniform(-TRANSLATION_HALF_RANGE_M, TRANSLATION_HALF_RANGE_M, 3)
     posed = scan.points @ motion_rotation + motion_translation
     # posed @ A.T = scan + b @ A.T, so canonical = (posed - b) @ A.T @ T3.T + t
@@ -255,12 +255,6 @@ def make_store(folder: Path, mesh_path: Path) -> tuple[Path, float]:
     return store, seconds
 
 
-def geodesic_deg(a: np.ndarray, b: np.ndarray) -> float:
-    """Angle of the rotation between ``a`` and ``b``, degrees."""
-    cosine = (np.trace(a.T @ b) - 1.0) / 2.0
-    return float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
-
-
 @dataclass
 class Row:
     """One request and its answer."""
@@ -341,7 +335,7 @@ class Poser:
         if truth is not None:
             rotation = np.asarray(answer["rotation"], dtype=np.float64)
             translation = np.asarray(answer["translation"], dtype=np.float64)
-            rotation_error = geodesic_deg(rotation, truth.rotation)
+            rotation_error = float(geodesic_deg(rotation, truth.rotation))
             translation_error = float(np.linalg.norm(translation - truth.translation) * 1000)
         return Row(
             **common,
@@ -384,7 +378,7 @@ def bunny_clouds(count: int, seed: int) -> tuple[list[tuple[str, np.ndarray]], l
     notes = []
     try:
         from pipeline.data.benchsets import make_set
-        from pipeline.objects.mesh import load_mesh
+        from pipeline.data.mesh import load_mesh
 
         views = make_set("partial", load_mesh(serving.BUNNY / "mesh.ply"), count=count, seed=seed)
         clouds += [("bunny single views", case.observed * metres) for case in views]

@@ -27,13 +27,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +43,11 @@ from scipy.spatial.transform import Rotation
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from cloudpose.geometry.rotations import geodesic_deg, random_rotations  # noqa: E402
 from cloudpose.registration import refine  # noqa: E402
 from cloudpose.registration.refine import back_matrix, object_pose  # noqa: E402
+from pipeline.data.mesh import load_mesh  # noqa: E402
 from pipeline.evaluation import baselines  # noqa: E402
-from pipeline.objects.mesh import load_mesh  # noqa: E402
 
 registration = o3d.pipelines.registration
 SURFACE_POINTS = 20_000
@@ -54,32 +55,16 @@ SCENARIOS = ("full", "small", "noisy", "partial", "wide", "partwide", "flipped")
 Refiner = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def rotation_error_deg(a: np.ndarray, b: np.ndarray) -> float:
-    relative = a.T @ b
-    cos = (np.trace(relative) - 1) / 2
-    sin = (
-        np.linalg.norm(
-            [
-                relative[2, 1] - relative[1, 2],
-                relative[0, 2] - relative[2, 0],
-                relative[1, 0] - relative[0, 1],
-            ]
-        )
-        / 2
-    )
-    return float(np.degrees(np.arctan2(sin, cos)))
-
-
 def make_cloud(
     surface: np.ndarray, diagonal: float, scenario: str, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """An observed cloud and its true object pose (row vectors)."""
     count = 100 if scenario == "small" else 1024
-    rotation = Rotation.random(random_state=rng).as_matrix()
+    rotation = random_rotations(rng)
     translation = rng.uniform(-0.5, 0.5, 3) * diagonal
     if scenario in ("partial", "partwide"):
         pool = surface[rng.choice(len(surface), 4 * count, replace=False)]
-        direction = Rotation.random(random_state=rng).as_matrix()[0]
+        direction = random_rotations(rng)[0]  # a uniform unit vector
         side = pool @ direction
         pool = pool[side >= np.quantile(side, 1 - rng.uniform(0.3, 0.7))]
         canonical = pool[rng.permutation(len(pool))[:count]]
@@ -171,25 +156,14 @@ def small_gicp_icp(model: refine.SurfaceModel) -> Refiner:
     return run
 
 
-@contextlib.contextmanager
-def settings(**values: object) -> Iterator[None]:
-    """Temporarily override module settings of cloudpose.registration.refine (to measure alternatives)."""
-    saved = {name: getattr(refine, name) for name in values}
-    for name, value in values.items():
-        setattr(refine, name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(refine, name, value)
-
-
-def cloudpose(model: refine.SurfaceModel, options: dict | None = None, **overrides: object) -> Refiner:
-    """refine_pose with keyword ``options`` and module settings ``overrides``."""
+def cloudpose(model: refine.SurfaceModel, options: dict | None = None, **criteria: object) -> Refiner:
+    """refine_pose with keyword ``options`` and ``criteria`` replacing fields of the default
+    :class:`~cloudpose.registration.refine.RefineCriteria` (to measure alternatives)."""
+    chosen = dataclasses.replace(refine.REFINE_CRITERIA, **criteria)
 
     def run(observed: np.ndarray, rotation: np.ndarray, translation: np.ndarray):
-        with settings(**overrides):
-            result = refine.refine_pose(observed, model, rotation, translation, **(options or {}))
+        options_now = {**(options or {}), "criteria": chosen}
+        result = refine.refine_pose(observed, model, rotation, translation, **options_now)
         return result.object_rotation, result.object_translation
 
     return run
@@ -205,7 +179,11 @@ def summarize(errors: list[float], times: list[float]) -> dict[str, float]:
     }
 
 
-def main() -> None:
+HEADER = f"{'variant':44s} {'scenario':8s} {'median°':>9s} {'p99°':>9s} {'ok@5°':>7s} {'ms':>8s}"
+Results = dict[str, dict[str, dict[str, float]]]
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=100, help="clouds per scenario")
     parser.add_argument(
@@ -215,20 +193,11 @@ def main() -> None:
     parser.add_argument("--max-shift", type=float, default=0.05, help="start translation error, of diagonal")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json-out", type=Path)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    mesh = load_mesh()
-    array = refine.sample_surface_with_normals(
-        mesh.vertices, mesh.faces, SURFACE_POINTS, np.random.default_rng(1)
-    )
-    diagonal = mesh.diagonal
-    built = time.perf_counter()
-    model = refine.SurfaceModel.from_array(array, diagonal, index_backend="open3d")
-    build_ms = (time.perf_counter() - built) * 1000
-    # Clouds are drawn from a separate, denser sample so they never share points with the model.
-    surface = refine.sample_surface_with_normals(mesh.vertices, mesh.faces, 200_000, np.random.default_rng(2))
-    surface = surface[:, :3].astype(np.float64)
 
+def variants_for(model: refine.SurfaceModel, array: np.ndarray, diagonal: float) -> dict[str, Refiner]:
+    """The refiners compared, by name, in the order of the table."""
     variants: dict[str, Refiner] = {
         "open3d ICP p2plane Tukey (4 stages)": open3d_icp(model, "tukey"),
         "open3d ICP p2plane L2 (4 stages)": open3d_icp(model, "l2"),
@@ -237,17 +206,20 @@ def main() -> None:
         variants["small_gicp PLANE_ICP (4 stages)"] = small_gicp_icp(model)
     never_doubt = {"doubt_fitness": 0.0}
     variants["cloudpose, fixed 1% kernel, no hypotheses"] = cloudpose(
-        model, never_doubt, FINE_DISTANCE=0.01, FINE_KERNEL_RANGE=(0.01, 0.01)
+        model, never_doubt, fine_distance=0.01, fine_kernel_range=(0.01, 0.01)
     )
     variants["cloudpose, stages 10/5/2.5%, no hypotheses"] = cloudpose(
-        model, never_doubt, COARSE_SCHEDULE=(0.10, 0.05, 0.025)
+        model, never_doubt, coarse_schedule=(0.10, 0.05, 0.025)
     )
     variants["cloudpose, no hypotheses"] = cloudpose(model, never_doubt)
     variants["cloudpose (open3d index)"] = cloudpose(model)
     if refine.small_gicp is not None:
         fast = refine.SurfaceModel.from_array(array, diagonal, index_backend="small_gicp")
         variants["cloudpose (small_gicp index)"] = cloudpose(fast)
+    return variants
 
+
+def print_preamble(args: argparse.Namespace, build_ms: float) -> None:
     print(f"# refine choice: bunny, surface model {SURFACE_POINTS} points (built in {build_ms:.0f} ms)")
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -258,10 +230,25 @@ def main() -> None:
         f"and {args.max_shift:.0%} of the diagonal off"
     )
     print(f"# {args.count} clouds per scenario")
-    results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in variants}
-    header = f"{'variant':44s} {'scenario':8s} {'median°':>9s} {'p99°':>9s} {'ok@5°':>7s} {'ms':>8s}"
-    print(header)
-    print("-" * len(header))
+
+
+def print_row(name: str, scenario: str, row: dict[str, float]) -> None:
+    print(
+        f"{name:44s} {scenario:8s} {row['median_deg']:9.4f} {row['p99_deg']:9.3f} "
+        f"{row['success_5deg']:7.1%} {row['median_ms']:8.2f}",
+        flush=True,
+    )
+
+
+def compare_variants(
+    variants: dict[str, Refiner],
+    model: refine.SurfaceModel,
+    surface: np.ndarray,
+    args: argparse.Namespace,
+    results: Results,
+) -> None:
+    """Every variant refines the same perturbed clouds of each scenario; prints a row per pair."""
+    diagonal = model.diagonal
     names = list(variants)
     for scenario in SCENARIOS:
         rng = np.random.default_rng([args.seed, SCENARIOS.index(scenario)])
@@ -276,20 +263,19 @@ def main() -> None:
                 began = time.perf_counter()
                 estimate, _ = variants[name](observed, *start)
                 times[name].append(time.perf_counter() - began)
-                errors[name].append(rotation_error_deg(estimate, rotation))
+                errors[name].append(float(geodesic_deg(estimate, rotation)))
         for name in names:
             row = summarize(errors[name], times[name])
             results[name][scenario] = row
-            print(
-                f"{name:44s} {scenario:8s} {row['median_deg']:9.4f} {row['p99_deg']:9.3f} "
-                f"{row['success_5deg']:7.1%} {row['median_ms']:8.2f}",
-                flush=True,
-            )
+            print_row(name, scenario, row)
         print()
 
-    print(f"# global baselines (no start pose), {args.baseline_count} clouds each")
-    print(header)
-    print("-" * len(header))
+
+def compare_baselines(
+    model: refine.SurfaceModel, surface: np.ndarray, args: argparse.Namespace, results: Results
+) -> None:
+    """The global methods (no start pose) on fresh clouds; prints a row per method and scenario."""
+    diagonal = model.diagonal
     for name, method in (("FPFH+RANSAC+ICP", baselines.fpfh_ransac_icp), ("PCA+ICP", baselines.pca_icp)):
         results[name] = {}
         method(make_cloud(surface, diagonal, "full", np.random.default_rng(99))[0], model, 0)  # warm caches
@@ -301,14 +287,37 @@ def main() -> None:
                 began = time.perf_counter()
                 estimate, _ = method(observed, model, index)
                 times.append(time.perf_counter() - began)
-                errors.append(rotation_error_deg(estimate, rotation))
+                errors.append(float(geodesic_deg(estimate, rotation)))
             row = summarize(errors, times)
             results[name][scenario] = row
-            print(
-                f"{name:44s} {scenario:8s} {row['median_deg']:9.4f} {row['p99_deg']:9.3f} "
-                f"{row['success_5deg']:7.1%} {row['median_ms']:8.2f}",
-                flush=True,
-            )
+            print_row(name, scenario, row)
+
+
+def main() -> None:
+    args = parse_args()
+    mesh = load_mesh()
+    array = refine.sample_surface_with_normals(
+        mesh.vertices, mesh.faces, SURFACE_POINTS, np.random.default_rng(1)
+    )
+    diagonal = mesh.diagonal
+    built = time.perf_counter()
+    model = refine.SurfaceModel.from_array(array, diagonal, index_backend="open3d")
+    build_ms = (time.perf_counter() - built) * 1000
+    # Clouds are drawn from a separate, denser sample so they never share points with the model.
+    surface = refine.sample_surface_with_normals(mesh.vertices, mesh.faces, 200_000, np.random.default_rng(2))
+    surface = surface[:, :3].astype(np.float64)
+    variants = variants_for(model, array, diagonal)
+
+    print_preamble(args, build_ms)
+    results: Results = {name: {} for name in variants}
+    print(HEADER)
+    print("-" * len(HEADER))
+    compare_variants(variants, model, surface, args, results)
+
+    print(f"# global baselines (no start pose), {args.baseline_count} clouds each")
+    print(HEADER)
+    print("-" * len(HEADER))
+    compare_baselines(model, surface, args, results)
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2))
 

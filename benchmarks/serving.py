@@ -342,11 +342,10 @@ def bunny_diameter() -> float:
 
 
 def random_pose(rng: np.random.Generator, extent: float) -> tuple[np.ndarray, np.ndarray]:
-    """A rotation uniform on SO(3) (normalized Gaussian quaternion), (3, 3), and a translation
-    within half ``extent`` per axis, (3,)."""
-    from scipy.spatial.transform import Rotation
+    """A rotation uniform on SO(3), (3, 3), and a translation within half ``extent`` per axis, (3,)."""
+    from cloudpose.geometry.rotations import random_rotations
 
-    rotation = Rotation.from_quat(rng.normal(size=4)).as_matrix()
+    rotation = random_rotations(rng)
     return rotation, rng.uniform(-0.5, 0.5, size=3) * extent
 
 

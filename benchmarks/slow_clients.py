@@ -251,27 +251,16 @@ def idle_connections(
         sampler.start()
     time.sleep(2.0)
     prober.stage = "while opening"
-    context = multiprocessing.get_context("fork")
-    shares = [args.idle_connections // args.idle_processes] * args.idle_processes
-    shares[0] += args.idle_connections - sum(shares)
-    pipes, processes = [], []
     opened_at = time.monotonic()
-    for share in shares:
-        parent, child = context.Pipe()
-        process = context.Process(
-            target=hold_connections, args=(address, share, args.connect_timeout_s, child)
-        )
-        process.start()
-        pipes.append(parent)
-        processes.append(process)
+    pipes, processes = start_holders(address, args)
     reports = [pipe.recv() for pipe in pipes]
     opening_s = time.monotonic() - opened_at
     prober.stage = "while held"
     time.sleep(args.hold_s / 2)
     rss["held"] = serving.rss_mib(server.pid) if server else float("nan")
-    open_halfway = count_open(pipes, "count")
+    still_open = {"halfway": count_open(pipes, "count")}
     time.sleep(args.hold_s / 2)
-    open_at_end = count_open(pipes, "close")
+    still_open["end"] = count_open(pipes, "close")
     for process in processes:
         process.join(timeout=30)
     prober.stage = "after closing"
@@ -282,7 +271,41 @@ def idle_connections(
         sampling.clear()
         sampler.join()
     rss["after"] = serving.rss_mib(server.pid) if server else float("nan")
+    rows = idle_rows(args, server, reports, opening_s, still_open, peak_files[0], rss)
+    return rows + [prober.row(stage) for stage in ("before", "while opening", "while held", "after closing")]
 
+
+def start_holders(address: tuple[str, int], args: argparse.Namespace) -> tuple[list, list]:
+    """``--idle-processes`` forked processes that open ``--idle-connections`` between them.
+
+    Returns:
+        The pipes to them (each first sends its report of the handshakes) and the processes.
+    """
+    context = multiprocessing.get_context("fork")
+    shares = [args.idle_connections // args.idle_processes] * args.idle_processes
+    shares[0] += args.idle_connections - sum(shares)
+    pipes, processes = [], []
+    for share in shares:
+        parent, child = context.Pipe()
+        process = context.Process(
+            target=hold_connections, args=(address, share, args.connect_timeout_s, child)
+        )
+        process.start()
+        pipes.append(parent)
+        processes.append(process)
+    return pipes, processes
+
+
+def idle_rows(
+    args: argparse.Namespace,
+    server: serving.Server | None,
+    reports: list[dict],
+    opening_s: float,
+    still_open: dict[str, int],
+    peak_files: int,
+    rss: dict[str, float],
+) -> list[list[object]]:
+    """Part c's rows about the connections and the server (the probes' rows come after)."""
     established = sum(report["established"] for report in reports)
     failures: Counter[str] = Counter()
     for report in reports:
@@ -296,14 +319,18 @@ def idle_connections(
         ],
         [
             "still open halfway through the hold",
-            f"{open_halfway} of {established}",
+            f"{still_open['halfway']} of {established}",
             f"at {args.hold_s / 2:g} s",
         ],
-        ["still open at the end of the hold", f"{open_at_end} of {established}", f"at {args.hold_s:g} s"],
+        [
+            "still open at the end of the hold",
+            f"{still_open['end']} of {established}",
+            f"at {args.hold_s:g} s",
+        ],
     ]
     if server:
         limit = serving.open_files_limit(server.pid)
-        rows.append(["server's open files, highest seen", f"{peak_files[0]} (its limit {limit})", "-"])
+        rows.append(["server's open files, highest seen", f"{peak_files} (its limit {limit})", "-"])
         rows.append(
             [
                 "server RSS, MiB",
@@ -311,11 +338,11 @@ def idle_connections(
                 "-",
             ]
         )
-    rows += [prober.row(stage) for stage in ("before", "while opening", "while held", "after closing")]
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, set[str]]:
+    """The options and the parts to skip."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--interval-s", type=float, default=5.0, help="time between slow bytes or lines")
     parser.add_argument("--give-up-s", type=float, default=120.0, help="stop a slow request after this")
@@ -333,49 +360,34 @@ def main(argv: list[str] | None = None) -> int:
     skip = {part.strip() for part in args.skip.split(",") if part.strip()}
     if skip - {"slow", "idle"} or args.idle_processes < 1:
         sys.exit("error: --skip takes slow and idle; --idle-processes must be 1 or more")
+    return args, skip
 
-    tables = {}
-    with tempfile.TemporaryDirectory(prefix="cloudpose-slow-") as tmp, ExitStack() as stack:
-        server = None
-        if args.url:
-            url = args.url.rstrip("/")
-            serving.wait_ready(url, None, None)
-        else:
-            # The server may hold as many connections as its hard limit allows.
-            serving.raise_open_files_limit()
-            (server,) = stack.enter_context(serving.running_servers(Path(tmp), workers=args.workers))
-            url = server.url
-        parts = urlsplit(url)
-        address = (parts.hostname, parts.port or 80)
-        print(f"cloudpose slow clients: {url}", flush=True)
 
-        if "slow" not in skip:
-            print(f"  a, b: a slow body and slow headers, one piece every {args.interval_s:g} s", flush=True)
-            results: dict[str, Cutoff] = {}
-            threads = [
-                threading.Thread(target=lambda: results.__setitem__("body", slow_body(address, args))),
-                threading.Thread(target=lambda: results.__setitem__("headers", slow_headers(address, args))),
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            tables["slow"] = [
-                [
-                    f"{name}: one {piece} every {args.interval_s:g} s",
-                    cutoff.outcome,
-                    f"{cutoff.after_s:.1f} s",
-                ]
-                for name, piece, cutoff in (
-                    ("a. body", "byte", results["body"]),
-                    ("b. headers", "line", results["headers"]),
-                )
-            ]
-        if "idle" not in skip:
-            print(f"  c: {args.idle_connections} idle connections, held {args.hold_s:g} s", flush=True)
-            tables["idle"] = idle_connections(address, server, args)
-        tracebacks = serving.count_tracebacks(server.log_path) if server else None
+def slow_requests(address: tuple[str, int], args: argparse.Namespace) -> list[list[object]]:
+    """Parts a and b side by side: the rows of their table."""
+    results: dict[str, Cutoff] = {}
+    threads = [
+        threading.Thread(target=lambda: results.__setitem__("body", slow_body(address, args))),
+        threading.Thread(target=lambda: results.__setitem__("headers", slow_headers(address, args))),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [
+        [
+            f"{name}: one {piece} every {args.interval_s:g} s",
+            cutoff.outcome,
+            f"{cutoff.after_s:.1f} s",
+        ]
+        for name, piece, cutoff in (
+            ("a. body", "byte", results["body"]),
+            ("b. headers", "line", results["headers"]),
+        )
+    ]
 
+
+def print_tables(tables: dict, args: argparse.Namespace) -> None:
     if "slow" in tables:
         serving.print_table(
             "cloudpose slow clients: how long until the server cuts a slow request off",
@@ -393,6 +405,34 @@ def main(argv: list[str] | None = None) -> int:
                 "the idle clients and the prober share the CPU cores with the server",
             ],
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, skip = parse_args(argv)
+    tables = {}
+    with tempfile.TemporaryDirectory(prefix="cloudpose-slow-") as tmp, ExitStack() as stack:
+        server = None
+        if args.url:
+            url = args.url.rstrip("/")
+            serving.wait_ready(url, None, None)
+        else:
+            # The server may hold as many connections as its hard limit allows.
+            serving.raise_open_files_limit()
+            (server,) = stack.enter_context(serving.running_servers(Path(tmp), workers=args.workers))
+            url = server.url
+        parts = urlsplit(url)
+        address = (parts.hostname, parts.port or 80)
+        print(f"cloudpose slow clients: {url}", flush=True)
+
+        if "slow" not in skip:
+            print(f"  a, b: a slow body and slow headers, one piece every {args.interval_s:g} s", flush=True)
+            tables["slow"] = slow_requests(address, args)
+        if "idle" not in skip:
+            print(f"  c: {args.idle_connections} idle connections, held {args.hold_s:g} s", flush=True)
+            tables["idle"] = idle_connections(address, server, args)
+        tracebacks = serving.count_tracebacks(server.log_path) if server else None
+
+    print_tables(tables, args)
     if tracebacks is not None:
         print(f"\nserver log: {tracebacks} line(s) with 'Traceback'")
         tables["tracebacks"] = tracebacks

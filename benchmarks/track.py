@@ -80,8 +80,8 @@ def main() -> None:
     from cloudpose.estimation.served import ObjectRegistry
     from cloudpose.settings import Settings
     from cloudpose.store.package import ObjectStore
-    from pipeline.evaluation import scene_bench, track_bench
     from pipeline.data.scenes import CameraMotion, SceneLayout, frame_sequence
+    from pipeline.evaluation import scene_bench, track_bench
 
     store = args.store.resolve()
     registry = ObjectRegistry.load(Settings(store=store))

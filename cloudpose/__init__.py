@@ -8,12 +8,45 @@ re-exported here. The library's layers, each a sub-package: :mod:`cloudpose.geom
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudpose import api
-from cloudpose.api import *  # noqa: F403
-from cloudpose.api import __all__  # noqa: F401
+from cloudpose.api import (
+    AsyncClient,
+    BadRequest,
+    BatchResult,
+    Candidate,
+    Client,
+    CloudposeError,
+    Detection,
+    DetectResult,
+    Fit,
+    Forbidden,
+    Health,
+    InvalidCloud,
+    ModelInfo,
+    NotFound,
+    ObjectInfo,
+    ObjectList,
+    Overloaded,
+    PoseResult,
+    Ready,
+    ServerError,
+    ServiceUnreachable,
+    SymmetryInfo,
+    Track,
+    TrackResult,
+    Unauthorized,
+    __all__,
+)
+
+if TYPE_CHECKING:
+    from cloudpose.estimation.inference import Pose, PoseEstimator
+    from cloudpose.estimator import Estimator
+    from cloudpose.io.clouds import CloudError
+    from cloudpose.io.frames import Intrinsics
 
 
 def __getattr__(name: str) -> Any:
-    return getattr(api, name)  # the names api loads when first asked for
+    # The in-process API's names (onnxruntime, open3d), loaded when first asked for.
+    return getattr(api, name)

@@ -33,6 +33,7 @@ import numpy as np
 from pydantic_settings import BaseSettings
 
 from cloudpose.budget import Budget
+from cloudpose.estimation.answers import pose_answer
 from cloudpose.estimation.served import ObjectPose, ObjectRegistry, ServedObject
 from cloudpose.io.clouds import CloudError, as_cloud, read_cloud_file, read_frame_file
 from cloudpose.results import (
@@ -165,7 +166,7 @@ class Estimator:
     def _budgets(self, budget_s: float | None) -> Callable[[], Budget] | None:
         return None if budget_s is None else (lambda: Budget(budget_s))
 
-    def _results(
+    def _poses(
         self,
         served: ServedObject,
         clouds: list[tuple[np.ndarray, str | None]],
@@ -173,22 +174,12 @@ class Estimator:
         refine: bool,
         budget_s: float | None,
         started: float,
-    ) -> list[dict[str, Any]]:
-        answers: list[ObjectPose] = served.estimate(
-            [points for points, _ in clouds], refine, units, budgets=self._budgets(budget_s)
-        )
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        return [
-            {
-                **answer.to_dict(),
-                "n_points": int(points.shape[0]),
-                **({"file": name} if name else {}),
-                "object": served.name,
-                "model_id": served.model_id,
-                "server_time_ms": elapsed_ms,
-            }
-            for answer, (points, name) in zip(answers, clouds, strict=True)
-        ]
+        batch: bool,
+    ) -> dict[str, Any]:
+        """The clouds posed, answered as the pose routes answer (:func:`pose_answer`)."""
+        points = [cloud for cloud, _ in clouds]
+        poses: list[ObjectPose] = served.estimate(points, refine, units, budgets=self._budgets(budget_s))
+        return pose_answer(served, poses, points, [name for _, name in clouds], started, batch)
 
     def pose(
         self,
@@ -222,7 +213,7 @@ class Estimator:
         with typed_errors():
             points, name = self._cloud(cloud, "points")
             served.check_cloud(points, where="points")
-            (answer,) = self._results(served, [(points, name)], units, refine, budget_s, started)
+            answer = self._poses(served, [(points, name)], units, refine, budget_s, started, batch=False)
         return PoseResult.from_json(answer)
 
     def pose_batch(
@@ -257,15 +248,10 @@ class Estimator:
             read = [self._cloud(cloud, f"clouds[{index}].points") for index, cloud in enumerate(clouds)]
             for index, (points, _) in enumerate(read):
                 served.check_cloud(points, where=f"clouds[{index}]")
-            answers = self._results(served, read, units, refine, budget_s, started)
-        return BatchResult.from_json(
-            {
-                "poses": answers,
-                "object": served.name,
-                "model_id": served.model_id,
-                "server_time_ms": (time.perf_counter() - started) * 1000,
-            }
-        )
+            answer = self._poses(served, read, units, refine, budget_s, started, batch=True)
+        # In process each result carries its object, model id and time, as a single pose's does.
+        common = {key: answer[key] for key in ("object", "model_id", "server_time_ms")}
+        return BatchResult.from_json({**answer, "poses": [{**pose, **common} for pose in answer["poses"]]})
 
     def detect(
         self,

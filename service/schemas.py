@@ -290,6 +290,34 @@ class ModelDescription(BaseModel):
     limits: dict[str, float]
 
 
+# The viewer's routes (service.routes.viewer).
+
+
+class Mesh(BaseModel):
+    vertices: list[list[float]] = Field(description="(V, 3) vertex positions, canonical frame.")
+    faces: list[list[int]] = Field(description="(F, 3) vertex indices of each triangle.")
+
+
+class Geometry(BaseModel):
+    """An object's model to draw, in the canonical frame and the object's units."""
+
+    object: str
+    units: str | None = Field(description="The object's units (None when it was added without).")
+    frame: str
+    points: list[list[float]] = Field(description="A thinned surface sample, (M, 3).")
+    mesh: Mesh | None = Field(description="The mesh, when it is small enough to send.")
+
+
+class Example(BaseModel):
+    file: str
+    bytes: int
+
+
+class Examples(BaseModel):
+    object: str
+    examples: list[Example] = Field(description="The example clouds shipped in the object's package.")
+
+
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON schema with its ``$defs`` inlined (OpenAPI request bodies cannot see them)."""
     schema = model.model_json_schema()

@@ -11,7 +11,7 @@ line every few seconds, holds a file descriptor forever, and enough of them leav
   closed to make room, so new clients (a health check) still get in; only when every connection
   is busy is the newcomer refused.
 
-The request body's deadline is the app's (``service.app``), which can still answer 408.
+The request body's deadline is the app's (``service.middleware.RequestGuard``), which can still answer 408.
 """
 
 from __future__ import annotations

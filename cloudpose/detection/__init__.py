@@ -1,1 +1,1 @@
-
+"""Detection: every instance of the known objects in a frame (planes, proposals, votes), tracking."""

@@ -11,8 +11,8 @@ so for a cut-out cloud of the object, and the frame bears it out.
 Steps (library calls where one exists):
 
 1. support planes go: RANSAC planes (open3d ``segment_plane`` on an even subsample) holding at
-   least ``PLANE_MIN_SHARE`` of the frame, at most ``MAX_PLANES`` of them;
-2. segments: a voxel grid (numpy; ``VOXEL_FRACTION`` of the smallest object's diagonal) of what is
+   least ``DetectionParams.plane_min_share`` of the frame, at most ``max_planes`` of them;
+2. segments: a voxel grid (numpy; ``voxel_fraction`` of the smallest object's diagonal) of what is
    left, DBSCAN clusters of the voxels (open3d ``cluster_dbscan``), every point back at full
    resolution;
 3. proposals, in two passes: each segment; a segment nothing fits is cut again, finer (touching
@@ -41,92 +41,134 @@ from typing import Any
 import numpy as np
 
 from cloudpose import budget
+from cloudpose.detection.votes import VoteParams, vote_pass
 from cloudpose.estimation.inference import SearchPlan
 from cloudpose.estimation.served import ObjectPose, ServedObject
 from cloudpose.geometry.resting import RestingPose, plane_axes, rest_on
+from cloudpose.io.clouds import CloudError
 
-# Voxel side, as a fraction of the smallest object's bounding-box diagonal.
-VOXEL_FRACTION = 0.02
-# A support plane is a RANSAC plane holding this share of the frame's voxels; fitted to within
-# this many voxels.
-PLANE_MIN_SHARE = 0.15
-PLANE_DISTANCE_VOXELS = 1.5
-MAX_PLANES = 2
-PLANE_ITERATIONS = 200
-# RANSAC sees at most this many of the frame's points; the range image is built from about this many.
-PLANE_SAMPLE = 20_000
-RANGE_SAMPLE = 80_000
-# DBSCAN neighbourhood (voxels) and its least neighbours.
-CLUSTER_EPS_VOXELS = 2.5
-CLUSTER_MIN_POINTS = 8
-# Segments spanning less than this share of an object's diagonal, or more than this multiple,
-# are not posed as that object.
-SEGMENT_SPAN = (0.2, 1.5)
-# Fewest points a segment (or what is left of it) needs to be posed.
-MIN_SEGMENT_POINTS = 32
-# A segment is posed at most this many times (touching copies of objects).
-MAX_PER_SEGMENT = 3
-# Points within this share of the object's diagonal of the posed surface are explained by it.
-EXPLAINED_FRACTION = 0.04
-# What a found pose leaves of a segment is posed again only when it is this share of the segment
-# (a touching copy), not the found instance's stray returns.
-LEFTOVER_SHARE = 0.3
-# Two detections of one object closer than these (degrees, symmetries aside; share of the
-# diagonal) are one instance.
-DUPLICATE_DEGREES = 10.0
-DUPLICATE_DISTANCE = 0.1
-# Compute budget of one pose of one segment.
-SEGMENT_BUDGET_S = 0.5
-# A pose whose facing surface the segment covers less than this is too little evidence. Set on
-# synthetic frames; on the real Kinect frames (../shared/real/mosd) it refuses the one pose that
-# passes free space (the dragon on a 462-point table remnant of test12: 0.02 contradicted).
-MIN_VISIBLE_FRACTION = 0.2
-# A segment nothing fits is cut again with voxels this much finer and this neighbourhood (in
-# the finer voxels).
-SPLIT_VOXEL = 0.5
-SPLIT_EPS_VOXELS = 2.0
-# Leftovers whose centres lie within this share of the largest diagonal are posed together.
-UNION_REACH = 0.5
-# At most this many unions a frame, the largest first.
-MAX_UNIONS = 8
-# Starts from the support plane: the object's most probable stable poses until they cover this
-# much of its probability (at most this many), each turned this many ways about the normal.
-RESTING_COVER = 0.9
-RESTING_POSES = 6
-RESTING_YAWS = 12
-# Detection poses each proposal with this many of the wide search rounds (each proposal is
-# cheap; resting starts and finer cuts do what the wide rounds would).
-WIDE_ROUNDS = 0
-# On a support plane, objects whose resting starts screen this far below the best one's are not
-# posed; the screen drives its coarse steps with this many of the segment's points.
-OBJECT_MARGIN = 0.1
-# ... and a segment whose best screen is below this is not posed at all.
-MIN_SCREEN = 0.45
-# An ambiguous answer is settled on the candidate the frame contradicts least when every other
-# is contradicted this many times as much and by this share more (of this many surface points).
-SETTLE_RATIO = 2.0
-SETTLE_MARGIN = 0.02
-SETTLE_POINTS = 4000
-# A settled answer is a detection only when its segment covers this much of its facing surface.
-MIN_SETTLED_VISIBLE = 0.5
-# Followed from a previous pose, an ambiguous answer is settled on the one candidate within this
-# many degrees of it (an instance turns a few degrees between frames, its look-alikes far more).
-PRIOR_DEGREES = 10.0
-SCREEN_POINTS = 64
-# Model points that say how much of the object the sensor sees.
-VISIBILITY_POINTS = 1500
-# Free space: a posed model point facing the sensor contradicts the frame when the sensor saw
-# something this much farther away (share of the diagonal) along its line of sight; a pose whose
-# facing points contradict the frame in more than this share is refused. Set on synthetic frames;
-# on the real Kinect frames (../shared/real/mosd) the bunny's and the dragon's poses on table
-# remnants and object fragments are contradicted in 0.26-1.0 of their facing points.
-FREE_SPACE_TOLERANCE = 0.03
-FREE_SPACE_MAX_SHARE = 0.05
-FACING_COSINE = 0.5
-# A segment mostly explained by detections already made is not posed again.
-EXPLAINED_ALREADY = 0.5
-# How far a proposal's pose search goes (its starts are the proposal's own).
-DETECT_PLAN = SearchPlan(wide=WIDE_ROUNDS, polish=True)
+
+@dataclass(frozen=True)
+class DetectionParams:
+    """How a frame is cut into proposals and how a found pose is verified (shares of an object's
+    bounding-box diagonal unless a field says otherwise; set on the synthetic scene frames, and
+    where a field says so, checked on the real Kinect frames of ../shared/real/mosd).
+
+    Attributes:
+        voxel_fraction: voxel side, as a share of the smallest object's diagonal.
+        plane_min_share: a support plane is a RANSAC plane holding this share of the frame's
+            (sampled) points ...
+        plane_distance_voxels: ... fitted to within this many voxels.
+        max_planes: at most this many support planes.
+        plane_iterations: RANSAC iterations per plane.
+        plane_sample: RANSAC sees at most this many of the frame's points.
+        range_sample: the range image (what the sensor saw) is built from about this many.
+        cluster_eps_voxels: DBSCAN neighbourhood, in voxels ...
+        cluster_min_points: ... and its least neighbours.
+        segment_span: segments spanning less than the first share of an object's diagonal, or
+            more than the second multiple, are not posed as that object.
+        min_segment_points: fewest points a segment (or what is left of it) needs to be posed.
+        max_per_segment: a segment is posed at most this many times (touching copies).
+        explained_fraction: points this close to the posed surface are explained by it.
+        leftover_share: what a found pose leaves of a segment is posed again only when it is
+            this share of the segment (a touching copy), not the instance's stray returns.
+        duplicate_degrees: two detections of one object closer than this (symmetries aside) ...
+        duplicate_distance: ... and this are one instance.
+        segment_budget_s: compute budget of one pose of one segment, seconds.
+        min_visible_fraction: a pose whose facing surface the segment covers less than this is
+            too little evidence; on the real Kinect frames it refuses the one pose that passes
+            free space (the dragon on a 462-point table remnant of test12: 0.02 contradicted).
+        split_voxel: a segment nothing fits is cut again with voxels this much finer ...
+        split_eps_voxels: ... and this neighbourhood (in the finer voxels).
+        union_reach: leftovers whose centres lie within this share of the largest diagonal are
+            posed together (pieces of one partly hidden instance).
+        max_unions: at most this many unions a frame, the largest first.
+        resting_cover: starts from the support plane: the object's most probable stable poses
+            until they cover this much of its probability ...
+        resting_poses: ... at most this many of them ...
+        resting_yaws: ... each turned this many ways about the plane's normal.
+        wide_rounds: the wide search rounds each proposal is posed with (each proposal is cheap;
+            resting starts and finer cuts do what the wide rounds would).
+        object_margin: on a support plane, objects whose resting starts screen this far below
+            the best one's are not posed ...
+        min_screen: ... and a segment whose best screen is below this is not posed at all.
+        screen_points: the screen drives its coarse steps with this many of the segment's points.
+        settle_ratio: an ambiguous answer is settled on the candidate the frame contradicts
+            least when every other is contradicted this many times as much ...
+        settle_margin: ... and by this share more ...
+        settle_points: ... of this many surface points.
+        min_settled_visible: a settled answer is a detection only when its segment covers this
+            much of its facing surface.
+        prior_degrees: followed from a previous pose, an ambiguous answer is settled on the one
+            candidate within this many degrees of it (an instance turns a few degrees between
+            frames, its look-alikes far more).
+        visibility_points: model points that say how much of the object the sensor sees.
+        free_space_tolerance: a posed model point facing the sensor contradicts the frame when
+            the sensor saw something this much farther along its line of sight ...
+        free_space_max_share: ... and a pose whose facing points contradict it in more than this
+            share is refused; on the real Kinect frames the bunny's and the dragon's poses on
+            table remnants and object fragments are contradicted in 0.26-1.0 of them.
+        facing_cosine: only model points seen this head-on count (near the silhouette sensors
+            miss returns).
+        explained_already: a segment this much explained by detections already made is not
+            posed again.
+    """
+
+    voxel_fraction: float = 0.02
+    plane_min_share: float = 0.15
+    plane_distance_voxels: float = 1.5
+    max_planes: int = 2
+    plane_iterations: int = 200
+    plane_sample: int = 20_000
+    range_sample: int = 80_000
+    cluster_eps_voxels: float = 2.5
+    cluster_min_points: int = 8
+    segment_span: tuple[float, float] = (0.2, 1.5)
+    min_segment_points: int = 32
+    max_per_segment: int = 3
+    explained_fraction: float = 0.04
+    leftover_share: float = 0.3
+    duplicate_degrees: float = 10.0
+    duplicate_distance: float = 0.1
+    segment_budget_s: float = 0.5
+    min_visible_fraction: float = 0.2
+    split_voxel: float = 0.5
+    split_eps_voxels: float = 2.0
+    union_reach: float = 0.5
+    max_unions: int = 8
+    resting_cover: float = 0.9
+    resting_poses: int = 6
+    resting_yaws: int = 12
+    wide_rounds: int = 0
+    object_margin: float = 0.1
+    min_screen: float = 0.45
+    screen_points: int = 64
+    settle_ratio: float = 2.0
+    settle_margin: float = 0.02
+    settle_points: int = 4000
+    min_settled_visible: float = 0.5
+    prior_degrees: float = 10.0
+    visibility_points: int = 1500
+    free_space_tolerance: float = 0.03
+    free_space_max_share: float = 0.05
+    facing_cosine: float = 0.5
+    explained_already: float = 0.5
+    support_tolerance: float = 0.03
+    min_vote_support: float = 0.2
+    min_vote_fitness: float = 0.97
+    segments_after_votes: bool = True
+
+    def plan(self) -> SearchPlan:
+        """How far a proposal's pose search goes (its starts are the proposal's own)."""
+        return SearchPlan(wide=self.wide_rounds, polish=True)
+
+
+DETECTION_PARAMS = DetectionParams()
+# The defaults under the names other modules read.
+VOXEL_FRACTION = DETECTION_PARAMS.voxel_fraction
+PLANE_DISTANCE_VOXELS = DETECTION_PARAMS.plane_distance_voxels
+MIN_SEGMENT_POINTS = DETECTION_PARAMS.min_segment_points
+DETECT_PLAN = DETECTION_PARAMS.plan()
 
 
 @dataclass
@@ -172,15 +214,16 @@ class FrameReport:
     refused_by_free_space: int = 0
     complete: bool = True
     poses: int = 0  # proposals posed as an object
+    skipped: list[str] = field(default_factory=list)  # why objects were not looked for
 
     def answer(self, n_points: int, budget_s: float | None) -> dict[str, Any]:
         """The report as ``/v1/detect`` answers it (``budget_s``: the budget it ran under)."""
-        warnings = None
+        warnings = list(self.skipped)
         if not self.complete:
-            warnings = [
+            warnings.append(
                 f"the detection budget ({budget_s:g} s) ran out before every segment of the frame "
                 "was looked at: instances may be missing"
-            ]
+            )
         return {
             "detections": [detection.to_dict() for detection in self.detections],
             "n_points": int(n_points),
@@ -209,27 +252,31 @@ def voxel_labels(points: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarr
 
 
 def _support_planes(
-    points: np.ndarray, distance: float, seed: int, sensor: np.ndarray
+    points: np.ndarray,
+    distance: float,
+    seed: int,
+    sensor: np.ndarray,
+    params: DetectionParams = DETECTION_PARAMS,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(N,) whether each point lies on a support plane, and the largest plane's coefficients
     (a, b, c, d), normal towards the sensor, or None when there is none.
 
-    RANSAC (open3d ``segment_plane``) runs on an even subsample of at most ``PLANE_SAMPLE``
+    RANSAC (open3d ``segment_plane``) runs on an even subsample of at most ``params.plane_sample``
     points; every point within ``distance`` of a plane found there is on it.
     """
     import open3d as o3d
 
     on_plane = np.zeros(len(points), dtype=bool)
     largest = None
-    sample = np.arange(0, len(points), max(1, len(points) // PLANE_SAMPLE))
+    sample = np.arange(0, len(points), max(1, len(points) // params.plane_sample))
     o3d.utility.random.seed(seed)
-    for _ in range(MAX_PLANES):
+    for _ in range(params.max_planes):
         rest = sample[~on_plane[sample]]
-        if len(rest) < 3 * CLUSTER_MIN_POINTS:
+        if len(rest) < 3 * params.cluster_min_points:
             break
         cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points[rest]))
-        plane, inliers = cloud.segment_plane(distance, 3, PLANE_ITERATIONS)
-        if len(inliers) < PLANE_MIN_SHARE * len(sample):  # of the frame: not an object's face
+        plane, inliers = cloud.segment_plane(distance, 3, params.plane_iterations)
+        if len(inliers) < params.plane_min_share * len(sample):  # of the frame: not an object's face
             break
         plane = np.asarray(plane, dtype=np.float64) / np.linalg.norm(plane[:3])
         if plane[:3] @ sensor + plane[3] < 0:
@@ -239,12 +286,12 @@ def _support_planes(
     return on_plane, largest
 
 
-def _clusters(voxels: np.ndarray, voxel: float) -> np.ndarray:
+def _clusters(voxels: np.ndarray, voxel: float, params: DetectionParams = DETECTION_PARAMS) -> np.ndarray:
     """(V,) DBSCAN cluster of each voxel, -1 for noise."""
     import open3d as o3d
 
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(voxels))
-    return np.asarray(cloud.cluster_dbscan(CLUSTER_EPS_VOXELS * voxel, CLUSTER_MIN_POINTS))
+    return np.asarray(cloud.cluster_dbscan(params.cluster_eps_voxels * voxel, params.cluster_min_points))
 
 
 class RangeImage:
@@ -286,13 +333,22 @@ class RangeImage:
         beyond = self.nearest[where[seen]] > ranges[seen] + tolerance
         return int(beyond.sum()), int(seen.sum())
 
+    def agreement(self, points: np.ndarray, tolerance: float) -> tuple[int, int]:
+        """How many of ``points`` (M, 3) the sensor saw where they are (its nearest return in
+        their direction lies within ``tolerance`` of them), of how many there are."""
+        keys, ranges = self._cells(points)
+        where = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        seen = self.keys[where] == keys
+        near = np.abs(self.nearest[where] - ranges) <= tolerance
+        return int((seen & near).sum()), len(points)
+
 
 def _span(points: np.ndarray) -> float:
     return float(np.linalg.norm(points.max(axis=0) - points.min(axis=0)))
 
 
 def _posed_surface(
-    served: ServedObject, pose: ObjectPose, points: int = VISIBILITY_POINTS
+    served: ServedObject, pose: ObjectPose, points: int = DETECTION_PARAMS.visibility_points
 ) -> tuple[np.ndarray, np.ndarray]:
     """About ``points`` of the object's surface points and their normals in the frame (frame
     units), (M, 3) each."""
@@ -346,8 +402,10 @@ class _FrameSearch:
         sensor: np.ndarray,
         seen: RangeImage,
         plane: np.ndarray | None = None,
+        params: DetectionParams = DETECTION_PARAMS,
     ) -> None:
         self.points, self.objects, self.sizes, self.units = points, objects, sizes, units
+        self.params = params
         self.sensor, self.seen, self.plane = sensor, seen, plane
         self.plane_axes = None if plane is None else plane_axes(plane[:3])
         self.detections: list[Detection] = []
@@ -366,25 +424,50 @@ class _FrameSearch:
     def pose(self, members: np.ndarray) -> np.ndarray:
         """Pose a proposal (point indices) until nothing more is found in it: each found instance
         becomes a detection and its points leave the proposal, and what is left (a touching copy)
-        is posed again, at most ``MAX_PER_SEGMENT`` times.
+        is posed again, at most ``params.max_per_segment`` times.
 
         Returns:
             The members left unexplained.
         """
-        least = max(MIN_SEGMENT_POINTS, LEFTOVER_SHARE * len(members))
-        for attempt in range(MAX_PER_SEGMENT):
-            if len(members) < (MIN_SEGMENT_POINTS if attempt == 0 else least):
+        least = max(self.params.min_segment_points, self.params.leftover_share * len(members))
+        for attempt in range(self.params.max_per_segment):
+            if len(members) < (self.params.min_segment_points if attempt == 0 else least):
                 break
             found = self._pose_once(self.points[members])
             if found is None:
                 break
             if not any(
-                _same_instance(found.detection, other, self.objects, self.sizes) for other in self.detections
+                _same_instance(found.detection, other, self.objects, self.sizes, self.params)
+                for other in self.detections
             ):
                 self.detections.append(found.detection)
                 self.surfaces.append((found.posed, found.reach))
             members = members[~found.explained]
         return members
+
+    def pose_from(self, members: np.ndarray, name: str, start: tuple[np.ndarray, np.ndarray]) -> bool:
+        """Pose the points ``members`` (indices) as one object from a start pose (answer frame),
+        e.g. a point-pair vote's hypothesis; a verified pose that is not a detection already
+        becomes one. Returns whether it did."""
+        rotation, translation = start
+        scale = self.objects[name].scale_for(self.units)
+        raw = ObjectPose(rotation.T, -translation @ rotation.T, rotation, translation, False, scale)
+        if self.support(name, raw) < self.params.min_vote_support:
+            return False  # the sensor does not see the object's facing surface where the votes put it
+        found, _ = self._hypothesis(name, self.points[members], [start], self.params.plan())
+        if found is not None:
+            fitness = float((found.detection.pose.confidence or {}).get("fitness", 0.0))
+            if fitness < self.params.min_vote_fitness:
+                self.refused += 1  # the points where the object would be do not all fit it
+                found = None
+        if found is None or any(
+            _same_instance(found.detection, other, self.objects, self.sizes, self.params)
+            for other in self.detections
+        ):
+            return False
+        self.detections.append(found.detection)
+        self.surfaces.append((found.posed, found.reach))
+        return True
 
     def follow(
         self, members: np.ndarray, name: str, start: tuple[np.ndarray, np.ndarray], plan: SearchPlan
@@ -407,7 +490,7 @@ class _FrameSearch:
         """The best verified pose of ``segment`` (M, 3) among the objects it may be, or None."""
         best: _Hypothesis | None = None
         for name, starts in self._candidates(segment):
-            found, _ = self._hypothesis(name, segment, starts, DETECT_PLAN)
+            found, _ = self._hypothesis(name, segment, starts, self.params.plan())
             if found is not None and (
                 best is None or found.detection.confidence() > best.detection.confidence()
             ):
@@ -430,17 +513,17 @@ class _FrameSearch:
             [segment],
             True,
             self.units,
-            budgets=lambda: budget.Budget(SEGMENT_BUDGET_S),
+            budgets=lambda: budget.Budget(self.params.segment_budget_s),
             plan=dataclasses.replace(plan, starts=starts),
         )
         self.poses += 1
-        least_visible = MIN_VISIBLE_FRACTION
+        least_visible = self.params.min_visible_fraction
         if pose.ambiguous:
             pose = self._settle(name, pose)
-            least_visible = MIN_SETTLED_VISIBLE  # settled by the frame alone: more evidence
+            least_visible = self.params.min_settled_visible  # settled by the frame alone: more evidence
         if pose.ambiguous and prior is not None:
             pose = self._settle_by_prior(name, pose, prior)
-            least_visible = MIN_VISIBLE_FRACTION  # the previous frame bore the pose out
+            least_visible = self.params.min_visible_fraction  # the previous frame bore the pose out
         if not pose.found:
             return None, pose
         return self._verify(name, segment, pose, least_visible), pose
@@ -448,22 +531,22 @@ class _FrameSearch:
     def _candidates(self, segment: np.ndarray) -> list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]]:
         """The objects the segment may be, each with its resting starts: those whose size fits it,
         and, on a support plane, only those whose resting starts screen within
-        ``OBJECT_MARGIN`` of the best (confidence after a few coarse steps, all starts at once),
-        none when the best is below ``MIN_SCREEN``."""
+        ``params.object_margin`` of the best (confidence after a few coarse steps, all starts at once),
+        none when the best is below ``params.min_screen``."""
         span = _span(segment)
         fitting = [
             (name, self._resting_starts(name, segment))
             for name, size in self.sizes.items()
-            if SEGMENT_SPAN[0] * size <= span <= SEGMENT_SPAN[1] * size
+            if self.params.segment_span[0] * size <= span <= self.params.segment_span[1] * size
         ]
         if self.plane is None or not fitting:
             return fitting
         scores = [self._screen(name, segment, starts) for name, starts in fitting]
         top = max(scores)
-        if top < MIN_SCREEN:  # no way of resting there fits: clutter
+        if top < self.params.min_screen:  # no way of resting there fits: clutter
             return []
         ranked = sorted(zip(scores, range(len(fitting)), strict=True), reverse=True)
-        return [fitting[i] for score, i in ranked if score >= top - OBJECT_MARGIN]
+        return [fitting[i] for score, i in ranked if score >= top - self.params.object_margin]
 
     def _screen(self, name: str, segment: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]]) -> float:
         """The best confidence of the object's resting starts after the coarse stages."""
@@ -474,7 +557,7 @@ class _FrameSearch:
         internal = [served.internal_pose(rotation, translation, scale) for rotation, translation in starts]
         surface = served.estimator.surface
         _, fitness, rmse = screen_starts(
-            segment * scale, surface, internal, points=SCREEN_POINTS, stages=COARSE_SCHEDULE
+            segment * scale, surface, internal, points=self.params.screen_points, stages=COARSE_SCHEDULE
         )
         return max(
             confidence_score(fit, error / surface.diagonal) for fit, error in zip(fitness, rmse, strict=True)
@@ -482,7 +565,7 @@ class _FrameSearch:
 
     def _resting_starts(self, name: str, segment: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Poses of the object resting on the frame's support plane under the segment's centre:
-        its most probable stable poses, each turned ``RESTING_YAWS`` ways about the plane's
+        its most probable stable poses, each turned ``params.resting_yaws`` ways about the plane's
         normal (none without a plane)."""
         if self.plane is None:
             return []
@@ -492,8 +575,8 @@ class _FrameSearch:
         origin = centre - (centre @ self.plane[:3] + self.plane[3]) * self.plane[:3]
         starts = []
         covered = 0.0
-        for pose in served.resting_poses[:RESTING_POSES]:
-            if covered >= RESTING_COVER:
+        for pose in served.resting_poses[: self.params.resting_poses]:
+            if covered >= self.params.resting_cover:
                 break
             covered += pose.probability
             in_units = RestingPose(
@@ -503,19 +586,38 @@ class _FrameSearch:
                 pose.radius / scale,
                 pose.height / scale,
             )
-            for angle in np.arange(RESTING_YAWS) * (2 * np.pi / RESTING_YAWS):
+            for angle in np.arange(self.params.resting_yaws) * (2 * np.pi / self.params.resting_yaws):
                 starts.append(rest_on(in_units, self.plane_axes, origin, float(angle)))
         return starts
 
-    def _contradicted_share(self, name: str, pose: ObjectPose, points: int = VISIBILITY_POINTS) -> float:
+    def support(self, name: str, pose: ObjectPose) -> float:
+        """Share of the posed object's surface facing the sensor that the sensor saw where the
+        pose puts it (within ``params.support_tolerance``): an occluded or misplaced pose gets
+        little, however well the points near it fit."""
+        served, size = self.objects[name], self.sizes[name]
+        posed, normals = _posed_surface(served, pose, self.params.visibility_points)
+        sight = self.sensor - posed
+        facing = np.einsum("ij,ij->i", normals, sight) > self.params.facing_cosine * np.linalg.norm(
+            sight, axis=1
+        )
+        if not facing.any():
+            return 0.0
+        seen, looked = self.seen.agreement(posed[facing], self.params.support_tolerance * size)
+        return seen / looked
+
+    def _contradicted_share(self, name: str, pose: ObjectPose, points: int | None = None) -> float:
         """Share of the posed object's surface facing the sensor (of ``points`` surface points)
         that the sensor saw through: its nearest return in that direction lies beyond it."""
         served, size = self.objects[name], self.sizes[name]
-        posed, normals = _posed_surface(served, pose, points)
+        posed, normals = _posed_surface(
+            served, pose, self.params.visibility_points if points is None else points
+        )
         sight = self.sensor - posed
         # Points seen head-on only: near the silhouette (grazing incidence) sensors miss returns.
-        facing = np.einsum("ij,ij->i", normals, sight) > FACING_COSINE * np.linalg.norm(sight, axis=1)
-        through, looked = self.seen.contradicted(posed[facing], FREE_SPACE_TOLERANCE * size)
+        facing = np.einsum("ij,ij->i", normals, sight) > self.params.facing_cosine * np.linalg.norm(
+            sight, axis=1
+        )
+        through, looked = self.seen.contradicted(posed[facing], self.params.free_space_tolerance * size)
         return through / looked if looked else 0.0
 
     def _settle(self, name: str, pose: ObjectPose) -> ObjectPose:
@@ -524,10 +626,12 @@ class _FrameSearch:
         flange puts its plate over holes the sensor saw the table through)."""
         served = self.objects[name]
         options = [dataclasses.replace(pose, **_object_pose(candidate)) for candidate in pose.candidates]
-        shares = [self._contradicted_share(name, option, SETTLE_POINTS) for option in options]
+        shares = [self._contradicted_share(name, option, self.params.settle_points) for option in options]
         order = np.argsort(shares)
         best, runner_up = shares[order[0]], shares[order[1]] if len(shares) > 1 else 1.0
-        if best > FREE_SPACE_MAX_SHARE or runner_up < max(SETTLE_RATIO * best, best + SETTLE_MARGIN):
+        if best > self.params.free_space_max_share or runner_up < max(
+            self.params.settle_ratio * best, best + self.params.settle_margin
+        ):
             return pose
         why = (
             f"settled by the frame: {len(options) - 1} other pose(s) fit the points about as well, but "
@@ -537,7 +641,7 @@ class _FrameSearch:
         return served.settled(pose, int(order[0]), why)
 
     def _settle_by_prior(self, name: str, pose: ObjectPose, prior: np.ndarray) -> ObjectPose:
-        """An ambiguous answer settled on the one candidate within ``PRIOR_DEGREES`` of ``prior``
+        """An ambiguous answer settled on the one candidate within ``params.prior_degrees`` of ``prior``
         (symmetries aside) when every other is at least twice as far; else unchanged."""
         served = self.objects[name]
         turns = [
@@ -547,7 +651,7 @@ class _FrameSearch:
         order = np.argsort(turns)
         nearest = turns[order[0]]
         runner_up = turns[order[1]] if len(turns) > 1 else np.inf
-        if nearest > PRIOR_DEGREES or runner_up < 2 * max(nearest, PRIOR_DEGREES):
+        if nearest > self.params.prior_degrees or runner_up < 2 * max(nearest, self.params.prior_degrees):
             return pose
         why = (
             f"settled by the previous pose: {len(turns) - 1} other pose(s) fit the points about as well, "
@@ -561,12 +665,12 @@ class _FrameSearch:
         """The pose as a hypothesis if the frame bears it out: the sensor did not see through the
         object where the pose puts it, and the segment covers at least ``least_visible`` of its
         facing surface."""
-        if self._contradicted_share(name, pose) > FREE_SPACE_MAX_SHARE:
+        if self._contradicted_share(name, pose) > self.params.free_space_max_share:
             self.refused += 1  # the sensor saw through where this pose puts the object
             return None
         served, size = self.objects[name], self.sizes[name]
-        posed, normals = _posed_surface(served, pose)
-        reach = EXPLAINED_FRACTION * size
+        posed, normals = _posed_surface(served, pose, self.params.visibility_points)
+        reach = self.params.explained_fraction * size
         explained = _explained(segment, posed, reach)
         visible = _visible_fraction(segment, posed, normals, self.sensor, reach)
         if visible < least_visible:
@@ -592,6 +696,8 @@ def detect(
     max_instances: int | None = None,
     seed: int = 0,
     budget_s: float | None = None,
+    params: DetectionParams = DETECTION_PARAMS,
+    votes: VoteParams | None = None,
 ) -> FrameReport:
     """Every found instance of ``objects`` in a frame.
 
@@ -604,6 +710,11 @@ def detect(
         seed: RANSAC's seed, so a frame always gets the same answer.
         budget_s: past this, no more proposal is posed: the detections so far are the answer
             (``FrameReport.complete`` is False).
+        params: how the frame is cut and a pose verified.
+        votes: how the whole frame votes for every object's poses before it is cut (None, the
+            default: segments alone). Frame-wide votes are being measured: on the parts frames
+            their hypotheses come within 15 degrees of 8 of 14 instances, short of what the
+            segment search finds, so they are off unless asked for.
 
     Returns:
         The detections, best first, and how the frame was cut.
@@ -615,8 +726,9 @@ def detect(
         timings[name] = (time.perf_counter() - started) * 1000 - sum(timings.values())
 
     points = np.asarray(points, dtype=np.float64)
-    search, on_plane, voxel = open_frame(points, objects, units, viewpoint, seed, lap)
-    segments = frame_segments(points, on_plane, voxel)
+    objects, skipped = convertible(objects, units)
+    search, on_plane, voxel = open_frame(points, objects, units, viewpoint, seed, lap, params)
+    segments = frame_segments(points, on_plane, voxel, params)
     lap("segments_ms")
     deadline = None if budget_s is None else started + budget_s
     complete = True
@@ -627,19 +739,94 @@ def detect(
             complete = False
         return not complete
 
+    if votes is not None:  # hypotheses of every object from the whole frame's point pairs
+        vote_pass(search, on_plane, out_of_time, votes)
+        lap("votes_ms")
+        if not params.segments_after_votes:
+            segments = []
     # First pass: every segment. A segment nothing fits is cut finer (touching objects that one
     # neighbourhood joined) and its parts are posed alike.
+    leftovers = _first_pass(search, segments, voxel, out_of_time, params)
+    lap("first_pass_ms")
+    _second_pass(search, leftovers, out_of_time, params)
+    lap("unions_ms")
+    detections = sorted(search.detections, key=lambda item: item.confidence(), reverse=True)
+    if max_instances is not None:
+        detections = detections[:max_instances]
+    return FrameReport(
+        detections,
+        len(segments),
+        int(on_plane.sum()),
+        timings,
+        search.refused,
+        complete,
+        search.poses,
+        skipped,
+    )
+
+
+def convertible(
+    objects: Mapping[str, ServedObject], units: str | None
+) -> tuple[dict[str, ServedObject], list[str]]:
+    """The objects a frame in ``units`` can be searched for, and a warning for each of the others
+    (added without units, so the frame's points cannot be converted to theirs). One such object
+    does not stop the frame's search for the rest; when none is left, its error is the answer.
+
+    Raises:
+        CloudError: (422) no object can be converted.
+    """
+    kept: dict[str, ServedObject] = {}
+    skipped: list[str] = []
+    first_error: CloudError | None = None
+    for name, served in objects.items():
+        try:
+            served.scale_for(units)
+        except CloudError as error:
+            first_error = first_error or error
+            skipped.append(f"{error.detail.split(':')[0]}: it was not looked for in this frame")
+            continue
+        kept[name] = served
+    if not kept and first_error is not None:
+        raise first_error
+    return kept, skipped
+
+
+def _second_pass(
+    search: _FrameSearch,
+    leftovers: list[np.ndarray],
+    out_of_time: Callable[[], bool],
+    params: DetectionParams,
+) -> None:
+    """Pose together the pieces of one instance that occlusion cut apart (unions of leftovers)."""
+    for members in _unions(search.points, leftovers, max(search.sizes.values()), params):
+        if out_of_time():
+            break
+        remaining = search.unexplained(members)
+        if len(remaining) >= max(params.min_segment_points, (1 - params.explained_already) * len(members)):
+            search.pose(remaining)
+
+
+def _first_pass(
+    search: _FrameSearch,
+    segments: list[np.ndarray],
+    voxel: float,
+    out_of_time: Callable[[], bool],
+    params: DetectionParams,
+) -> list[np.ndarray]:
+    """Pose every segment (point indices), cutting finer those nothing fits; returns what is left
+    unexplained of them, for the second pass."""
+    points = search.points
     leftovers: list[np.ndarray] = []  # unexplained members
     for members in segments:
         if out_of_time():
             break
         remaining = search.unexplained(members)
-        if len(remaining) < (1 - EXPLAINED_ALREADY) * len(members):
+        if len(remaining) < (1 - params.explained_already) * len(members):
             continue
         left = search.pose(remaining)
-        if len(left) < MIN_SEGMENT_POINTS:
+        if len(left) < params.min_segment_points:
             continue
-        parts = _split(points[left], voxel) if len(left) == len(remaining) else []
+        parts = _split(points[left], voxel, params) if len(left) == len(remaining) else []
         if len(parts) < 2:
             leftovers.append(left)
             continue
@@ -647,23 +834,9 @@ def detect(
             if out_of_time():
                 break
             part_left = search.pose(left[part])
-            if len(part_left) >= MIN_SEGMENT_POINTS:
+            if len(part_left) >= params.min_segment_points:
                 leftovers.append(part_left)
-    lap("first_pass_ms")
-    # Second pass: pieces of one instance that occlusion cut apart, together.
-    for members in _unions(points, leftovers, max(search.sizes.values())):
-        if out_of_time():
-            break
-        remaining = search.unexplained(members)
-        if len(remaining) >= max(MIN_SEGMENT_POINTS, (1 - EXPLAINED_ALREADY) * len(members)):
-            search.pose(remaining)
-    lap("unions_ms")
-    detections = sorted(search.detections, key=lambda item: item.confidence(), reverse=True)
-    if max_instances is not None:
-        detections = detections[:max_instances]
-    return FrameReport(
-        detections, len(segments), int(on_plane.sum()), timings, search.refused, complete, search.poses
-    )
+    return leftovers
 
 
 def open_frame(
@@ -673,12 +846,13 @@ def open_frame(
     viewpoint: Sequence[float] | None,
     seed: int,
     lap: Callable[[str], None] = lambda name: None,
+    params: DetectionParams = DETECTION_PARAMS,
 ) -> tuple[_FrameSearch, np.ndarray, float]:
     """What every search of a frame starts from: its support planes and what the sensor saw.
 
     Args:
         points: (N, 3) float64 the frame, sensor frame, in ``units``.
-        objects, units, viewpoint, seed: as for :func:`detect`.
+        objects, units, viewpoint, seed, params: as for :func:`detect`.
         lap: told ``"planes_ms"`` and ``"range_image_ms"`` as each step ends.
 
     Returns:
@@ -688,22 +862,25 @@ def open_frame(
     # Each object's diagonal in the frame's units (a 422 for an object without units when the
     # frame has some).
     sizes = {name: served.diagonal / served.scale_for(units) for name, served in objects.items()}
-    voxel = VOXEL_FRACTION * min(sizes.values())
-    on_plane, plane = _support_planes(points, PLANE_DISTANCE_VOXELS * voxel, seed, sensor)
+    voxel = params.voxel_fraction * min(sizes.values())
+    on_plane, plane = _support_planes(points, params.plane_distance_voxels * voxel, seed, sensor, params)
     lap("planes_ms")
     # What the sensor saw in each direction, from an even subsample of the whole frame (planes
     # included: the table behind a pose shows the sensor's line of sight).
-    sight = points[:: max(1, len(points) // RANGE_SAMPLE)]
+    sight = points[:: max(1, len(points) // params.range_sample)]
     ranges = np.linalg.norm(sight - sensor, axis=1)
     cell = voxel / max(float(np.median(ranges)), voxel) if len(sight) else 1.0
-    search = _FrameSearch(points, objects, sizes, units, sensor, RangeImage(sight, sensor, cell=cell), plane)
+    seen = RangeImage(sight, sensor, cell=cell)
+    search = _FrameSearch(points, objects, sizes, units, sensor, seen, plane, params)
     lap("range_image_ms")
     return search, on_plane, voxel
 
 
-def frame_segments(points: np.ndarray, on_plane: np.ndarray, voxel: float) -> list[np.ndarray]:
+def frame_segments(
+    points: np.ndarray, on_plane: np.ndarray, voxel: float, params: DetectionParams = DETECTION_PARAMS
+) -> list[np.ndarray]:
     """The segments of a frame off its support planes: DBSCAN clusters of the voxels of what is
-    left, as (M,) point indices into ``points``, largest first (at least ``MIN_SEGMENT_POINTS``).
+    left, as (M,) point indices into ``points``, largest first (at least ``params.min_segment_points``).
 
     Args:
         points: (N, 3) the frame.
@@ -714,33 +891,41 @@ def frame_segments(points: np.ndarray, on_plane: np.ndarray, voxel: float) -> li
     if not len(kept):
         return []
     voxels, voxel_of_point = voxel_labels(points[kept], voxel)
-    return [kept[members] for members in _members(_clusters(voxels, voxel)[voxel_of_point])]
+    labels = _clusters(voxels, voxel, params)[voxel_of_point]
+    return [kept[members] for members in _members(labels, params)]
 
 
-def _members(point_labels: np.ndarray) -> list[np.ndarray]:
-    """The point indices of each label (-1 aside) with at least ``MIN_SEGMENT_POINTS``, largest
+def _members(point_labels: np.ndarray, params: DetectionParams = DETECTION_PARAMS) -> list[np.ndarray]:
+    """The point indices of each label (-1 aside) with at least ``params.min_segment_points``, largest
     first (one sort: a pass per label would cost points x labels)."""
     if len(point_labels) == 0 or point_labels.max() < 0:
         return []
     order = np.argsort(point_labels, kind="stable")
     bounds = np.searchsorted(point_labels[order], np.arange(point_labels.max() + 2))
     groups = [order[bounds[label] : bounds[label + 1]] for label in range(point_labels.max() + 1)]
-    return sorted((item for item in groups if len(item) >= MIN_SEGMENT_POINTS), key=len, reverse=True)
+    return sorted((item for item in groups if len(item) >= params.min_segment_points), key=len, reverse=True)
 
 
-def _split(segment: np.ndarray, voxel: float) -> list[np.ndarray]:
-    """A segment (M, 3) cut by a finer neighbourhood (``SPLIT_EPS_VOXELS``): index arrays of its
+def _split(segment: np.ndarray, voxel: float, params: DetectionParams = DETECTION_PARAMS) -> list[np.ndarray]:
+    """A segment (M, 3) cut by a finer neighbourhood (``params.split_eps_voxels``): index arrays of its
     parts, largest first; one part when it does not come apart."""
-    cells, voxel_of_point = voxel_labels(segment, voxel * SPLIT_VOXEL)
+    cells, voxel_of_point = voxel_labels(segment, voxel * params.split_voxel)
     import open3d as o3d
 
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cells))
-    labels = np.asarray(cloud.cluster_dbscan(SPLIT_EPS_VOXELS * voxel * SPLIT_VOXEL, CLUSTER_MIN_POINTS))
-    return _members(labels[voxel_of_point])
+    labels = np.asarray(
+        cloud.cluster_dbscan(params.split_eps_voxels * voxel * params.split_voxel, params.cluster_min_points)
+    )
+    return _members(labels[voxel_of_point], params)
 
 
-def _unions(points: np.ndarray, leftovers: list[np.ndarray], diagonal: float) -> list[np.ndarray]:
-    """Unions of leftovers (point indices) whose centres lie within ``UNION_REACH`` of the largest
+def _unions(
+    points: np.ndarray,
+    leftovers: list[np.ndarray],
+    diagonal: float,
+    params: DetectionParams = DETECTION_PARAMS,
+) -> list[np.ndarray]:
+    """Unions of leftovers (point indices) whose centres lie within ``params.union_reach`` of the largest
     object's diagonal of each other and that together still fit an object's size: pieces of one
     partly hidden instance."""
     if len(leftovers) < 2:
@@ -750,25 +935,34 @@ def _unions(points: np.ndarray, leftovers: list[np.ndarray], diagonal: float) ->
     seen: set[tuple[int, ...]] = set()
     for centre in centres:
         near = tuple(
-            np.flatnonzero(np.linalg.norm(centres - centre, axis=1) <= UNION_REACH * diagonal).tolist()
+            np.flatnonzero(np.linalg.norm(centres - centre, axis=1) <= params.union_reach * diagonal).tolist()
         )
         if len(near) > 1 and near not in seen:
             seen.add(near)
             union = np.concatenate([leftovers[j] for j in near])
-            if _span(points[union]) <= SEGMENT_SPAN[1] * diagonal:
+            if _span(points[union]) <= params.segment_span[1] * diagonal:
                 unions.append(union)
     unions.sort(key=len, reverse=True)
-    return unions[:MAX_UNIONS]
+    return unions[: params.max_unions]
 
 
 def _same_instance(
-    first: Detection, second: Detection, objects: Mapping[str, ServedObject], sizes: Mapping[str, float]
+    first: Detection,
+    second: Detection,
+    objects: Mapping[str, ServedObject],
+    sizes: Mapping[str, float],
+    params: DetectionParams = DETECTION_PARAMS,
 ) -> bool:
     """Whether two detections are one instance: one object, poses this close (symmetries aside)."""
     if first.object != second.object:
         return False
     a, b = first.pose, second.pose
-    if np.linalg.norm(a.object_translation - b.object_translation) > DUPLICATE_DISTANCE * sizes[first.object]:
+    if (
+        np.linalg.norm(a.object_translation - b.object_translation)
+        > params.duplicate_distance * sizes[first.object]
+    ):
         return False
-    turned = objects[first.object].symmetry.distinct(a.object_rotation, b.object_rotation, DUPLICATE_DEGREES)
+    turned = objects[first.object].symmetry.distinct(
+        a.object_rotation, b.object_rotation, params.duplicate_degrees
+    )
     return not turned

@@ -3,8 +3,8 @@
 A camera on a robot arm, or a part on a moving table, sends frames a few tens of milliseconds
 apart, and an instance moves little between two of them. Where :func:`cloudpose.detection.detect.detect` cuts
 the whole frame into proposals and searches each, :func:`track` looks only near where each instance
-was: the frame's points that lie within ``MOTION_FRACTION`` of the object's diagonal of its posed
-surface in the frame before (support planes aside), posed from that pose, and verified against the
+was: the frame's points that lie within ``TrackingParams.motion_fraction`` of the object's diagonal of its
+posed surface in the frame before (support planes aside), posed from that pose, and verified against the
 frame exactly as a detection is (the points must cover enough of its facing surface, and the sensor
 must not have seen through it). An instance that moved farther, left the view or was hidden is
 *lost*: the answer says so, and the client finds it again with ``/v1/detect``.
@@ -37,16 +37,31 @@ from cloudpose.estimation.inference import SearchPlan
 from cloudpose.estimation.served import ObjectPose, ServedObject
 from cloudpose.io.clouds import CloudError
 
-# An instance moves at most this share of its diagonal between two frames.
-MOTION_FRACTION = 0.15
-# Of the segments near the previous pose, those with at least this share of their points near it
-# are the instance's (a touching neighbour's segment reaches in only partly).
-SEGMENT_SHARE = 0.5
-# A segment with less than this share near it holds a neighbour too, and is cut finer.
-WHOLE_SHARE = 0.9
+
+@dataclass(frozen=True)
+class TrackingParams:
+    """How far tracking looks for an instance (shares of the object's diagonal).
+
+    Attributes:
+        motion_fraction: an instance moves at most this share of its diagonal between two frames.
+        segment_share: of the segments near the previous pose, those with at least this share of
+            their points near it are the instance's (a touching neighbour's reaches in only partly).
+        whole_share: a segment with less than this share near it holds a neighbour too, and is
+            cut finer.
+        max_previous: the most previous poses a frame may follow.
+    """
+
+    motion_fraction: float = 0.15
+    segment_share: float = 0.5
+    whole_share: float = 0.9
+    max_previous: int = 64
+
+
+TRACKING_PARAMS = TrackingParams()
+MOTION_FRACTION = TRACKING_PARAMS.motion_fraction
+MAX_PREVIOUS = TRACKING_PARAMS.max_previous
 # A tracked pose starts from the previous one alone (no wide rounds, no polishing: it is near).
 TRACK_PLAN = SearchPlan(wide=0, polish=False)
-MAX_PREVIOUS = 64
 
 
 @dataclass(frozen=True)
@@ -73,8 +88,9 @@ class PreviousPose:
                 "previous must be a non-empty list of {object, rotation, translation}, as /v1/detect "
                 "answers them",
             )
-        if len(items) > MAX_PREVIOUS:
-            raise CloudError(422, f"previous holds {len(items)} poses; at most {MAX_PREVIOUS} a frame")
+        most = TRACKING_PARAMS.max_previous
+        if len(items) > most:
+            raise CloudError(422, f"previous holds {len(items)} poses; at most {most} a frame")
         poses = []
         for index, item in enumerate(items):
             where = f"previous[{index}]"
@@ -172,7 +188,7 @@ def track(
         served = used[item.object]
         pose = item.object_pose(served, units)
         near = search.unexplained(
-            _near(points, free, served, pose, MOTION_FRACTION * search.sizes[item.object])
+            _near(points, free, served, pose, TRACKING_PARAMS.motion_fraction * search.sizes[item.object])
         )
         detection = None
         if len(near) >= MIN_SEGMENT_POINTS:
@@ -200,12 +216,13 @@ def _near(
     kept = []
     for members in _members(_clusters(voxels, voxel)[voxel_of_point]):
         share = close[members].mean()
-        if share < SEGMENT_SHARE:
+        if share < TRACKING_PARAMS.segment_share:
             continue
-        if share < WHOLE_SHARE:  # a neighbour touches it: cut finer, as detection does
+        if share < TRACKING_PARAMS.whole_share:  # a neighbour touches it: cut finer, as detection does
             parts = [members[part] for part in _split(points[ball[members]], voxel)]
             members = np.concatenate(
-                [part for part in parts if close[part].mean() >= SEGMENT_SHARE] or [members[:0]]
+                [part for part in parts if close[part].mean() >= TRACKING_PARAMS.segment_share]
+                or [members[:0]]
             )
         kept.append(members[close[members]])
     return ball[np.concatenate(kept)] if kept else ball[:0]

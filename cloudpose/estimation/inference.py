@@ -9,7 +9,7 @@ Conventions follow the exported sidecar (row vectors): the network gives the obj
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,39 +17,74 @@ from typing import Any
 import numpy as np
 
 from cloudpose import budget
-from cloudpose.geometry.symmetry import Symmetry, geodesic_deg
+from cloudpose.geometry.rotations import geodesic_deg
+from cloudpose.geometry.symmetry import Symmetry
 from cloudpose.io.clouds import CloudError
 from cloudpose.store.package import ObjectPackage, StoreError, read_model_sidecar
 
-# Order-free models: fewest points accepted, and the points refinement uses at most.
+# Order-free models: fewest points accepted.
 MIN_POINTS = 32
 # The most points a cloud may have in process, as the service's default limit (Settings.max_points).
 DEFAULT_MAX_POINTS = 250_000
-REFINE_MAX_POINTS = 1024
-SEARCH_POINTS = 512
-# The network sees at most this many of the cloud's points when refinement follows it.
-NETWORK_POINTS = 256
-# Near-symmetric copies of a pose (and rivals of an answer) are screened together on this many
-# points, through the coarse stages; one is refined in full when its fitness comes within this
-# margin of the best's and its RMSE within this ratio (generous: a screened fit is not yet
-# finished), at most MAX_FINISHED_RIVALS rivals of an answer.
-NEAR_SYMMETRY_POINTS = 128
-COPY_FITNESS_MARGIN = 0.05
-COPY_RMSE_RATIO = 2.0
-MAX_FINISHED_RIVALS = 3
-# Without a network, the near-symmetric copies of this many of the votes' best poses are screened
-# first (the lever's view: its flipped copy's peak is the second or third).
-NEAR_SYMMETRY_VOTES = 3
+
+
+@dataclass(frozen=True)
+class SearchCriteria:
+    """How an order-free cloud's pose search samples, screens and decides (fractions of the
+    object's diagonal; set on the synthetic bench sets unless a field says otherwise).
+
+    Attributes:
+        refine_max_points: the most points refinement uses (:class:`RefineCriteria`'s
+            ``max_points``, what the service refines on).
+        search_points: without a network, the search alone answers from this many of the
+            cloud's points (a package's model may say otherwise).
+        network_points: the network sees at most this many of the cloud's points when
+            refinement follows it.
+        near_symmetry_points: near-symmetric copies of a pose (and rivals of an answer) are
+            screened together on this many points, through the coarse stages.
+        copy_fitness_margin: a screened copy is refined in full when its fitness comes within
+            this margin of the best's ...
+        copy_rmse_ratio: ... and its RMSE within this ratio (generous: a screened fit is not yet
+            finished).
+        max_finished_rivals: at most this many rivals of an answer are finished.
+        near_symmetry_votes: without a network, the near-symmetric copies of this many of the
+            votes' best poses are screened first (the lever's view: its flipped copy's peak is
+            the second or third).
+        whole_coverage: a cloud covering this share of the model's surface is whole: no view
+            of it is ambiguous.
+        coverage_points: model points (of the coarse copy) the coverage is measured on.
+        coverage_distance: a model point this close to the posed cloud is covered (at least
+            twice the cloud's point spacing).
+        always_screen: a doubt threshold above any fitness: the starts are screened whatever
+            the first one's fit.
+        distinct_degrees: poses closer than this (degrees, symmetries aside) are one answer,
+            not competitors.
+        polish_confidence: only fits this confident, and that the cloud's scatter explains,
+            are polished (the others will not be answers anyway).
+    """
+
+    refine_max_points: int = 1024
+    search_points: int = 512
+    network_points: int = 256
+    near_symmetry_points: int = 128
+    copy_fitness_margin: float = 0.05
+    copy_rmse_ratio: float = 2.0
+    max_finished_rivals: int = 3
+    near_symmetry_votes: int = 3
+    whole_coverage: float = 0.85
+    coverage_points: int = 400
+    coverage_distance: float = 0.05
+    always_screen: float = 1.01
+    distinct_degrees: float = 5.0
+    polish_confidence: float = 0.5
+
+
+SEARCH_CRITERIA = SearchCriteria()
+# The defaults under the names other modules read.
+REFINE_MAX_POINTS = SEARCH_CRITERIA.refine_max_points
+DISTINCT_DEGREES = SEARCH_CRITERIA.distinct_degrees
 # A fit this complete, with an RMSE under UNEXPLAINED_FLOOR, is tight.
 TIGHT_FITNESS = 0.98
-# A cloud covering this share of the model's surface is whole: no view of it is ambiguous.
-WHOLE_COVERAGE = 0.85
-COVERAGE_POINTS = 400
-COVERAGE_DISTANCE = 0.05
-# A doubt threshold above any fitness: the starts are screened whatever the first one's fit.
-ALWAYS_SCREEN = 1.01
-# Poses closer than this (degrees, symmetries aside) are one answer, not competitors.
-DISTINCT_DEGREES = 5.0
 
 
 def column_pose_matrix(object_rotation: np.ndarray, object_translation: np.ndarray) -> np.ndarray:
@@ -387,9 +422,33 @@ class SearchPlan:
 
 
 FULL_SEARCH = SearchPlan()
-# Only fits this confident, and that the cloud's scatter explains, are polished (the others will
-# not be answers anyway).
-POLISH_CONFIDENCE = 0.5
+
+
+@dataclass
+class _CloudSearch:
+    """What one cloud's pose search works from.
+
+    Attributes:
+        cloud: (N, 3) the observed cloud.
+        sample: (M, 3) the subsample the network (or the principal axes) sees, stray points
+            dropped; centroid: (3,) its centroid.
+        voted: the point-pair votes' object poses, best first (none with a network).
+        plan: how far the search goes.
+        half_turns: generator function of the first estimate's alternatives (computed once,
+            when first asked for).
+        options: the keyword arguments of every :func:`cloudpose.registration.refine.refine_pose`
+            call of the search.
+        scatter: what explains a fit's residual on this cloud.
+    """
+
+    cloud: np.ndarray
+    sample: np.ndarray
+    centroid: np.ndarray
+    voted: list[tuple]
+    plan: SearchPlan
+    half_turns: Callable[[], Iterator[tuple]]
+    options: dict[str, Any]
+    scatter: _CloudScatter
 
 
 class PoseEstimator:
@@ -469,8 +528,8 @@ class PoseEstimator:
     def _distinct(self, rotation_a: np.ndarray, rotation_b: np.ndarray) -> bool:
         """Whether two object rotations are different answers, the object's symmetries aside."""
         if self.symmetry is None:
-            return bool(geodesic_deg(rotation_a, rotation_b) > DISTINCT_DEGREES)
-        return self.symmetry.distinct(rotation_a, rotation_b, DISTINCT_DEGREES)
+            return bool(geodesic_deg(rotation_a, rotation_b) > self.criteria.distinct_degrees)
+        return self.symmetry.distinct(rotation_a, rotation_b, self.criteria.distinct_degrees)
 
     def _setup(
         self,
@@ -510,9 +569,10 @@ class PoseEstimator:
                 )
             except Exception as error:  # onnxruntime raises its own exception types
                 raise ModelLoadError(f"onnxruntime could not load the model: {error}") from error
+        self.criteria = SEARCH_CRITERIA
         self.model_id: str = metadata["model_id"]
         # Without a network, the search alone answers from this many of the cloud's points.
-        self.n_points: int = int(metadata.get("n_points", SEARCH_POINTS))
+        self.n_points: int = int(metadata.get("n_points", self.criteria.search_points))
 
     def check_cloud(self, points: np.ndarray, where: str = "points") -> None:
         """Reject clouds this model cannot answer.
@@ -687,7 +747,7 @@ class PoseEstimator:
         rng = np.random.default_rng(len(cloud))  # the same cloud always gets the same answer
         count = self.n_points
         if refine and self.surface is not None and self.session is not None:
-            count = min(count, NETWORK_POINTS)
+            count = min(count, self.criteria.network_points)
         sample = cloud if len(cloud) <= count else cloud[rng.choice(len(cloud), count, replace=False)]
         sample = drop_stray_points(sample)
         centroid = sample.mean(axis=0)
@@ -702,147 +762,21 @@ class PoseEstimator:
             ((rotation, translation),) = self._network(sample, centroid, CUBE_ROTATIONS[:1])
         refinement = None
         if refine and self.surface is not None:
-            from cloudpose.registration.refine import DOUBT_FITNESS, object_pose, refine_pose
-
-            estimates: list[tuple] = []
-
-            def half_turns():  # a generator: runs only if refinement asks for alternatives
-                if not estimates:
-                    estimates.extend(voted[1:])
-                    if voted:  # the principal axes' first guess too, which the votes replaced
-                        estimates.extend(self._network(sample, centroid, CUBE_ROTATIONS[:1]))
-                    estimates.extend(self._network(sample, centroid, HALF_TURNS))
-                yield from estimates
-
-            options = {"max_points": REFINE_MAX_POINTS, "seed": len(cloud), "distinct": self._distinct}
-            close: list[np.ndarray] = []  # screened copies that fit about as well as the best
-            copies_screened = 0
-            scatter = _CloudScatter(cloud, self.surface_tolerance)
-            if len(self.near_symmetries):
-                # The network gives any of the near-symmetric copies alike: they go through the
-                # coarse stages together, and the best fit starts the refinement.
-                centres = view_centres(cloud, self.surface.diagonal, self.view_offset)
-
-                def with_view_centre(pose: tuple) -> list[tuple]:
-                    # The network's translation can be off by more than a thin part is thick;
-                    # a single view's centre lies behind its centroid: the view centre on the
-                    # side the network puts the object is tried as well.
-                    near = min(centres[1:], key=lambda point: float(np.linalg.norm(point - pose[1])))
-                    return [pose, (pose[0], near)]
-
-                estimate = (rotation, translation)
-                # Wider and wider until a copy fits well: the network's estimate (or the votes'
-                # best few: a near-symmetric copy's own peak is often among them); its estimates
-                # on half-turned clouds, which differ; all of them from every view centre.
-                first = [estimate]
-                if voted:  # the principal axes' first guess beside them: noisy normals vote poorly
-                    first = [*voted[:NEAR_SYMMETRY_VOTES], *self._principal_guesses(sample, centroid, 1)]
-                rounds = (
-                    lambda: [start for pose in first for start in with_view_centre(pose)],
-                    lambda: [start for pose in half_turns() for start in with_view_centre(pose)],
-                    lambda: [(pose[0], centre) for pose in [estimate, *half_turns()] for centre in centres],
-                )
-                screened = None
-                for poses in rounds:
-                    more = self._screen_copies(cloud, poses(), options)
-                    screened = (
-                        more
-                        if screened is None
-                        else tuple(np.concatenate(pair) for pair in zip(screened, more, strict=True))
-                    )
-                    lead, close = self._rank_copies(*screened)
-                    if budget.expired() or (
-                        screened[1][lead] >= DOUBT_FITNESS
-                        and scatter.explains_rmse(screened[2][lead], self.surface.diagonal)
-                    ):
-                        break
-                rotation, translation = object_pose(screened[0][lead])
-                copies_screened = len(screened[0]) - 1
-            refinement = refine_pose(
-                cloud,
-                self.surface,
-                rotation,
-                translation,
-                alternatives=itertools.chain(plan.starts, half_turns()),
-                **options,
+            search = _CloudSearch(
+                cloud=cloud,
+                sample=sample,
+                centroid=centroid,
+                voted=voted,
+                plan=plan,
+                half_turns=self._half_turns(sample, centroid, voted),
+                options={
+                    "max_points": self.criteria.refine_max_points,
+                    "seed": len(cloud),
+                    "distinct": self._distinct,
+                },
+                scatter=_CloudScatter(cloud, self.surface_tolerance),
             )
-            refinement.hypotheses += copies_screened
-
-            def wider() -> list[tuple]:
-                # The network on the cube's rotations of the cloud, and the cube's rotations of
-                # its estimate about the object's axes and about the sensor's axes.
-                starts = self._network(sample, centroid, CUBE_ROTATIONS[1:])
-                starts += [(turn @ rotation, translation) for turn in CUBE_ROTATIONS[1:]]
-                starts += [(rotation @ turn, translation) for turn in CUBE_ROTATIONS[1:]]
-                return starts
-
-            if (
-                len(self.near_symmetries)
-                and self._tight(refinement)
-                and not self._distinct(refinement.object_rotation, rotation)
-            ):
-                # The best screened copy fits closely: only copies that screened about as well
-                # can compete (a view that shows only the symmetric part), and they are finished.
-                refinement = self._finish_copies(cloud, refinement, close, options)
-            else:
-                refinement = self._check_near_symmetries(cloud, refinement, options)
-
-            # Still doubtful, or a fit the cloud's own scatter does not explain (or that leaves
-            # part of a clean cloud off the surface): wider rounds of starts, the last one over
-            # all of SO(3) (every guess near the network's can miss on views that show little of
-            # the object).
-            rounds = (wider, lambda: spread_starts(cloud, self.surface.diagonal, self.view_offset))
-            for wide_round, starts in enumerate(rounds[: plan.wide]):
-                # Copies that fit as well as an answer the cloud's scatter explains are what the
-                # view cannot tell apart: they stay candidates, and a wider search would not help.
-                unexplained = not scatter.explains(refinement, self.surface.diagonal)
-                unexplained = unexplained or scatter.incomplete(refinement, self.surface.diagonal)
-                # A loose fit (explained by the surface tolerance, not by the cloud's scatter) is
-                # what a real part's offset from its mesh looks like, and also a smooth part's
-                # shallow wrong minimum: it gets the first wide round, not the whole search.
-                loose = wide_round == 0 and scatter.loose(refinement, self.surface.diagonal)
-                unexplained = unexplained or loose
-                if (refinement.fitness >= DOUBT_FITNESS and not unexplained) or budget.expired():
-                    break
-                again = refine_pose(
-                    cloud,
-                    self.surface,
-                    refinement.object_rotation,
-                    refinement.object_translation,
-                    alternatives=starts(),
-                    search=False,
-                    # An unexplained fit may be good enough not to look doubtful: screen regardless.
-                    doubt_fitness=ALWAYS_SCREEN if unexplained else None,
-                    **options,
-                )
-                again = self._check_near_symmetries(cloud, again, options)
-                refinement = _better(refinement, again)
-            if (
-                self.check_views
-                and not budget.expired()
-                and refinement.refined
-                and not self._ambiguous(refinement)
-                and self._coverage(cloud, refinement) < WHOLE_COVERAGE
-            ):
-                refinement = _better(refinement, self._view_check(cloud, refinement, options))
-            if (
-                (plan.polish or scatter.loose(refinement, self.surface.diagonal))
-                and refinement.confidence >= POLISH_CONFIDENCE
-                and scatter.explains(refinement, self.surface.diagonal)
-                and not budget.expired()
-            ):
-                from cloudpose.registration.refine import polish_pose
-
-                refinement = polish_pose(
-                    cloud, self.surface, refinement, max_points=options["max_points"], seed=options["seed"]
-                )
-            refinement.explained = scatter.explains(refinement, self.surface.diagonal)
-            refinement.surface_noise = scatter.noise
-            refinement.surface_tolerance = scatter.tolerance
-            if cloud_span(cloud) < PLAUSIBLE_SPAN[0] * self.surface.diagonal:
-                # A cloud this much smaller than the object lies closely on some patch of its
-                # surface in many poses: no fit of it is evidence of a pose.
-                refinement.confidence = 0.0
+            refinement = self._search(search, rotation, translation)
             rotation, translation = refinement.object_rotation, refinement.object_translation
         back_rotation = rotation.T
         warnings = None
@@ -850,18 +784,213 @@ class PoseEstimator:
             warnings = size_warnings(cloud, self.surface.diagonal)
         return Pose(back_rotation, -translation @ back_rotation, rotation, translation, refinement, warnings)
 
+    def _half_turns(
+        self, sample: np.ndarray, centroid: np.ndarray, voted: list[tuple]
+    ) -> Callable[[], Iterator[tuple]]:
+        """The alternatives to a first estimate, as a generator function that computes them (the
+        network on half-turned copies) only when a refinement first asks for them."""
+        estimates: list[tuple] = []
+
+        def half_turns() -> Iterator[tuple]:  # a generator: runs only if refinement asks for alternatives
+            if not estimates:
+                estimates.extend(voted[1:])
+                if voted:  # the principal axes' first guess too, which the votes replaced
+                    estimates.extend(self._network(sample, centroid, CUBE_ROTATIONS[:1]))
+                estimates.extend(self._network(sample, centroid, HALF_TURNS))
+            yield from estimates
+
+        return half_turns
+
+    def _search(self, search: _CloudSearch, rotation: np.ndarray, translation: np.ndarray) -> Any:
+        """Refinement from the first estimate (object pose), escalating while the fit is doubtful
+        or unexplained, and the final checks: the view check, polishing, the verdicts."""
+        from cloudpose.registration.refine import refine_pose
+
+        cloud, plan = search.cloud, search.plan
+        close: list[np.ndarray] = []  # screened copies that fit about as well as the best
+        copies_screened = 0
+        if len(self.near_symmetries):
+            rotation, translation, close, copies_screened = self._screen_first_copies(
+                search, rotation, translation
+            )
+        refinement = refine_pose(
+            cloud,
+            self.surface,
+            rotation,
+            translation,
+            alternatives=itertools.chain(plan.starts, search.half_turns()),
+            **search.options,
+        )
+        refinement.hypotheses += copies_screened
+        if (
+            len(self.near_symmetries)
+            and self._tight(refinement)
+            and not self._distinct(refinement.object_rotation, rotation)
+        ):
+            # The best screened copy fits closely: only copies that screened about as well
+            # can compete (a view that shows only the symmetric part), and they are finished.
+            refinement = self._finish_copies(cloud, refinement, close, search.options)
+        else:
+            refinement = self._check_near_symmetries(cloud, refinement, search.options)
+        refinement = self._wide_rounds(search, refinement, rotation, translation)
+        return self._final_checks(search, refinement)
+
+    def _screen_first_copies(
+        self, search: _CloudSearch, rotation: np.ndarray, translation: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], int]:
+        """The best of the first estimate's near-symmetric copies (the network gives any of them
+        alike: they go through the coarse stages together, and the best fit starts the
+        refinement).
+
+        Returns:
+            The best copy's object pose, the back transforms of the copies that fit about as
+            well (:meth:`_rank_copies`), and how many others were screened.
+        """
+        from cloudpose.registration.refine import DOUBT_FITNESS, object_pose
+
+        cloud, sample, centroid, voted = search.cloud, search.sample, search.centroid, search.voted
+        centres = view_centres(cloud, self.surface.diagonal, self.view_offset)
+
+        def with_view_centre(pose: tuple) -> list[tuple]:
+            # The network's translation can be off by more than a thin part is thick;
+            # a single view's centre lies behind its centroid: the view centre on the
+            # side the network puts the object is tried as well.
+            near = min(centres[1:], key=lambda point: float(np.linalg.norm(point - pose[1])))
+            return [pose, (pose[0], near)]
+
+        estimate = (rotation, translation)
+        # Wider and wider until a copy fits well: the network's estimate (or the votes'
+        # best few: a near-symmetric copy's own peak is often among them); its estimates
+        # on half-turned clouds, which differ; all of them from every view centre.
+        first = [estimate]
+        if voted:  # the principal axes' first guess beside them: noisy normals vote poorly
+            first = [
+                *voted[: self.criteria.near_symmetry_votes],
+                *self._principal_guesses(sample, centroid, 1),
+            ]
+        rounds = (
+            lambda: [start for pose in first for start in with_view_centre(pose)],
+            lambda: [start for pose in search.half_turns() for start in with_view_centre(pose)],
+            lambda: [(pose[0], centre) for pose in [estimate, *search.half_turns()] for centre in centres],
+        )
+        screened = None
+        for poses in rounds:
+            more = self._screen_copies(cloud, poses(), search.options)
+            screened = (
+                more
+                if screened is None
+                else tuple(np.concatenate(pair) for pair in zip(screened, more, strict=True))
+            )
+            lead, close = self._rank_copies(*screened)
+            if budget.expired() or (
+                screened[1][lead] >= DOUBT_FITNESS
+                and search.scatter.explains_rmse(screened[2][lead], self.surface.diagonal)
+            ):
+                break
+        rotation, translation = object_pose(screened[0][lead])
+        return rotation, translation, close, len(screened[0]) - 1
+
+    def _wide_rounds(
+        self, search: _CloudSearch, refinement: Any, rotation: np.ndarray, translation: np.ndarray
+    ) -> Any:
+        """Still doubtful, or a fit the cloud's own scatter does not explain (or that leaves part
+        of a clean cloud off the surface): wider rounds of starts, the last one over all of SO(3)
+        (every guess near the network's can miss on views that show little of the object).
+
+        Args:
+            rotation, translation: the object pose the refinement started from; the wider
+                rounds turn it by the cube's rotations.
+        """
+        from cloudpose.registration.refine import DOUBT_FITNESS, refine_pose
+
+        cloud, scatter, diagonal = search.cloud, search.scatter, self.surface.diagonal
+
+        def wider() -> list[tuple]:
+            # The network on the cube's rotations of the cloud, and the cube's rotations of
+            # its estimate about the object's axes and about the sensor's axes.
+            starts = self._network(search.sample, search.centroid, CUBE_ROTATIONS[1:])
+            starts += [(turn @ rotation, translation) for turn in CUBE_ROTATIONS[1:]]
+            starts += [(rotation @ turn, translation) for turn in CUBE_ROTATIONS[1:]]
+            return starts
+
+        rounds = (wider, lambda: spread_starts(cloud, diagonal, self.view_offset))
+        for wide_round, starts in enumerate(rounds[: search.plan.wide]):
+            # Copies that fit as well as an answer the cloud's scatter explains are what the
+            # view cannot tell apart: they stay candidates, and a wider search would not help.
+            unexplained = not scatter.explains(refinement, diagonal)
+            unexplained = unexplained or scatter.incomplete(refinement, diagonal)
+            # A loose fit (explained by the surface tolerance, not by the cloud's scatter) is
+            # what a real part's offset from its mesh looks like, and also a smooth part's
+            # shallow wrong minimum: it gets the first wide round, not the whole search.
+            loose = wide_round == 0 and scatter.loose(refinement, diagonal)
+            unexplained = unexplained or loose
+            if (refinement.fitness >= DOUBT_FITNESS and not unexplained) or budget.expired():
+                break
+            again = refine_pose(
+                cloud,
+                self.surface,
+                refinement.object_rotation,
+                refinement.object_translation,
+                alternatives=starts(),
+                search=False,
+                # An unexplained fit may be good enough not to look doubtful: screen regardless.
+                doubt_fitness=self.criteria.always_screen if unexplained else None,
+                **search.options,
+            )
+            again = self._check_near_symmetries(cloud, again, search.options)
+            refinement = _better(refinement, again)
+        return refinement
+
+    def _final_checks(self, search: _CloudSearch, refinement: Any) -> Any:
+        """A searched answer's last steps: the view check (objects with ambiguous views),
+        polishing (loose fits, or when the plan asks), and the verdicts on its fit."""
+        cloud, scatter, diagonal = search.cloud, search.scatter, self.surface.diagonal
+        if (
+            self.check_views
+            and not budget.expired()
+            and refinement.refined
+            and not self._ambiguous(refinement)
+            and self._coverage(cloud, refinement) < self.criteria.whole_coverage
+        ):
+            refinement = _better(refinement, self._view_check(cloud, refinement, search.options))
+        if (
+            (search.plan.polish or scatter.loose(refinement, diagonal))
+            and refinement.confidence >= self.criteria.polish_confidence
+            and scatter.explains(refinement, diagonal)
+            and not budget.expired()
+        ):
+            from cloudpose.registration.refine import polish_pose
+
+            refinement = polish_pose(
+                cloud,
+                self.surface,
+                refinement,
+                max_points=search.options["max_points"],
+                seed=search.options["seed"],
+            )
+        refinement.explained = scatter.explains(refinement, diagonal)
+        refinement.surface_noise = scatter.noise
+        refinement.surface_tolerance = scatter.tolerance
+        if cloud_span(cloud) < PLAUSIBLE_SPAN[0] * diagonal:
+            # A cloud this much smaller than the object lies closely on some patch of its
+            # surface in many poses: no fit of it is evidence of a pose.
+            refinement.confidence = 0.0
+        return refinement
+
     def _coverage(self, cloud: np.ndarray, refinement: Any) -> float:
         """Share of the model's surface (a sample of its coarse points) that the posed cloud
         covers: near 1 for a whole cloud, well below for a single view."""
         from scipy.spatial import cKDTree
 
-        model = self.surface.coarse_points[:: max(1, len(self.surface.coarse_points) // COVERAGE_POINTS)]
+        model = self.surface.coarse_points[
+            :: max(1, len(self.surface.coarse_points) // self.criteria.coverage_points)
+        ]
         posed = model @ refinement.object_rotation + refinement.object_translation
         points = cloud if len(cloud) <= 2048 else cloud[:: len(cloud) // 2048 + 1]
         tree = cKDTree(points)
         # A sparse cloud covers the surface with gaps of about its point spacing.
         spacing = float(np.median(tree.query(points[:200], k=2)[0][:, 1]))
-        reach = max(COVERAGE_DISTANCE * self.surface.diagonal, 2.0 * spacing)
+        reach = max(self.criteria.coverage_distance * self.surface.diagonal, 2.0 * spacing)
         distance, _ = tree.query(posed, distance_upper_bound=reach)
         return float(np.mean(np.isfinite(distance)))
 
@@ -898,12 +1027,12 @@ class PoseEstimator:
             cloud,
             self.surface,
             [answer, *starts],
-            points=NEAR_SYMMETRY_POINTS,
+            points=self.criteria.near_symmetry_points,
             stages=COARSE_SCHEDULE,
             iterations=COARSE_ITERATIONS,
             seed=options["seed"],
         )
-        lead, close = self._rank_copies(*screened, limit=MAX_FINISHED_RIVALS)
+        lead, close = self._rank_copies(*screened, limit=self.criteria.max_finished_rivals)
         finish = [back for back in [screened[0][lead], *close] if self._distinct(back[:3, :3], answer[0])]
         refinement = self._finish_copies(cloud, refinement, finish, options)
         refinement.hypotheses += len(starts)
@@ -941,7 +1070,7 @@ class PoseEstimator:
             cloud,
             self.surface,
             starts,
-            points=NEAR_SYMMETRY_POINTS,
+            points=self.criteria.near_symmetry_points,
             stages=COARSE_SCHEDULE,
             iterations=COARSE_ITERATIONS,
             seed=options["seed"],
@@ -952,8 +1081,8 @@ class PoseEstimator:
     ) -> tuple[int, list[np.ndarray]]:
         """The index of the best screened pose, and the back transforms of at most ``limit``
         (default: as many as near symmetries) other poses that fit about as well (fitness within
-        ``COPY_FITNESS_MARGIN``, RMSE within ``COPY_RMSE_RATIO`` times): worth finishing, since
-        the view may not tell them apart."""
+        ``criteria.copy_fitness_margin``, RMSE within ``criteria.copy_rmse_ratio`` times): worth
+        finishing, since the view may not tell them apart."""
         from cloudpose.registration.refine import fit_score
 
         order = sorted(range(len(backs)), key=lambda k: fit_score(fitness[k], rmse[k]), reverse=True)
@@ -962,8 +1091,8 @@ class PoseEstimator:
         for k in order[1:]:
             if (
                 len(close) < (len(self.near_symmetries) if limit is None else limit)
-                and fitness[k] >= fitness[lead] - COPY_FITNESS_MARGIN
-                and rmse[k] <= COPY_RMSE_RATIO * rmse[lead]
+                and fitness[k] >= fitness[lead] - self.criteria.copy_fitness_margin
+                and rmse[k] <= self.criteria.copy_rmse_ratio * rmse[lead]
                 and all(self._distinct(backs[k][:3, :3], other[:3, :3]) for other in [backs[lead], *close])
             ):
                 close.append(backs[k])
@@ -994,7 +1123,7 @@ class PoseEstimator:
         better or about as well."""
         if not len(self.near_symmetries) or not refinement.refined or budget.expired():
             return refinement
-        if self._tight(refinement) and self._coverage(cloud, refinement) >= WHOLE_COVERAGE:
+        if self._tight(refinement) and self._coverage(cloud, refinement) >= self.criteria.whole_coverage:
             # A whole cloud fitting this closely: a near-symmetric copy differs from it by more
             # than the fit's error (else it would be an exact symmetry), so none can compete.
             return refinement
@@ -1024,8 +1153,8 @@ class PoseEstimator:
         if self.order_free:
             description["input_requirement"] = (
                 f"any order and any size from {MIN_POINTS} points; larger clouds are subsampled to "
-                f"{min(self.n_points, NETWORK_POINTS)} points for the network when refinement "
-                f"follows ({self.n_points} without it), and to at most {REFINE_MAX_POINTS} for "
+                f"{min(self.n_points, self.criteria.network_points)} points for the network when refinement "
+                f"follows ({self.n_points} without it), and to at most {self.criteria.refine_max_points} for "
                 "refinement"
             )
             description["refinement"] = self.surface is not None

@@ -191,7 +191,6 @@ def _vote(
     most often at this sampling).
     """
     alpha_step = 2.0 * math.pi / angle_bins
-    two_pi = 2.0 * math.pi
     cells = model_count * angle_bins
     accumulator = np.zeros(cells, dtype=np.int32)
     stamp = np.zeros(cells, dtype=np.int64)  # one vote per scene pair and cell
@@ -203,74 +202,130 @@ def _vote(
     max_distance2 = max_distance * max_distance
     pair_id = 0
     for r in range(len(references)):
-        i = references[r]
-        used = 0
-        rotation, translation = _frame(points[i], normals[i])
-        px, py, pz = points[i, 0], points[i, 1], points[i, 2]
-        nx, ny, nz = normals[i, 0], normals[i, 1], normals[i, 2]
-        for j in range(len(points)):
-            dx, dy, dz = points[j, 0] - px, points[j, 1] - py, points[j, 2] - pz
-            length2 = dx * dx + dy * dy + dz * dz
-            if length2 > max_distance2 or length2 < 1e-24:
-                continue
-            length = math.sqrt(length2)
-            inverse = 1.0 / length
-            mx, my, mz = normals[j, 0], normals[j, 1], normals[j, 2]
-            c2 = (nx * dx + ny * dy + nz * dz) * inverse
-            c3 = (mx * dx + my * dy + mz * dz) * inverse
-            c4 = nx * mx + ny * my + nz * mz
-            b = acos_table[int((min(1.0, max(-1.0, c2)) + 1.0) * table_scale + 0.5)]
-            c = acos_table[int((min(1.0, max(-1.0, c3)) + 1.0) * table_scale + 0.5)]
-            d = acos_table[int((min(1.0, max(-1.0, c4)) + 1.0) * table_scale + 0.5)]
-            scaled = length / distance_step
-            a0 = min(int(scaled), distance_bins - 1)
-            a1 = a0 - 1 if scaled - a0 < 0.5 else a0 + 1
-            y = (
-                rotation[1, 0] * points[j, 0]
-                + rotation[1, 1] * points[j, 1]
-                + rotation[1, 2] * points[j, 2]
-                + translation[1]
-            )
-            z = (
-                rotation[2, 0] * points[j, 0]
-                + rotation[2, 1] * points[j, 1]
-                + rotation[2, 2] * points[j, 2]
-                + translation[2]
-            )
-            alpha_scene = math.atan2(-z, y)
-            pair_id += 1
-            for combo in range(spread):
-                a = a0 if combo == 0 else a1
-                if a < 0 or a >= distance_bins:
-                    continue
-                key = ((a * angle_bins + b) * angle_bins + c) * angle_bins + d
-                for k in range(starts[key], starts[key + 1]):
-                    angle = alpha_scene - model_alphas[k]
-                    if angle < 0.0:
-                        angle += two_pi
-                    cell = model_refs[k] * angle_bins + min(int(angle / alpha_step), angle_bins - 1)
-                    if stamp[cell] != pair_id:
-                        stamp[cell] = pair_id
-                        if accumulator[cell] == 0:
-                            touched[used] = cell
-                            used += 1
-                        accumulator[cell] += 1
-        for p in range(peaks):
-            best = 0
-            best_cell = -1
-            for t in range(used):
-                if accumulator[touched[t]] > best:
-                    best = accumulator[touched[t]]
-                    best_cell = touched[t]
-            if best_cell < 0:
-                break
-            out_model[r, p] = best_cell // angle_bins
-            out_alpha[r, p] = (best_cell % angle_bins + 0.5) * alpha_step
-            out_votes[r, p] = best
-            accumulator[best_cell] = -1  # taken: never a peak again, and reset below
-        for t in range(used):
-            accumulator[touched[t]] = 0
+        used, pair_id = _vote_reference(
+            points,
+            normals,
+            references[r],
+            starts,
+            model_refs,
+            model_alphas,
+            distance_step,
+            distance_bins,
+            angle_bins,
+            alpha_step,
+            max_distance2,
+            spread,
+            acos_table,
+            table_scale,
+            accumulator,
+            stamp,
+            touched,
+            pair_id,
+        )
+        _take_peaks(
+            accumulator, touched, used, angle_bins, alpha_step, out_model[r], out_alpha[r], out_votes[r]
+        )
     return out_model, out_alpha, out_votes
+
+
+@njit(cache=True, fastmath=True)
+def _vote_reference(
+    points,
+    normals,
+    i,
+    starts,
+    model_refs,
+    model_alphas,
+    distance_step,
+    distance_bins,
+    angle_bins,
+    alpha_step,
+    max_distance2,
+    spread,
+    acos_table,
+    table_scale,
+    accumulator,
+    stamp,
+    touched,
+    pair_id,
+):
+    """The votes of the pairs of reference point ``i`` into ``accumulator`` (one per pair and
+    cell, ``stamp`` remembering the last pair to vote in a cell); returns how many cells of
+    ``touched`` it voted for, and the last pair's id."""
+    two_pi = 2.0 * math.pi
+    used = 0
+    rotation, translation = _frame(points[i], normals[i])
+    px, py, pz = points[i, 0], points[i, 1], points[i, 2]
+    nx, ny, nz = normals[i, 0], normals[i, 1], normals[i, 2]
+    for j in range(len(points)):
+        dx, dy, dz = points[j, 0] - px, points[j, 1] - py, points[j, 2] - pz
+        length2 = dx * dx + dy * dy + dz * dz
+        if length2 > max_distance2 or length2 < 1e-24:
+            continue
+        length = math.sqrt(length2)
+        inverse = 1.0 / length
+        mx, my, mz = normals[j, 0], normals[j, 1], normals[j, 2]
+        c2 = (nx * dx + ny * dy + nz * dz) * inverse
+        c3 = (mx * dx + my * dy + mz * dz) * inverse
+        c4 = nx * mx + ny * my + nz * mz
+        b = acos_table[int((min(1.0, max(-1.0, c2)) + 1.0) * table_scale + 0.5)]
+        c = acos_table[int((min(1.0, max(-1.0, c3)) + 1.0) * table_scale + 0.5)]
+        d = acos_table[int((min(1.0, max(-1.0, c4)) + 1.0) * table_scale + 0.5)]
+        scaled = length / distance_step
+        a0 = min(int(scaled), distance_bins - 1)
+        a1 = a0 - 1 if scaled - a0 < 0.5 else a0 + 1
+        y = (
+            rotation[1, 0] * points[j, 0]
+            + rotation[1, 1] * points[j, 1]
+            + rotation[1, 2] * points[j, 2]
+            + translation[1]
+        )
+        z = (
+            rotation[2, 0] * points[j, 0]
+            + rotation[2, 1] * points[j, 1]
+            + rotation[2, 2] * points[j, 2]
+            + translation[2]
+        )
+        alpha_scene = math.atan2(-z, y)
+        pair_id += 1
+        for combo in range(spread):
+            a = a0 if combo == 0 else a1
+            if a < 0 or a >= distance_bins:
+                continue
+            key = ((a * angle_bins + b) * angle_bins + c) * angle_bins + d
+            for k in range(starts[key], starts[key + 1]):
+                angle = alpha_scene - model_alphas[k]
+                if angle < 0.0:
+                    angle += two_pi
+                cell = model_refs[k] * angle_bins + min(int(angle / alpha_step), angle_bins - 1)
+                if stamp[cell] != pair_id:
+                    stamp[cell] = pair_id
+                    if accumulator[cell] == 0:
+                        touched[used] = cell
+                        used += 1
+                    accumulator[cell] += 1
+    return used, pair_id
+
+
+@njit(cache=True, fastmath=True)
+def _take_peaks(accumulator, touched, used, angle_bins, alpha_step, out_model, out_alpha, out_votes):
+    """The accumulator's best cells among the ``used`` first of ``touched``, written to the
+    reference's rows (as many as they hold); the accumulator is left all zeros."""
+    for p in range(len(out_model)):
+        best = 0
+        best_cell = -1
+        for t in range(used):
+            if accumulator[touched[t]] > best:
+                best = accumulator[touched[t]]
+                best_cell = touched[t]
+        if best_cell < 0:
+            break
+        out_model[p] = best_cell // angle_bins
+        out_alpha[p] = (best_cell % angle_bins + 0.5) * alpha_step
+        out_votes[p] = best
+        accumulator[best_cell] = -1  # taken: never a peak again, and reset below
+    for t in range(used):
+        accumulator[touched[t]] = 0
 
 
 def _spaced(count: int, wanted: int) -> np.ndarray:
@@ -417,6 +472,24 @@ class PPFModel:
                 hypotheses += clusters
         return hypotheses
 
+    def frame_hypotheses(
+        self, points: np.ndarray, normals: np.ndarray, references: np.ndarray, count: int
+    ) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """Object poses (rotation (3, 3), centre (3,), votes), most votes first, from a whole
+        frame's points and sensor-facing normals (object units), ``references`` (indices) voting.
+
+        Unlike :meth:`hypotheses`, nothing about the cloud is guessed: a frame holds many objects
+        and its normals' orientation is known; up to ``count`` clusters are returned.
+        """
+        back, votes = self._votes(
+            np.ascontiguousarray(points, dtype=np.float64),
+            np.ascontiguousarray(normals, dtype=np.float64),
+            np.asarray(references, dtype=np.int64),
+        )
+        if len(votes) == 0:
+            return []
+        return self._clusters(back, votes, count)
+
     def _votes(
         self, points: np.ndarray, normals: np.ndarray, references: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -445,7 +518,9 @@ class PPFModel:
         back = np.linalg.inv(self.frames[model_index[valid]]) @ _about_x(alpha[valid]) @ scene_frames
         return back, count[valid]
 
-    def _clusters(self, back: np.ndarray, votes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    def _clusters(
+        self, back: np.ndarray, votes: np.ndarray, count: int | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """Greedy pose clustering (:func:`_cluster`); a cluster's pose is its strongest member,
         its score the votes of all its members."""
         settings = self.settings
@@ -461,7 +536,7 @@ class PPFModel:
             math.cos(math.radians(settings.cluster_degrees)),
             settings.cluster_distance * self.diagonal,
         )
-        ranked = np.argsort(-scores, kind="stable")[: settings.hypotheses]
+        ranked = np.argsort(-scores, kind="stable")[: settings.hypotheses if count is None else count]
         return [(rotations[order[heads[h]]], centres[order[heads[h]]], int(scores[h])) for h in ranked]
 
 

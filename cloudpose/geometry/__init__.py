@@ -1,1 +1,1 @@
-
+"""Geometry: rotations (the row-vector convention, stated once), symmetries, resting poses."""

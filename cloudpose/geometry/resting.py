@@ -2,8 +2,8 @@
 
 The scene generator (``pipeline/data/scenes.py``) puts objects on a table in these poses, and the
 detector (``cloudpose/detection/detect.py``) starts its pose search from them when a frame shows a support
-plane. Poses follow the project's convention (row vectors): canonical points ``X`` rest as
-``X @ rotation + translation`` in the rest frame, whose plane is z = 0 with +z up.
+plane. Poses follow :mod:`cloudpose.geometry.rotations` (row vectors): canonical points ``X`` rest
+as ``X @ rotation + translation`` in the rest frame, whose plane is z = 0 with +z up.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from cloudpose.geometry.rotations import axis_rotation
 
 if TYPE_CHECKING:
     import trimesh
@@ -68,12 +70,6 @@ def resting_poses(mesh: trimesh.Trimesh) -> list[RestingPose]:
     return poses
 
 
-def yaw(angle_rad: float) -> np.ndarray:
-    """(3, 3) turn about the rest frame's z axis (row-vector convention)."""
-    c, s = np.cos(angle_rad), np.sin(angle_rad)
-    return np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
 def plane_axes(normal: np.ndarray) -> np.ndarray:
     """(3, 3) rows e1, e2, n: a right-handed frame whose third axis is the plane's unit normal."""
     normal = np.asarray(normal, dtype=np.float64) / np.linalg.norm(normal)
@@ -98,5 +94,5 @@ def rest_on(
         rotation (3, 3) and translation (3,): ``canonical @ rotation + translation`` is the
         object resting there.
     """
-    turn = yaw(angle_rad)
+    turn = axis_rotation(np.array([0.0, 0.0, 1.0]), angle_rad)  # about the rest frame's normal
     return pose.rotation @ turn @ axes, (pose.translation @ turn) @ axes + origin

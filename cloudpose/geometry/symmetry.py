@@ -1,17 +1,17 @@
 """Rotational symmetries of an object, and pose errors that respect them.
 
-Convention (row vectors, as everywhere in cloudpose): an object's canonical points ``X (N, 3)``,
-centred at the area-weighted surface centroid, are observed as ``observed = X @ R + t``. A proper
-rotation ``S (3, 3)`` (det +1) is a symmetry of the object when ``X @ S`` is the same surface as
-``X``; then ``S @ R`` explains the same observation as ``R`` (with the same ``t``), so a predicted
-rotation is judged against the nearest of the equivalent ground truths ``S @ R_gt``. Symmetry axes
-pass through the centroid, so every ``S`` is linear in the canonical frame. Angles are radians
-unless a name ends in ``_deg``.
+Rotations follow :mod:`cloudpose.geometry.rotations` (row vectors, ``observed = X @ R + t``, a
+rotation ``S`` acts as ``X @ S``). An object's canonical points ``X (N, 3)`` are centred at the
+area-weighted surface centroid. A proper rotation ``S (3, 3)`` is a symmetry of the object when
+``X @ S`` is the same surface as ``X``; then ``S @ R`` explains the same observation as ``R`` (with
+the same ``t``), so a predicted rotation is judged against the nearest of the equivalent ground
+truths ``S @ R_gt``. Symmetry axes pass through the centroid, so every ``S`` is linear in the
+canonical frame.
 
 A :class:`Symmetry` holds a finite set of rotations (a group, identity first) and optionally the
 axis of a continuous rotational symmetry; with an axis the group is every rotation about that axis
 composed with the finite set, which then holds the identity and the half-turns that flip the axis
-(a cylinder has one, a cone none). Numpy only: the service reads these from object packages.
+(a cylinder has one, a cone none). No torch: the service reads these from object packages.
 """
 
 from __future__ import annotations
@@ -22,47 +22,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cloudpose.geometry.rotations import axis_rotation, geodesic_deg
+
 ORTHONORMAL_ATOL = 1e-6
 KINDS = ("none", "discrete", "continuous")
-
-
-def axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:
-    """The rotation by ``angle`` (right-handed) about ``axis``, for row vectors.
-
-    Args:
-        axis: (3,) direction, normalized here.
-        angle: radians.
-
-    Returns:
-        (3, 3) float64 ``S`` with ``points @ S`` the rotated points.
-    """
-    axis = np.asarray(axis, np.float64)
-    axis = axis / np.linalg.norm(axis)
-    cos, sin = np.cos(angle), np.sin(angle)
-    # The transpose of the column-vector Rodrigues matrix: the skew part changes sign.
-    return cos * np.eye(3) - sin * _skew(axis) + (1.0 - cos) * np.outer(axis, axis)
-
-
-def geodesic_deg(rotation_a: np.ndarray, rotation_b: np.ndarray) -> np.ndarray:
-    """Geodesic angle between rotations in degrees, accurate for tiny angles (``atan2(sin, cos)``).
-
-    Args:
-        rotation_a, rotation_b: (..., 3, 3).
-
-    Returns:
-        (...) float64 in [0, 180].
-    """
-    relative = np.swapaxes(np.asarray(rotation_a, np.float64), -1, -2) @ np.asarray(rotation_b, np.float64)
-    cos = (np.trace(relative, axis1=-2, axis2=-1) - 1.0) / 2.0
-    skew = np.stack(
-        [
-            relative[..., 2, 1] - relative[..., 1, 2],
-            relative[..., 0, 2] - relative[..., 2, 0],
-            relative[..., 1, 0] - relative[..., 0, 1],
-        ],
-        axis=-1,
-    )
-    return np.rad2deg(np.arctan2(np.linalg.norm(skew, axis=-1) / 2.0, cos))
 
 
 def _skew(vector: np.ndarray) -> np.ndarray:

@@ -1,1 +1,1 @@
-
+"""Registration: the surface model, robust point-to-plane ICP, and the scores of a fit."""

@@ -50,70 +50,141 @@ try:  # optional: a faster exact nearest-neighbour index, same results
 except ImportError:  # pragma: no cover - depends on the environment
     small_gicp = None
 
-# Distances are fractions of the object's bounding-box diagonal.
-COARSE_SCHEDULE = (0.20, 0.05)
-# Doubtful starts are screened with the first stages only, on fewer points; the best is finished.
-SCREEN_STAGES = 1
-SCREEN_POINTS = 128
-SCREEN_ITERATIONS = 5
-# Screened starts whose share of points near the surface after the first stage falls this far
-# below the best start's stop there.
-SCREEN_PRUNE_MARGIN = 0.15
-COARSE_VOXEL = 0.015
-# Cell of the coarse model's nearest-point lookup table.
-COARSE_GRID_CELL = 0.01
-# The table's distance exceeds the exact one by at most about a cell's diagonal plus half a coarse
-# voxel's (fractions of the object's diagonal); with margin.
-LOOKUP_SLACK = 0.03
-FINE_DISTANCE = 0.05
-FINE_KERNEL_RANGE = (0.01, 0.05)
-# Inliers, for the fitness: set on the synthetic bench sets (1 % noise stays inside); on the
-# dragon's real laser scans (../shared/real) every point of a right pose is an inlier (fitness
-# 1.000 at p10), and wrong poses keep 0.55-0.78 of them.
-INLIER_DISTANCE = 0.025
 # Tukey's constant for 95% efficiency under Gaussian noise, and the MAD-to-sigma factor.
 TUKEY_C = 4.685
 MAD_SIGMA = 1.4826
 
-DEFAULT_MAX_POINTS = 1024
-DEFAULT_FINE_POINTS = 512
-DEFAULT_COARSE_POINTS = 256
-# Inlier RMSE (fraction of the diagonal) above which a cloud counts as noisy: clean samples of the
-# surface fit to about 0.0004, clouds with 1% noise to about 0.008.
-NOISY_RMSE = 0.002
-COARSE_ITERATIONS = 8
-FINE_ITERATIONS = 6
-# A stage stops when a step rotates less than this (degrees) and moves less than this (fraction of
-# the diagonal). The step that meets it is still applied, and point-to-plane ICP converges fast,
-# so the pose ends much closer than this to the stage's optimum (clean clouds of 1024 points end
-# about 0.02 degrees from the truth, median). The first (widest) stage only has to bring the pose into
-# the next stage's basin, so it stops sooner.
-COARSE_TOLERANCE = (0.2, 1e-3)
-WIDE_TOLERANCE = (0.5, 2e-3)
-FINE_TOLERANCE = (0.05, 3e-4)
-# Below this coarse fitness a start is doubtful and more are screened: set on the synthetic sets;
-# real dragon scans in their right pose reach 1.0, wrong poses of them 0.55-0.78.
-DOUBT_FITNESS = 0.9
-# Doubtful starts also try turns of this many degrees either way about each model axis.
-NUDGE_DEGREES = 40.0
-# Fewer correspondences than this cannot fix 6 degrees of freedom robustly.
-MIN_CORRESPONDENCES = 8
+
+@dataclass(frozen=True)
+class SurfaceGrid:
+    """How a :class:`SurfaceModel` prepares its coarse copy (fractions of the object's diagonal).
+
+    Attributes:
+        voxel: voxel of the model's downsampled copy that the coarse stages register against;
+            set with the schedule on the synthetic bench sets (``benchmarks/refine_choice.py``).
+        cell: cell of the coarse copy's nearest-point lookup table: the nearest point it gives
+            lies within about a cell of the true one, close enough for the coarse stages.
+        margin: how far beyond the model the table reaches; the widest coarse stage's
+            correspondence distance (``RefineCriteria.coarse_schedule[0]``), so every point a
+            coarse stage may match is inside it.
+        lookup_slack: how much the table's distance may exceed the exact one (about a cell's
+            diagonal plus half a voxel's, with margin): points farther than an inlier by more
+            are ruled out without an exact search.
+    """
+
+    voxel: float = 0.015
+    cell: float = 0.01
+    margin: float = 0.20
+    lookup_slack: float = 0.03
+
+
+@dataclass(frozen=True)
+class RefineCriteria:
+    """The refinement's schedule and decisions (distances are fractions of the object's diagonal;
+    the choices are measured by ``benchmarks/refine_choice.py``).
+
+    Attributes:
+        max_points: the cloud is subsampled (seeded) to at most this many points for the fine
+            stage and the fitness; more buys no accuracy on the synthetic bench sets.
+        fine_points: points of those that the fine stage uses on a clean cloud (all of them
+            when its first step shows noise): clean clouds pin the pose down with few points.
+        coarse_points: points of those that drive the coarse stages.
+        coarse_schedule: correspondence distance (and Tukey scale) of each coarse stage; the
+            wide 20 % first stage gives a basin of about 45 degrees, on partial views too
+            (synthetic bench sets).
+        coarse_iterations: iteration cap of each coarse stage.
+        fine_iterations: iteration cap of the fine stage.
+        wide_tolerance: (degrees, distance) a step of the first (widest) coarse stage must stay
+            under to stop it: it only has to bring the pose into the next stage's basin.
+        coarse_tolerance: the same for the other coarse stages.
+        fine_tolerance: the same for the fine stage; point-to-plane ICP converges fast, so the
+            pose ends much closer than this to the optimum (clean clouds of 1024 points about
+            0.02 degrees from the truth, median).
+        fine_distance: correspondence distance of the fine stage.
+        fine_kernel_range: (low, high) clip of the fine stage's Tukey scale, which follows the
+            residuals (``TUKEY_C`` robust sigmas): clean clouds converge tightly, noisy ones keep
+            their informative points.
+        inlier_distance: a point this close to the model is an inlier of the fitness: set on
+            the synthetic bench sets (1 % noise stays inside); on the dragon's real laser scans
+            (../shared/real) every point of a right pose is an inlier (fitness 1.000 at p10), and
+            wrong poses keep 0.55-0.78 of them.
+        noisy_rmse: inlier RMSE above which a cloud counts as noisy and the fine stage uses all
+            ``max_points``: clean samples of the surface fit to about 0.0004, clouds with 1 %
+            noise to about 0.008 (synthetic bench sets).
+        min_correspondences: fewer correspondences than this cannot fix 6 degrees of freedom
+            robustly: the stage stops, or the pose is returned unrefined.
+        doubt_fitness: below this coarse fitness a start is doubtful and more are screened: set
+            on the synthetic sets; real dragon scans in their right pose reach 1.0, wrong poses
+            of them 0.55-0.78.
+        nudge_degrees: doubtful starts also try turns of this many degrees either way about each
+            model axis, beyond the basin of convergence (partial views have the narrowest).
+        screen_stages: coarse stages that screened starts go through before the best is
+            finished.
+        screen_points: points that screened starts are driven and measured with.
+        screen_iterations: iteration cap of each screening stage.
+        screen_prune_margin: screened starts whose share of points near the surface after the
+            first stage falls this far below the best start's stop there.
+        rival_screen_margin: screened starts this close to the best one's screening fitness are
+            finished too (with a ``distinct`` test), and kept as competitors when they end
+            within the margins of the best fit.
+        rival_finish: at most this many of them are finished.
+        rival_fitness_margin: a fit competes when its fitness is within this of the reference's.
+        rival_rmse_ratio: ... and its inlier RMSE within this many times the reference's.
+        polish_shift: polishing (detection) restarts from copies shifted this far along each of
+            the cloud's principal axes.
+        polish_rmse_gain: a polished copy wins when its inlier RMSE is below this share of the
+            best so far.
+    """
+
+    max_points: int = 1024
+    fine_points: int = 512
+    coarse_points: int = 256
+    coarse_schedule: tuple[float, ...] = (0.20, 0.05)
+    coarse_iterations: int = 8
+    fine_iterations: int = 6
+    wide_tolerance: tuple[float, float] = (0.5, 2e-3)
+    coarse_tolerance: tuple[float, float] = (0.2, 1e-3)
+    fine_tolerance: tuple[float, float] = (0.05, 3e-4)
+    fine_distance: float = 0.05
+    fine_kernel_range: tuple[float, float] = (0.01, 0.05)
+    inlier_distance: float = 0.025
+    noisy_rmse: float = 0.002
+    min_correspondences: int = 8
+    doubt_fitness: float = 0.9
+    nudge_degrees: float = 40.0
+    screen_stages: int = 1
+    screen_points: int = 128
+    screen_iterations: int = 5
+    screen_prune_margin: float = 0.15
+    rival_screen_margin: float = 0.1
+    rival_finish: int = 3
+    rival_fitness_margin: float = 0.03
+    rival_rmse_ratio: float = 1.5
+    polish_shift: float = 0.03
+    polish_rmse_gain: float = 0.97
+
+    def tolerance(self, fraction: float, diagonal: float) -> tuple[float, float]:
+        """The stop test (radians, mesh units) of the coarse stage at ``fraction``: the widest
+        stage's is the loosest."""
+        tolerance = self.wide_tolerance if fraction == self.coarse_schedule[0] else self.coarse_tolerance
+        return np.radians(tolerance[0]), tolerance[1] * diagonal
+
+
+REFINE_CRITERIA = RefineCriteria()
+SURFACE_GRID = SurfaceGrid()
+# The defaults under the names other modules and benchmarks read.
+COARSE_SCHEDULE = REFINE_CRITERIA.coarse_schedule
+COARSE_ITERATIONS = REFINE_CRITERIA.coarse_iterations
+INLIER_DISTANCE = REFINE_CRITERIA.inlier_distance
+DOUBT_FITNESS = REFINE_CRITERIA.doubt_fitness
+RIVAL_FITNESS_MARGIN = REFINE_CRITERIA.rival_fitness_margin
+DEFAULT_MAX_POINTS = REFINE_CRITERIA.max_points
 # Confidence: the fitness, discounted as the inlier RMSE grows towards this fraction of the diagonal.
 # Set on the synthetic sets; on real dragon scans right poses score about 0.97, wrong ones up to
 # 0.57 (another object's scan): confidence alone does not refuse them, the explained test does
 # (cloudpose.estimation.inference.EXPLAINED_RATIO).
 CONFIDENCE_RMSE = 0.03
 CONFIDENT = 0.5
-# Screened starts this close to the best one's screening fitness are finished too, up to this many,
-# and kept as competitors when they end within the margins of the best fit.
-RIVAL_SCREEN_MARGIN = 0.1
-RIVAL_FINISH = 3
-RIVAL_FITNESS_MARGIN = 0.03
-RIVAL_RMSE_RATIO = 1.5
-# Polishing (detection): shifted copies this far (fraction of the diagonal); a copy wins when its
-# inlier RMSE is below this share of the best so far.
-POLISH_SHIFT = 0.03
-POLISH_RMSE_GAIN = 0.97
 
 
 def sample_surface_with_normals(
@@ -248,11 +319,18 @@ class SurfaceModel:
         coarse_points, coarse_normals: voxel-downsampled copy for the coarse ICP stages.
         index: exact nearest-point index of ``points``; coarse_index: lookup table of
             ``coarse_points`` (:class:`_GridIndex`).
+        grid: how the coarse copy and its lookup table were made.
         axes: (3, 3) principal axes of the surface, one per row (canonical frame).
     """
 
     def __init__(
-        self, points: np.ndarray, normals: np.ndarray, diagonal: float, *, index_backend: str | None = None
+        self,
+        points: np.ndarray,
+        normals: np.ndarray,
+        diagonal: float,
+        *,
+        index_backend: str | None = None,
+        grid: SurfaceGrid = SURFACE_GRID,
     ) -> None:
         points = np.asarray(points, dtype=np.float64)
         normals = np.asarray(normals, dtype=np.float64)
@@ -268,9 +346,10 @@ class SurfaceModel:
         self.points = np.ascontiguousarray(points)
         self.normals = np.ascontiguousarray(normals / length)
         self.diagonal = float(diagonal)
+        self.grid = grid
         self.cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(self.points))
         self.cloud.normals = o3d.utility.Vector3dVector(self.normals)
-        coarse = self.cloud.voxel_down_sample(COARSE_VOXEL * self.diagonal)
+        coarse = self.cloud.voxel_down_sample(grid.voxel * self.diagonal)
         coarse_normals = np.asarray(coarse.normals)
         self.coarse_points = np.ascontiguousarray(np.asarray(coarse.points))
         self.coarse_normals = np.ascontiguousarray(
@@ -278,7 +357,7 @@ class SurfaceModel:
         )
         self.index = _NearestIndex(self.points, index_backend)
         self.coarse_index = _GridIndex(
-            self.coarse_points, COARSE_GRID_CELL * self.diagonal, COARSE_SCHEDULE[0] * self.diagonal
+            self.coarse_points, grid.cell * self.diagonal, grid.margin * self.diagonal
         )
         self.axes = principal_axes(self.points)[1]
 
@@ -456,6 +535,7 @@ def _icp(
     kernel: float | tuple[float, float],
     tolerance: tuple[float, float],
     inlier_distance: float,
+    min_correspondences: int = REFINE_CRITERIA.min_correspondences,
 ) -> tuple[np.ndarray, float, float, bool]:
     """Robust point-to-plane ICP from ``source`` (observed points) to the model points.
 
@@ -467,6 +547,7 @@ def _icp(
         tolerance: stop after a step that rotates less than this many radians and moves less
             than this distance (the step is applied).
         inlier_distance: threshold of the fitness (at most ``distance``).
+        min_correspondences: the stage stops with fewer correspondences or weighted points.
 
     Returns:
         The new back transform, the fitness and inlier RMSE (point-to-plane) measured with the
@@ -480,7 +561,7 @@ def _icp(
         posed = source @ back[:3, :3].T + back[:3, 3]
         nearest, squared = index.query(posed)
         near = squared < distance * distance
-        if np.count_nonzero(near) < MIN_CORRESPONDENCES:
+        if np.count_nonzero(near) < min_correspondences:
             fitness, rmse = 0.0, float("inf")
             break
         if not near.all():
@@ -498,7 +579,7 @@ def _icp(
             scale = kernel
         weights = np.square(1.0 - np.minimum(np.square(residuals / scale), 1.0))
         step = None
-        if np.count_nonzero(weights) >= MIN_CORRESPONDENCES:
+        if np.count_nonzero(weights) >= min_correspondences:
             step = _point_to_plane_step(posed, normals, residuals, weights)
         inlier = squared < inlier_squared
         fitness = np.count_nonzero(inlier) / total
@@ -549,6 +630,7 @@ def _icp_batch(
     distance: float,
     iterations: int,
     tolerance: tuple[float, float],
+    min_correspondences: int = REFINE_CRITERIA.min_correspondences,
 ) -> np.ndarray:
     """Robust point-to-plane ICP of one cloud from many starting poses at once.
 
@@ -582,7 +664,7 @@ def _icp_batch(
         weighted = jacobian * weights.reshape(count, 1, total)
         hessian = np.matmul(weighted, jacobian.transpose(0, 2, 1))  # (K, 6, 6)
         gradient = np.matmul(weighted, residuals.reshape(count, total, 1))[:, :, 0]
-        usable = np.count_nonzero(weights.reshape(count, total), axis=1) >= MIN_CORRESPONDENCES
+        usable = np.count_nonzero(weights.reshape(count, total), axis=1) >= min_correspondences
         hessian += (1e-12 * np.trace(hessian, axis1=1, axis2=2) + 1e-300)[:, None, None] * np.eye(6)
         try:
             solution = np.linalg.solve(hessian, -gradient[:, :, None])[:, :, 0]
@@ -604,8 +686,8 @@ def _icp_batch(
 
 def _may_be_inliers(posed: np.ndarray, model: SurfaceModel, inlier_distance: float) -> np.ndarray:
     """(Q,) bool: the points (Q, 3) that the lookup table does not rule out as inliers (its
-    distance exceeds the exact one by at most ``LOOKUP_SLACK`` of the diagonal)."""
-    reach = inlier_distance + LOOKUP_SLACK * model.diagonal
+    distance exceeds the exact one by at most ``model.grid.lookup_slack`` of the diagonal)."""
+    reach = inlier_distance + model.grid.lookup_slack * model.diagonal
     return model.coarse_index.query(posed)[1] < reach * reach
 
 
@@ -616,7 +698,7 @@ def _measure_batch(
     (K, 4, 4), with exact nearest points: shapes (K,) and (K,), RMSE inf without inliers.
 
     The lookup table rules out the points that cannot be inliers first (its distance is within
-    ``LOOKUP_SLACK`` of the diagonal of the exact one): an exact search far from the surface is
+    ``model.grid.lookup_slack`` of the diagonal of the exact one): an exact search far from the surface is
     slow, and a wrong pose puts many points there.
     """
     count, total = len(backs), len(source)
@@ -645,10 +727,11 @@ def screen_starts(
     model: SurfaceModel,
     starts: Sequence[tuple[np.ndarray, np.ndarray]],
     *,
-    points: int = SCREEN_POINTS,
-    stages: Sequence[float] = COARSE_SCHEDULE[:SCREEN_STAGES],
-    iterations: int = SCREEN_ITERATIONS,
+    points: int | None = None,
+    stages: Sequence[float] | None = None,
+    iterations: int | None = None,
     seed: int = 0,
+    criteria: RefineCriteria = REFINE_CRITERIA,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bring many starting object poses a few coarse steps towards the cloud, all at once, and
     measure each: what screening hypotheses costs.
@@ -656,36 +739,46 @@ def screen_starts(
     Args:
         observed: (N, 3) cloud; a seeded subsample of ``points`` drives the stages and the measure.
         starts: object poses (rotation (3, 3), translation (3,)).
-        stages: the coarse stages to run (fractions of the diagonal), ``iterations`` at most each.
+        points: default ``criteria.screen_points``.
+        stages: the coarse stages to run (fractions of the diagonal), ``iterations`` at most each;
+            default the criteria's screening stages and iterations.
+        criteria: the refinement's knobs.
 
     Returns:
         (K, 4, 4) back transforms after the stages, and their fitness (K,) and inlier RMSE (K,).
     """
+    points = criteria.screen_points if points is None else points
+    stages = criteria.coarse_schedule[: criteria.screen_stages] if stages is None else stages
+    iterations = criteria.screen_iterations if iterations is None else iterations
     source = np.asarray(observed, dtype=np.float64).reshape(-1, 3)
     source = source[np.isfinite(source).all(axis=1)]
     if len(source) > points:
         source = source[np.random.default_rng(seed).choice(len(source), size=points, replace=False)]
     backs = np.stack([back_matrix(*_as_pose(pose)) for pose in starts])
-    backs = _coarse_batch(source, model, backs, stages[:1], iterations)
+    backs = _coarse_batch(source, model, backs, stages[:1], iterations, criteria)
     if len(stages) > 1 and len(backs) > 1:
         # Starts that the first stage left far behind the best cannot catch up: only the others
         # go on (the lookup table's distances, with its slack, are enough to tell).
         posed = _posed_batch(source, backs).reshape(-1, 3)
-        inlier_distance = INLIER_DISTANCE * model.diagonal
+        inlier_distance = criteria.inlier_distance * model.diagonal
         rough = _may_be_inliers(posed, model, inlier_distance).reshape(len(backs), -1).mean(axis=1)
-        going = rough >= rough.max() - SCREEN_PRUNE_MARGIN
-        backs[going] = _coarse_batch(source, model, backs[going], stages[1:], iterations)
-    fitness, rmse = _measure_batch(source, model, backs, INLIER_DISTANCE * model.diagonal)
+        going = rough >= rough.max() - criteria.screen_prune_margin
+        backs[going] = _coarse_batch(source, model, backs[going], stages[1:], iterations, criteria)
+    fitness, rmse = _measure_batch(source, model, backs, criteria.inlier_distance * model.diagonal)
     return backs, fitness, rmse
 
 
 def _coarse_batch(
-    source: np.ndarray, model: SurfaceModel, backs: np.ndarray, stages: Sequence[float], iterations: int
+    source: np.ndarray,
+    model: SurfaceModel,
+    backs: np.ndarray,
+    stages: Sequence[float],
+    iterations: int,
+    criteria: RefineCriteria = REFINE_CRITERIA,
 ) -> np.ndarray:
     """The coarse stages (:func:`_icp_batch` against the lookup table) for many starts."""
     diagonal = model.diagonal
     for fraction in stages:
-        tolerance = WIDE_TOLERANCE if fraction == COARSE_SCHEDULE[0] else COARSE_TOLERANCE
         backs = _icp_batch(
             source,
             model.coarse_index,
@@ -694,7 +787,8 @@ def _coarse_batch(
             backs,
             fraction * diagonal,
             iterations,
-            (np.radians(tolerance[0]), tolerance[1] * diagonal),
+            criteria.tolerance(fraction, diagonal),
+            criteria.min_correspondences,
         )
     return backs
 
@@ -711,13 +805,17 @@ def rotation_about(axis: np.ndarray, degrees: float) -> np.ndarray:
 
 
 def search_starts(
-    rotation: np.ndarray, translation: np.ndarray, model: SurfaceModel, observed: np.ndarray
+    rotation: np.ndarray,
+    translation: np.ndarray,
+    model: SurfaceModel,
+    observed: np.ndarray,
+    nudge_degrees: float = REFINE_CRITERIA.nudge_degrees,
 ) -> list[np.ndarray]:
     """Starting poses near the given one that ICP alone would not reach.
 
     Half turns about each principal axis of the model (canonical frame, about the object's centre)
     and of the observed cloud (about its centroid), which undo the symmetric confusions of a
-    coarse estimate, and turns of ``NUDGE_DEGREES`` either way about each model axis, which reach
+    coarse estimate, and turns of ``nudge_degrees`` either way about each model axis, which reach
     beyond the basin of convergence (partial views have the narrowest).
     """
     starts = []
@@ -730,8 +828,179 @@ def search_starts(
         starts.append(back_matrix(rotation @ flip, (translation - centroid) @ flip + centroid))
     for axis in model.axes:
         for sign in (1.0, -1.0):
-            starts.append(back_matrix(_turn(axis, sign * NUDGE_DEGREES) @ rotation, translation))
+            starts.append(back_matrix(_turn(axis, sign * nudge_degrees) @ rotation, translation))
     return starts
+
+
+class _Registration:
+    """One cloud's registration against the surface model: its seeded subsample and the stages
+    that :func:`refine_pose` runs on it.
+
+    Args:
+        points: (N, 3) the subsampled cloud, in its seeded order (the first ones drive the
+            coarse stages).
+        model: the canonical surface.
+        criteria: the schedule.
+        coarse_points, fine_points, coarse_iterations, fine_iterations: the call's values.
+    """
+
+    def __init__(
+        self,
+        points: np.ndarray,
+        model: SurfaceModel,
+        criteria: RefineCriteria,
+        coarse_points: int,
+        fine_points: int,
+        coarse_iterations: int,
+        fine_iterations: int,
+    ) -> None:
+        self.points, self.model, self.criteria = points, model, criteria
+        self.coarse = points[:coarse_points]
+        self.fine_points, self.coarse_iterations, self.fine_iterations = (
+            fine_points,
+            coarse_iterations,
+            fine_iterations,
+        )
+        diagonal = model.diagonal
+        self.diagonal = diagonal
+        self.coarse_tolerance = (
+            np.radians(criteria.coarse_tolerance[0]),
+            criteria.coarse_tolerance[1] * diagonal,
+        )
+        self.wide_tolerance = (np.radians(criteria.wide_tolerance[0]), criteria.wide_tolerance[1] * diagonal)
+        self.inlier_distance = criteria.inlier_distance * diagonal
+        self.hypotheses = 1  # starting poses refined
+
+    def coarse_stages(
+        self, back: np.ndarray, source: np.ndarray, schedule: Sequence[float]
+    ) -> tuple[np.ndarray, float]:
+        """The pose after the coarse stages, and the last stage's fitness (lookup-table distances)."""
+        model, criteria = self.model, self.criteria
+        fitness = 0.0
+        for fraction in schedule:
+            distance = fraction * self.diagonal
+            back, fitness, _, _ = _icp(
+                source,
+                model.coarse_index,
+                model.coarse_points,
+                model.coarse_normals,
+                back,
+                distance,
+                self.coarse_iterations,
+                distance,
+                self.wide_tolerance if fraction == criteria.coarse_schedule[0] else self.coarse_tolerance,
+                min(distance, self.inlier_distance),
+                criteria.min_correspondences,
+            )
+        return back, fitness
+
+    def fine_stage(
+        self, back: np.ndarray, source: np.ndarray, iterations: int
+    ) -> tuple[np.ndarray, float, float, bool]:
+        """:func:`_icp` against the full model, the Tukey scale following the residuals."""
+        model, criteria, diagonal = self.model, self.criteria, self.diagonal
+        return _icp(
+            source,
+            model.index,
+            model.points,
+            model.normals,
+            back,
+            criteria.fine_distance * diagonal,
+            iterations,
+            (criteria.fine_kernel_range[0] * diagonal, criteria.fine_kernel_range[1] * diagonal),
+            (np.radians(criteria.fine_tolerance[0]), criteria.fine_tolerance[1] * diagonal),
+            self.inlier_distance,
+            criteria.min_correspondences,
+        )
+
+    def finish(self, back: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
+        """The fine stage from ``back``: the final back transform, its fitness and inlier RMSE,
+        and the points it used."""
+        # Clean clouds pin the pose down with few points; noisy ones need more (the error of the
+        # fit falls as noise / sqrt(points)). The first step tells them apart by its inliers' RMSE.
+        points = self.points
+        fitted = points[: self.fine_points]
+        final, fitness, rmse, converged = self.fine_stage(back, fitted, 1)
+        if len(points) > len(fitted) and not rmse < self.criteria.noisy_rmse * self.diagonal:
+            fitted = points
+            converged = False
+        if not converged:
+            final, fitness, rmse, _ = self.fine_stage(final, fitted, self.fine_iterations - 1)
+        return final, fitness, rmse, fitted
+
+    def refinement(self, back: np.ndarray, fitness: float, rmse: float) -> Refinement:
+        """The finished pose ``back`` as a :class:`Refinement`."""
+        refined_rotation, refined_translation = object_pose(back)
+        return Refinement(
+            object_rotation=refined_rotation,
+            object_translation=refined_translation,
+            fitness=fitness,
+            inlier_rmse=rmse,
+            inlier_rmse_percent=100.0 * rmse / self.diagonal,
+            hypotheses=self.hypotheses,
+            refined=True,
+            confidence=confidence_score(fitness, rmse / self.diagonal),
+        )
+
+    def first_fit(
+        self,
+        rotation: np.ndarray,
+        translation: np.ndarray,
+        alternatives: Iterable[tuple[np.ndarray, np.ndarray]],
+        doubt: float,
+        search: bool,
+    ) -> tuple[np.ndarray, list[tuple[tuple[float, float], np.ndarray]]]:
+        """The start through the coarse stages; when its fitness is below ``doubt``, the
+        alternatives (and with ``search`` the generated starts) screened beside it.
+
+        Returns:
+            The back transform to finish, and the screened ones with their :func:`fit_score`
+            (none when the start was not doubtful).
+        """
+        criteria, model, coarse = self.criteria, self.model, self.coarse
+        best, fitness = self.coarse_stages(
+            back_matrix(rotation, translation), coarse, criteria.coarse_schedule
+        )
+        if fitness < doubt:  # the lookup table's distances are approximate: confirm with exact ones
+            fitness, _ = _measure(coarse, model, best, self.inlier_distance)
+        if not fitness < doubt:
+            return best, []
+        starts: list[np.ndarray] = [back_matrix(*_as_pose(pose)) for pose in alternatives]
+        if search:
+            starts += search_starts(rotation, translation, model, self.points, criteria.nudge_degrees)
+        return self.screen(best, starts)
+
+    def screen(
+        self, best: np.ndarray, starts: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[tuple[tuple[float, float], np.ndarray]]]:
+        """Screen ``starts`` beside the coarse pose ``best`` (the first stages on fewer points,
+        all at once), and bring the best through the remaining coarse stages.
+
+        Returns:
+            The best back transform, and every screened one with its :func:`fit_score`.
+        """
+        criteria, model = self.criteria, self.model
+        screen = self.coarse[: criteria.screen_points]
+        best_score = fit_score(*_measure(screen, model, best, self.inlier_distance))
+        screened = [(best_score, best)]
+        finished = True
+        if starts:
+            stages = criteria.coarse_schedule[: criteria.screen_stages]
+            candidates = _coarse_batch(
+                screen, model, np.stack(starts), stages, criteria.screen_iterations, criteria
+            )
+            fits, rmses = _measure_batch(screen, model, candidates, self.inlier_distance)
+            for candidate, fit, fit_rmse in zip(candidates, fits, rmses, strict=True):
+                score = fit_score(fit, fit_rmse)
+                screened.append((score, candidate))
+                self.hypotheses += 1
+                if score > best_score:
+                    best, best_score, finished = candidate, score, False
+        if not finished:
+            best, _ = self.coarse_stages(
+                best, self.coarse, criteria.coarse_schedule[criteria.screen_stages :]
+            )
+        return best, screened
 
 
 def refine_pose(
@@ -741,15 +1010,16 @@ def refine_pose(
     object_translation: np.ndarray,
     *,
     alternatives: Iterable[tuple[np.ndarray, np.ndarray]] = (),
-    max_points: int = DEFAULT_MAX_POINTS,
-    fine_points: int = DEFAULT_FINE_POINTS,
-    coarse_points: int = DEFAULT_COARSE_POINTS,
+    max_points: int | None = None,
+    fine_points: int | None = None,
+    coarse_points: int | None = None,
     doubt_fitness: float | None = None,
     search: bool = True,
     distinct: Callable[[np.ndarray, np.ndarray], bool] | None = None,
     seed: int = 0,
-    coarse_iterations: int = COARSE_ITERATIONS,
-    fine_iterations: int = FINE_ITERATIONS,
+    coarse_iterations: int | None = None,
+    fine_iterations: int | None = None,
+    criteria: RefineCriteria = REFINE_CRITERIA,
 ) -> Refinement:
     """Refine a coarse object pose by robust point-to-plane ICP against the surface model.
 
@@ -760,24 +1030,26 @@ def refine_pose(
         object_translation: (3,).
         alternatives: other (rotation, translation) object poses to try when the first is doubtful.
         max_points: the cloud is subsampled (seeded, uniformly at random) to at most this many
-            points for the fine stage and the fitness.
+            points for the fine stage and the fitness (default ``criteria.max_points``).
         fine_points: the fine stage uses this many of those points, or all of them when its
-            first step shows a noisy cloud (inlier RMSE over ``NOISY_RMSE`` of the diagonal);
-            the fitness counts the points it used.
-        coarse_points: points (a subset of those) that drive the coarse stages.
+            first step shows a noisy cloud (inlier RMSE over ``criteria.noisy_rmse`` of the
+            diagonal); the fitness counts the points it used (default ``criteria.fine_points``).
+        coarse_points: points (a subset of those) that drive the coarse stages (default
+            ``criteria.coarse_points``).
         doubt_fitness: the first pose is doubtful when its coarse fitness is below this
-            (``DOUBT_FITNESS`` when None; 0 never doubts); then the alternatives and (with
-            ``search``) twelve generated starts are screened as well.
+            (``criteria.doubt_fitness`` when None; 0 never doubts); then the alternatives and
+            (with ``search``) twelve generated starts are screened as well.
         search: whether doubtful poses also try the generated starts: half turns about the
-            model's and the cloud's principal axes, and ``NUDGE_DEGREES`` turns about the model's
-            axes.
+            model's and the cloud's principal axes, and ``criteria.nudge_degrees`` turns about
+            the model's axes.
         distinct: ``distinct(rotation_a, rotation_b)`` says whether two object rotations are
             different answers (the object's symmetries aside); with it, screened starts that
             come close to the best are finished and kept as ``competitors`` when they fit
             about as well.
         seed: seed of the subsampling, so a cloud always gets the same answer.
         coarse_iterations, fine_iterations: iteration caps per coarse stage and of the fine
-            stage (quick probes use fewer).
+            stage (quick probes use fewer; defaults from ``criteria``).
+        criteria: the schedule and the decisions' thresholds.
 
     Returns:
         The refined pose and its fit; ``refined`` is False (and the input pose is returned) when
@@ -787,124 +1059,48 @@ def refine_pose(
     translation = np.asarray(object_translation, dtype=np.float64).reshape(3)
     points = np.asarray(observed, dtype=np.float64).reshape(-1, 3)
     points = points[np.isfinite(points).all(axis=1)]
-    diagonal = model.diagonal
-    points = _subsample(points, max_points, seed)
-    coarse = points[:coarse_points]
+    points = _subsample(points, criteria.max_points if max_points is None else max_points, seed)
+    registration = _Registration(
+        points,
+        model,
+        criteria,
+        criteria.coarse_points if coarse_points is None else coarse_points,
+        criteria.fine_points if fine_points is None else fine_points,
+        criteria.coarse_iterations if coarse_iterations is None else coarse_iterations,
+        criteria.fine_iterations if fine_iterations is None else fine_iterations,
+    )
+    if len(points) < criteria.min_correspondences:
+        return _unrefined(rotation, translation, 0)
 
-    def unrefined(count: int) -> Refinement:
-        return Refinement(rotation, translation, 0.0, float("inf"), float("inf"), count, False, 0.0)
-
-    if len(points) < MIN_CORRESPONDENCES:
-        return unrefined(0)
-
-    coarse_tolerance = (np.radians(COARSE_TOLERANCE[0]), COARSE_TOLERANCE[1] * diagonal)
-    wide_tolerance = (np.radians(WIDE_TOLERANCE[0]), WIDE_TOLERANCE[1] * diagonal)
-    inlier_distance = INLIER_DISTANCE * diagonal
-
-    def coarse_stages(
-        back: np.ndarray, source: np.ndarray, schedule: Sequence[float], iterations: int = coarse_iterations
-    ) -> tuple[np.ndarray, float]:
-        """The pose after the coarse stages, and the last stage's fitness (lookup-table distances)."""
-        fitness = 0.0
-        for fraction in schedule:
-            distance = fraction * diagonal
-            back, fitness, _, _ = _icp(
-                source,
-                model.coarse_index,
-                model.coarse_points,
-                model.coarse_normals,
-                back,
-                distance,
-                iterations,
-                distance,
-                wide_tolerance if fraction == COARSE_SCHEDULE[0] else coarse_tolerance,
-                min(distance, inlier_distance),
-            )
-        return back, fitness
-
-    doubt = DOUBT_FITNESS if doubt_fitness is None else doubt_fitness
-    start = back_matrix(rotation, translation)
-    best, fitness = coarse_stages(start, coarse, COARSE_SCHEDULE)
-    if fitness < doubt:  # the lookup table's distances are approximate: confirm with exact ones
-        fitness, _ = _measure(coarse, model, best, inlier_distance)
-    hypotheses = 1
-    screened: list[tuple[tuple[float, float], np.ndarray]] = []
-    if fitness < doubt:
-        starts: list[np.ndarray] = [back_matrix(*_as_pose(pose)) for pose in alternatives]
-        if search:
-            starts += search_starts(rotation, translation, model, points)
-        screen = coarse[:SCREEN_POINTS]
-        best_score = fit_score(*_measure(screen, model, best, inlier_distance))
-        screened.append((best_score, best))
-        finished = True
-        if starts:
-            candidates = _coarse_batch(
-                screen, model, np.stack(starts), COARSE_SCHEDULE[:SCREEN_STAGES], SCREEN_ITERATIONS
-            )
-            fits, rmses = _measure_batch(screen, model, candidates, inlier_distance)
-            for candidate, fit, fit_rmse in zip(candidates, fits, rmses, strict=True):
-                score = fit_score(fit, fit_rmse)
-                screened.append((score, candidate))
-                hypotheses += 1
-                if score > best_score:
-                    best, best_score, finished = candidate, score, False
-        if not finished:
-            best, _ = coarse_stages(best, coarse, COARSE_SCHEDULE[SCREEN_STAGES:])
-
-    def fine_stage(
-        back: np.ndarray, source: np.ndarray, iterations: int
-    ) -> tuple[np.ndarray, float, float, bool]:
-        return _icp(
-            source,
-            model.index,
-            model.points,
-            model.normals,
-            back,
-            FINE_DISTANCE * diagonal,
-            iterations,
-            (FINE_KERNEL_RANGE[0] * diagonal, FINE_KERNEL_RANGE[1] * diagonal),
-            (np.radians(FINE_TOLERANCE[0]), FINE_TOLERANCE[1] * diagonal),
-            inlier_distance,
-        )
-
-    def finish(back: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
-        # Clean clouds pin the pose down with few points; noisy ones need more (the error of the
-        # fit falls as noise / sqrt(points)). The first step tells them apart by its inliers' RMSE.
-        fitted = points[:fine_points]
-        final, fitness, rmse, converged = fine_stage(back, fitted, 1)
-        if len(points) > len(fitted) and not rmse < NOISY_RMSE * diagonal:
-            fitted = points
-            converged = False
-        if not converged:
-            final, fitness, rmse, _ = fine_stage(final, fitted, fine_iterations - 1)
-        return final, fitness, rmse, fitted
-
-    def refinement(back: np.ndarray, fitness: float, rmse: float) -> Refinement:
-        refined_rotation, refined_translation = object_pose(back)
-        return Refinement(
-            object_rotation=refined_rotation,
-            object_translation=refined_translation,
-            fitness=fitness,
-            inlier_rmse=rmse,
-            inlier_rmse_percent=100.0 * rmse / diagonal,
-            hypotheses=hypotheses,
-            refined=True,
-            confidence=confidence_score(fitness, rmse / diagonal),
-        )
-
-    final, fitness, rmse, fitted = finish(best)
-    if fitness * len(fitted) < MIN_CORRESPONDENCES:
-        return unrefined(hypotheses)
-    result = refinement(final, fitness, rmse)
+    doubt = criteria.doubt_fitness if doubt_fitness is None else doubt_fitness
+    best, screened = registration.first_fit(rotation, translation, alternatives, doubt, search)
+    final, fitness, rmse, fitted = registration.finish(best)
+    if fitness * len(fitted) < criteria.min_correspondences:
+        return _unrefined(rotation, translation, registration.hypotheses)
+    result = registration.refinement(final, fitness, rmse)
     if distinct is not None and len(screened) > 1:
-        rivals = _rivals(screened, result, distinct, finish, refinement, coarse_stages, coarse)
-        better = [rival for rival in rivals if (rival.fitness, -rival.inlier_rmse) > (fitness, -rmse)]
-        if better:  # screening on few points misjudged them: the best finished fit leads
-            leader = max(better, key=lambda rival: (rival.fitness, -rival.inlier_rmse))
-            rivals = [item for item in (result, *rivals) if item is not leader and competes(item, leader)]
-            result = leader
-        result.competitors = rivals
+        result = _lead_among_rivals(result, _rivals(screened, result, distinct, registration), criteria)
     return result
+
+
+def _lead_among_rivals(result: Refinement, rivals: list[Refinement], criteria: RefineCriteria) -> Refinement:
+    """The best finished fit of ``result`` and its ``rivals`` (screening on few points may
+    misjudge them), with the others that compete with it as its competitors."""
+    fitness, rmse = result.fitness, result.inlier_rmse
+    better = [rival for rival in rivals if (rival.fitness, -rival.inlier_rmse) > (fitness, -rmse)]
+    if better:
+        leader = max(better, key=lambda rival: (rival.fitness, -rival.inlier_rmse))
+        rivals = [
+            item for item in (result, *rivals) if item is not leader and competes(item, leader, criteria)
+        ]
+        result = leader
+    result.competitors = rivals
+    return result
+
+
+def _unrefined(rotation: np.ndarray, translation: np.ndarray, hypotheses: int) -> Refinement:
+    """The input pose, returned when too few points have a model point nearby to fix it."""
+    return Refinement(rotation, translation, 0.0, float("inf"), float("inf"), hypotheses, False, 0.0)
 
 
 def _subsample(points: np.ndarray, max_points: int, seed: int) -> np.ndarray:
@@ -921,26 +1117,31 @@ def polish_pose(
     model: SurfaceModel,
     refinement: Refinement,
     *,
-    shift: float = POLISH_SHIFT,
-    max_points: int = DEFAULT_MAX_POINTS,
-    fine_points: int = DEFAULT_FINE_POINTS,
-    coarse_points: int = DEFAULT_COARSE_POINTS,
+    shift: float | None = None,
+    max_points: int | None = None,
+    fine_points: int | None = None,
+    coarse_points: int | None = None,
     seed: int = 0,
+    criteria: RefineCriteria = REFINE_CRITERIA,
 ) -> Refinement:
     """A refined pose restarted from copies shifted along the cloud's principal axes.
 
     Smooth parts seen by a noisy depth sensor (a tube from one side, a flat arm) have shallow
     minima a few millimetres and degrees from the right pose, and ICP settles in the one it meets
-    first. Each copy, ``shift`` of the diagonal either way along each principal axis, goes through
-    the coarse stages (all copies at once) and is finished; the deepest fit (smallest inlier RMSE
-    by ``POLISH_RMSE_GAIN`` at about the same fitness) is the answer.
+    first. Each copy, ``shift`` of the diagonal (default ``criteria.polish_shift``) either way
+    along each principal axis, goes through the coarse stages (all copies at once) and is
+    finished; the deepest fit (smallest inlier RMSE by ``criteria.polish_rmse_gain`` at about
+    the same fitness) is the answer.
 
     Returns:
         The better refinement: the given one (its competitors kept) or the polished one.
     """
+    shift = criteria.polish_shift if shift is None else shift
+    max_points = criteria.max_points if max_points is None else max_points
+    coarse_points = criteria.coarse_points if coarse_points is None else coarse_points
     points = np.asarray(observed, dtype=np.float64).reshape(-1, 3)
     points = _subsample(points[np.isfinite(points).all(axis=1)], max_points, seed)
-    if not refinement.refined or len(points) < MIN_CORRESPONDENCES:
+    if not refinement.refined or len(points) < criteria.min_correspondences:
         return refinement
     centroid, axes = principal_axes(points)
     back = back_matrix(refinement.object_rotation, refinement.object_translation)
@@ -951,7 +1152,12 @@ def polish_pose(
             start[:3, 3] += sign * shift * model.diagonal * (back[:3, :3] @ axis)  # shift the cloud
             starts.append(start)
     coarse = _coarse_batch(
-        points[:coarse_points], model, np.stack(starts), COARSE_SCHEDULE, COARSE_ITERATIONS
+        points[:coarse_points],
+        model,
+        np.stack(starts),
+        criteria.coarse_schedule,
+        criteria.coarse_iterations,
+        criteria,
     )
     best = refinement
     for candidate in coarse:
@@ -968,11 +1174,12 @@ def polish_pose(
             search=False,
             seed=seed,
             coarse_iterations=0,
+            criteria=criteria,
         )
         if (
             polished.refined
-            and polished.fitness >= refinement.fitness - RIVAL_FITNESS_MARGIN
-            and polished.inlier_rmse < POLISH_RMSE_GAIN * best.inlier_rmse
+            and polished.fitness >= refinement.fitness - criteria.rival_fitness_margin
+            and polished.inlier_rmse < criteria.polish_rmse_gain * best.inlier_rmse
         ):
             best = polished
     if best is not refinement:
@@ -981,16 +1188,23 @@ def polish_pose(
     return best
 
 
-def _rivals(screened, result, distinct, finish, refinement, coarse_stages, coarse) -> list[Refinement]:
+def _rivals(
+    screened: list[tuple[tuple[float, float], np.ndarray]],
+    result: Refinement,
+    distinct: Callable[[np.ndarray, np.ndarray], bool],
+    registration: _Registration,
+) -> list[Refinement]:
     """Finished screened starts that fit about as well as ``result`` but are another pose."""
+    criteria = registration.criteria
     top = max(score for score, _ in screened)[0]
     close = sorted(
-        (item for item in screened if item[0][0] >= top - RIVAL_SCREEN_MARGIN), key=lambda item: item[0]
+        (item for item in screened if item[0][0] >= top - criteria.rival_screen_margin),
+        key=lambda item: item[0],
     )[::-1]
     rivals: list[Refinement] = []
     finished = 0
     for _, back in close:
-        if finished >= RIVAL_FINISH:
+        if finished >= criteria.rival_finish:
             break
         rotation, _ = object_pose(back)
         if not distinct(rotation, result.object_rotation) or any(
@@ -998,21 +1212,25 @@ def _rivals(screened, result, distinct, finish, refinement, coarse_stages, coars
         ):
             continue
         finished += 1
-        back, _ = coarse_stages(back, coarse, COARSE_SCHEDULE[SCREEN_STAGES:])
-        final, fitness, rmse, _ = finish(back)
-        rival = refinement(final, fitness, rmse)
-        if competes(rival, result) and distinct(rival.object_rotation, result.object_rotation):
+        back, _ = registration.coarse_stages(
+            back, registration.coarse, criteria.coarse_schedule[criteria.screen_stages :]
+        )
+        final, fitness, rmse, _ = registration.finish(back)
+        rival = registration.refinement(final, fitness, rmse)
+        if competes(rival, result, criteria) and distinct(rival.object_rotation, result.object_rotation):
             rivals.append(rival)
     return rivals
 
 
-def competes(candidate: Refinement, reference: Refinement) -> bool:
+def competes(
+    candidate: Refinement, reference: Refinement, criteria: RefineCriteria = REFINE_CRITERIA
+) -> bool:
     """Whether a refined pose fits about as well as ``reference`` (fitness within
-    ``RIVAL_FITNESS_MARGIN``, inlier RMSE within ``RIVAL_RMSE_RATIO`` times)."""
+    ``criteria.rival_fitness_margin``, inlier RMSE within ``criteria.rival_rmse_ratio`` times)."""
     return (
         candidate.refined
-        and candidate.fitness >= reference.fitness - RIVAL_FITNESS_MARGIN
-        and candidate.inlier_rmse <= RIVAL_RMSE_RATIO * reference.inlier_rmse
+        and candidate.fitness >= reference.fitness - criteria.rival_fitness_margin
+        and candidate.inlier_rmse <= criteria.rival_rmse_ratio * reference.inlier_rmse
     )
 
 

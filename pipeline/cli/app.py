@@ -13,11 +13,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pipeline.extras import REPOSITORY, ExtrasGroup
+
+if TYPE_CHECKING:
+    import torch
+
+    from pipeline.training.config import TrainConfig
 
 app = typer.Typer(
     cls=ExtrasGroup,
@@ -52,7 +57,7 @@ def expected_failures() -> Iterator[None]:
     """Turn the errors a user can cause into one line on stderr and exit status 1."""
     from cloudpose.io.clouds import CloudError
     from cloudpose.store.package import StoreError
-    from pipeline.objects.mesh import MeshError
+    from pipeline.data.mesh import MeshError
     from pipeline.training.config import ConfigError
 
     handled: tuple[type[BaseException], ...] = (
@@ -88,51 +93,56 @@ def _parse_hidden(text: str | None) -> list[int] | None:
         raise typer.Exit(1) from None
 
 
+TrainMeshOption = Annotated[
+    Path | None, typer.Option(help="Object mesh (PLY/OBJ/STL/OFF); the bunny by default.")
+]
+HiddenOption = Annotated[
+    str | None, typer.Option(help="Hidden widths, e.g. 256,256; 'none' for one linear layer.")
+]
+StepsOption = Annotated[
+    int | None, typer.Option(help="Step budget (the LR schedule spans it, unless --schedule-by time).")
+]
+TimeBudgetOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Stop after this many seconds; given without --steps, the LR schedule spans it "
+        "(--schedule-by time)."
+    ),
+]
+ScheduleByOption = Annotated[
+    str | None,
+    typer.Option(help="steps: the LR decays along the step budget; time: along whichever budget ends first."),
+]
+FreshOption = Annotated[bool, typer.Option("--fresh", help="Ignore an existing checkpoint and start over.")]
+NprocPerNodeOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Data-parallel processes on this node (one per GPU); each takes --batch-size clouds a step.",
+    ),
+]
+
+
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Option(help="YAML file overriding the defaults.")] = None,
-    mesh: Annotated[
-        Path | None, typer.Option(help="Object mesh (PLY/OBJ/STL/OFF); the bunny by default.")
-    ] = None,
+    mesh: TrainMeshOption = None,
     n_points: Annotated[int | None, typer.Option(help="Points per cloud, N.")] = None,
-    hidden: Annotated[
-        str | None, typer.Option(help="Hidden widths, e.g. 256,256; 'none' for one linear layer.")
-    ] = None,
+    hidden: HiddenOption = None,
     activation: Annotated[str | None, typer.Option(help="relu, elu or none.")] = None,
-    steps: Annotated[
-        int | None, typer.Option(help="Step budget (the LR schedule spans it, unless --schedule-by time).")
-    ] = None,
+    steps: StepsOption = None,
     batch_size: Annotated[int | None, typer.Option(help="Clouds per step.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     lambda_orth: Annotated[float | None, typer.Option(help="Weight of ||R^T R - I||^2.")] = None,
     l1_lambda: Annotated[float | None, typer.Option(help="Weight of the L1 penalty on weights.")] = None,
     grad_clip: Annotated[float | None, typer.Option(help="Max gradient norm; 0 disables.")] = None,
-    time_budget_s: Annotated[
-        float | None,
-        typer.Option(
-            help="Stop after this many seconds; given without --steps, the LR schedule spans it "
-            "(--schedule-by time)."
-        ),
-    ] = None,
-    schedule_by: Annotated[
-        str | None,
-        typer.Option(
-            help="steps: the LR decays along the step budget; time: along whichever budget ends first."
-        ),
-    ] = None,
+    time_budget_s: TimeBudgetOption = None,
+    schedule_by: ScheduleByOption = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the pose stream.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     out_dir: Annotated[Path | None, typer.Option(help="Run folder (checkpoint, metrics).")] = None,
-    fresh: Annotated[
-        bool, typer.Option("--fresh", help="Ignore an existing checkpoint and start over.")
-    ] = False,
-    nproc_per_node: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Data-parallel processes on this node (one per GPU); each takes --batch-size clouds a step.",
-        ),
-    ] = 1,
+    fresh: FreshOption = False,
+    nproc_per_node: NprocPerNodeOption = 1,
     nnodes: Annotated[int, typer.Option(min=1, help="Nodes taking part (multi-node runs).")] = 1,
     node_rank: Annotated[int, typer.Option(min=0, help="This node's rank, 0 to nnodes - 1.")] = 0,
     master_addr: Annotated[str | None, typer.Option(help="Address of node 0 (multi-node runs).")] = None,
@@ -144,12 +154,11 @@ def train(
     With --nproc-per-node K (and --nnodes for several nodes) the command re-launches itself
     through torchrun: K data-parallel processes, rank 0 writing the run folder.
     """
-    with expected_failures():
-        from pipeline.training import distributed
+    from pipeline.training import distributed
+
+    with distributed.ends_rank_process(), expected_failures():
         from pipeline.training.config import load_config
-        from pipeline.training.progress import ProgressReport
-        from pipeline.training.train import describe_device, resolve_device, time_to_bar
-        from pipeline.training.train import train as run_training
+        from pipeline.training.train import resolve_device
 
         if schedule_by is None and time_budget_s is not None and steps is None:
             schedule_by = "time"  # a budget in seconds alone: the rate must have decayed when it ends
@@ -173,7 +182,6 @@ def train(
         }
         cfg = load_config(config, overrides)
         resolved = resolve_device(cfg.device)
-        device = describe_device(resolved)
         if (nproc_per_node > 1 or nnodes > 1) and not distributed.launched_by_torchrun():
             distributed.check_launch(resolved, nproc_per_node, nnodes, node_rank, master_addr)
             typer.echo(
@@ -186,50 +194,57 @@ def train(
                 forwarded, nproc_per_node, nnodes, node_rank, master_addr, master_port
             )
             raise typer.Exit(_run_launcher(launch))
-        main_rank = distributed.rank_from_environment() == 0
-        if main_rank:
-            typer.echo(f"training on {device}", err=True)
-        if distributed.launched_by_torchrun():
-            # torchrun stops its workers with SIGTERM: let rank 0 save a checkpoint first.
-            signal.signal(signal.SIGTERM, signal.default_int_handler)
-        by_time = cfg.schedule_by == "time"
-        if main_rank and by_time:
-            typer.echo(
-                f"the learning rate decays over {cfg.time_budget_s:g} s (or {cfg.steps} steps, if sooner)",
-                err=True,
+        _train_here(cfg, resolved, fresh)
+
+
+def _train_here(cfg: TrainConfig, resolved: torch.device, fresh: bool) -> None:
+    """Train in this process (one rank of a torchrun group, or alone) and, on rank 0, print the
+    summary as JSON."""
+    from pipeline.training import distributed
+    from pipeline.training.progress import ProgressReport
+    from pipeline.training.train import describe_device, time_to_bar
+    from pipeline.training.train import train as run_training
+
+    main_rank = distributed.rank_from_environment() == 0
+    if main_rank:
+        typer.echo(f"training on {describe_device(resolved)}", err=True)
+    if distributed.launched_by_torchrun():
+        # torchrun stops its workers with SIGTERM: let rank 0 save a checkpoint first.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    by_time = cfg.schedule_by == "time"
+    if main_rank and by_time:
+        typer.echo(
+            f"the learning rate decays over {cfg.time_budget_s:g} s (or {cfg.steps} steps, if sooner)",
+            err=True,
+        )
+    total, unit = (cfg.time_budget_s, "s") if by_time else (cfg.steps, "steps")
+    with ProgressReport("train", total, unit=unit, enabled=main_rank) as bar:
+
+        def report(step: int, total_steps: int, values: dict[str, float]) -> None:
+            status = f"step {step}, loss {values['total']:.2e}, val median {values['val_median_deg']:.4f} deg"
+            bar.update(min(values["elapsed_s"], total) if by_time else step, status)
+
+        try:
+            result = run_training(
+                cfg, progress=report, fresh=fresh, log=lambda line: typer.echo(line, err=True)
             )
-        total, unit = (cfg.time_budget_s, "s") if by_time else (cfg.steps, "steps")
-        with ProgressReport("train", total, unit=unit, enabled=main_rank) as bar:
-
-            def report(step: int, total_steps: int, values: dict[str, float]) -> None:
-                status = (
-                    f"step {step}, loss {values['total']:.2e}, val median {values['val_median_deg']:.4f} deg"
-                )
-                bar.update(min(values["elapsed_s"], total) if by_time else step, status)
-
-            try:
-                result = run_training(
-                    cfg, progress=report, fresh=fresh, log=lambda line: typer.echo(line, err=True)
-                )
-            finally:
-                distributed.cleanup()
-        if not main_rank:
-            distributed.exit_now(0)
-        summary = {
-            "device": result.device,
-            "world_size": result.world_size,
-            "steps": result.steps,
-            "resumed_from_step": result.resumed_from_step,
-            "elapsed_s": round(result.elapsed_s, 2),
-            "samples_per_s": round(result.samples_per_s),
-            "stopped_because": result.stopped_because,
-            "time_to_bar": time_to_bar(result.history),
-            "checkpoint": str(result.checkpoint),
-            **{key: round(value, 6) for key, value in result.validation.items() if isinstance(value, float)},
-        }
-        typer.echo(json.dumps(summary, indent=2))
-        if result.world_size > 1:
-            distributed.exit_now(0)
+        finally:
+            distributed.cleanup()
+    if not main_rank:
+        return
+    summary = {
+        "device": result.device,
+        "world_size": result.world_size,
+        "steps": result.steps,
+        "resumed_from_step": result.resumed_from_step,
+        "elapsed_s": round(result.elapsed_s, 2),
+        "samples_per_s": round(result.samples_per_s),
+        "stopped_because": result.stopped_because,
+        "time_to_bar": time_to_bar(result.history),
+        "checkpoint": str(result.checkpoint),
+        **{key: round(value, 6) for key, value in result.validation.items() if isinstance(value, float)},
+    }
+    typer.echo(json.dumps(summary, indent=2))
 
 
 def _train_flags(config: Path | None, values: dict[str, object], fresh: bool) -> list[str]:
@@ -339,8 +354,8 @@ def synth(
 ) -> None:
     """Write a seeded dataset of posed template copies (clouds, poses, template) to an .npz file."""
     with expected_failures():
+        from pipeline.data.mesh import load_mesh
         from pipeline.data.synth import held_out_batch, make_template, write_dataset
-        from pipeline.objects.mesh import load_mesh
 
         loaded = load_mesh(mesh)
         template = make_template(loaded, n_points, template_seed)
@@ -584,6 +599,20 @@ def prune(
         typer.echo(f"models in {out}/s<percent>/model.onnx; table in {out / 'prune.json'}")
 
 
+ScenesOption = Annotated[
+    bool,
+    typer.Option("--scenes", help="Score detection in whole cluttered frames (the store's objects) instead."),
+]
+FramesOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="With --scenes: frames (VGA; both detectors together: about 1 s a frame for the bunny, "
+        "3 s for three parts).",
+    ),
+]
+
+
 @app.command("bench")
 def bench_command(
     model: Annotated[
@@ -608,20 +637,8 @@ def bench_command(
     record: Annotated[
         bool, typer.Option("--record", help="With --object: put the figures into the object's package.")
     ] = False,
-    scenes: Annotated[
-        bool,
-        typer.Option(
-            "--scenes", help="Score detection in whole cluttered frames (the store's objects) instead."
-        ),
-    ] = False,
-    frames: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="With --scenes: frames (VGA; both detectors together: about 1 s a frame for the bunny, "
-            "3 s for three parts).",
-        ),
-    ] = 50,
+    scenes: ScenesOption = False,
+    frames: FramesOption = 50,
 ) -> None:
     """Benchmark cloudpose against FPFH+RANSAC+ICP and PCA+ICP on seeded sensor-like sets, or (with
     --scenes) detection in cluttered frames against plane removal + clustering + FPFH."""
@@ -731,28 +748,48 @@ object_app = typer.Typer(
 app.add_typer(object_app, name="object")
 
 
+UnitsOption = Annotated[
+    str | None,
+    typer.Option(help="What the file's numbers are in: mm, cm, m, in, ... (default: unnamed)."),
+]
+SurfaceToleranceOption = Annotated[
+    str | None,
+    typer.Option(
+        help="How far the real part's surface may lie from the mesh: 0.5mm, 0.3% (of the "
+        "diagonal) or a number in the file's units (default: 0.3% of the diagonal)."
+    ),
+]
+PackagedModelOption = Annotated[
+    Path | None,
+    typer.Option(help="Package this exported model.onnx (of the same mesh) instead of training."),
+]
+
+
+def _require_training_extras() -> None:
+    """Exit with one line when torch, which training needs, is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        from pipeline.extras import install_script
+
+        typer.echo(
+            "error: cloudpose object add trains a network, which needs the training extras "
+            f"(torch is not installed): run {install_script()} train, or add with --no-train",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
 @object_app.command("add")
 def object_add(
     name: Annotated[str, typer.Argument(help="Object name (lower-case letters, digits, - and _).")],
     mesh_file: Annotated[Path, typer.Argument(help="Mesh file: PLY, OBJ, STL, OFF or GLB.")],
-    units: Annotated[
-        str | None,
-        typer.Option(help="What the file's numbers are in: mm, cm, m, in, ... (default: unnamed)."),
-    ] = None,
+    units: UnitsOption = None,
     metres_per_unit: Annotated[
         float | None, typer.Option(min=0.0, help="One file unit in metres, for files in no named unit.")
     ] = None,
-    surface_tolerance: Annotated[
-        str | None,
-        typer.Option(
-            help="How far the real part's surface may lie from the mesh: 0.5mm, 0.3% (of the "
-            "diagonal) or a number in the file's units (default: 0.3% of the diagonal)."
-        ),
-    ] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option(help="Package this exported model.onnx (of the same mesh) instead of training."),
-    ] = None,
+    surface_tolerance: SurfaceToleranceOption = None,
+    model: PackagedModelOption = None,
     time_budget_s: Annotated[float, typer.Option(min=1.0, help="Training budget in seconds.")] = 600.0,
     no_train: Annotated[
         bool, typer.Option("--no-train", help="Package only: the registration search alone answers.")
@@ -783,17 +820,7 @@ def object_add(
             typer.echo("error: choose one of --resume and --retrain", err=True)
             raise typer.Exit(1)
         if not no_train and model is None:
-            import importlib.util
-
-            if importlib.util.find_spec("torch") is None:  # fail before the mesh checks, not after
-                from pipeline.extras import install_script
-
-                typer.echo(
-                    "error: cloudpose object add trains a network, which needs the training extras "
-                    f"(torch is not installed): run {install_script()} train, or add with --no-train",
-                    err=True,
-                )
-                raise typer.Exit(1)
+            _require_training_extras()  # fail before the mesh checks, not after
         command = "cloudpose " + shlex.join(sys.argv[1:])
         result = add_object(
             name,
@@ -885,13 +912,46 @@ scene_app = typer.Typer(
 app.add_typer(scene_app, name="scene")
 
 
+SceneObjectsOption = Annotated[
+    str | None,
+    typer.Option(help="Comma-separated objects to put on the table (default: every one with units)."),
+]
+ExampleFrameOption = Annotated[
+    bool,
+    typer.Option(
+        "--example",
+        help="With one object and --count 1: also put the frame into the object's package as its "
+        "example frame (example_frame.png, .json, .npy).",
+    ),
+]
+
+
+def _scene_targets(packages: list, named: bool, store: object) -> list:
+    """The packages' objects in metres, for a frame; ``named`` ones must all have units.
+
+    Raises:
+        StoreError: a named object without units, or no object with units at all.
+    """
+    from cloudpose.store.package import StoreError
+    from pipeline.data.scenes import package_object
+
+    if named:
+        unitless = [package.name for package in packages if package.metres_per_unit is None]
+        if unitless:
+            raise StoreError(
+                f"{', '.join(unitless)} was added without units, and a frame is in metres: "
+                "add it again with --units"
+            )
+    targets = [package_object(package) for package in packages if package.metres_per_unit is not None]
+    if not targets:
+        raise StoreError(f"no object of {store} has units, and a frame is in metres")
+    return targets
+
+
 @scene_app.command("make")
 def scene_make(
     out_dir: Annotated[Path, typer.Argument(help="Folder for the frames' files.")],
-    objects: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated objects to put on the table (default: every one with units)."),
-    ] = None,
+    objects: SceneObjectsOption = None,
     count: Annotated[int, typer.Option(min=1, help="Frames.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the frames: one seed, one set of frames.")] = 0,
     copies: Annotated[int, typer.Option(min=0, help="Copies of each object per frame.")] = 1,
@@ -903,14 +963,7 @@ def scene_make(
         str, typer.Option(help="File name of the frames: NAME.png, ... (NAME_000.png, ... for several).")
     ] = "frame",
     no_cloud: Annotated[bool, typer.Option("--no-cloud", help="Leave out the .npy cloud.")] = False,
-    example: Annotated[
-        bool,
-        typer.Option(
-            "--example",
-            help="With one object and --count 1: also put the frame into the object's package as its "
-            "example frame (example_frame.png, .json, .npy).",
-        ),
-    ] = False,
+    example: ExampleFrameOption = False,
     store: StoreOption = None,
 ) -> None:
     """Make seeded depth frames of the store's objects resting on a table among distractors, as
@@ -920,7 +973,7 @@ def scene_make(
     """
     with expected_failures():
         from cloudpose.store.package import StoreError, open_store
-        from pipeline.data.scenes import Intrinsics, SceneCounts, package_object, save_frame
+        from pipeline.data.scenes import Intrinsics, SceneCounts, save_frame
         from pipeline.evaluation import scene_bench
         from pipeline.objects.adding import EXAMPLE_FRAME, record_example_frame
 
@@ -932,16 +985,7 @@ def scene_make(
                 raise StoreError("--example makes one frame of one object: pass --objects NAME --count 1")
             opened.check_writable(names[0])
             name = EXAMPLE_FRAME
-        if objects:
-            unitless = [package.name for package in packages if package.metres_per_unit is None]
-            if unitless:
-                raise StoreError(
-                    f"{', '.join(unitless)} was added without units, and a frame is in metres: "
-                    "add it again with --units"
-                )
-        targets = [package_object(package) for package in packages if package.metres_per_unit is not None]
-        if not targets:
-            raise StoreError(f"no object of {opened} has units, and a frame is in metres")
+        targets = _scene_targets(packages, named=bool(objects), store=opened)
         intrinsics = Intrinsics().scaled(scale) if scale != 1.0 else Intrinsics()
         frames = scene_bench.scene_frames(
             targets,

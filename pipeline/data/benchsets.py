@@ -31,8 +31,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pipeline.data.mesh import Mesh, sample_surface
 from pipeline.data.views import DEFAULT_DEPTH_NOISE, random_viewpoint, render_view, visible_fraction
-from pipeline.objects.mesh import Mesh, sample_surface
 
 SET_NAMES = ("shuffled", "resampled", "small", "noisy", "partial", "partial_noisy")
 DEFAULT_COUNT = 500

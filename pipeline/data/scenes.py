@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 
@@ -616,6 +616,10 @@ class SceneCounts:
 class SceneLayout:
     """Where the table is and how objects are spread on it.
 
+    The defaults suit targets of :attr:`REFERENCE_DIAGONAL_M`; :meth:`for_size` scales the
+    camera, the table and the clearance to other sizes, and frames made without a layout get
+    :meth:`for_targets`.
+
     Attributes:
         tilt_deg: range of the angle between the optical axis and the table's normal.
         distance_m: range of the distance along the optical axis to the table.
@@ -648,14 +652,34 @@ class SceneLayout:
     clearance_m: float = 0.003
     max_range_m: float = np.inf
 
+    # The defaults were set for targets of this bounding-box diagonal (the shipped 0.25 m bunny).
+    REFERENCE_DIAGONAL_M: ClassVar[float] = 0.25
+
     @classmethod
     def for_size(cls, diagonal_m: float) -> SceneLayout:
         """A table and camera for objects of this bounding-box diagonal (the largest target's):
         the camera 2.4-4.8 diagonals from the table along its axis (at least 0.5-0.8 m, a depth
-        camera's near range), objects within 8 diagonals (at least 1.2 m) of it; the defaults
-        for the 0.25 m bunny."""
+        camera's near range), objects within 8 diagonals (at least 1.2 m) of it, a table at least
+        five diagonals (and 1.5 m) wide, surfaces kept 1.2 % of a diagonal (at most 3 mm) apart;
+        the defaults' distances for the 0.25 m bunny."""
         near, far = max(0.5, 2.4 * diagonal_m), max(0.8, 4.8 * diagonal_m)
-        return cls(distance_m=(near, far), max_range_m=max(1.2, 8.0 * diagonal_m))
+        return cls(
+            distance_m=(near, far),
+            max_range_m=max(1.2, 8.0 * diagonal_m),
+            size_m=max(cls.size_m, 5.0 * diagonal_m),
+            clearance_m=min(cls.clearance_m, 0.012 * diagonal_m),
+        )
+
+    @classmethod
+    def for_targets(cls, targets: list[SceneObject]) -> SceneLayout:
+        """The layout of frames made without one: scaled to the largest target's diagonal
+        (:meth:`for_size`); targets of the reference's size (to 1 %), and frames without
+        targets, keep the defaults, which the shipped bunny's frames were made with."""
+        diagonals = [float(np.linalg.norm(item.mesh.extents)) for item in targets]
+        largest = max(diagonals, default=cls.REFERENCE_DIAGONAL_M)
+        if abs(largest - cls.REFERENCE_DIAGONAL_M) <= 0.01 * cls.REFERENCE_DIAGONAL_M:
+            return cls()
+        return cls.for_size(largest)
 
 
 CLEARANCE_TRIES = 24  # close candidates whose meshes are checked before an object is left out
@@ -678,7 +702,7 @@ def make_frame(
     intrinsics: Intrinsics = Intrinsics(),
     counts: SceneCounts = SceneCounts(),
     noise: NoiseModel = NoiseModel(),
-    layout: SceneLayout = SceneLayout(),
+    layout: SceneLayout | None = None,
 ) -> Frame:
     """A random cluttered frame: :func:`place_objects`, rendered with the sensor's noise.
 
@@ -699,7 +723,7 @@ def place_objects(
     rng: np.random.Generator,
     intrinsics: Intrinsics = Intrinsics(),
     counts: SceneCounts = SceneCounts(),
-    layout: SceneLayout = SceneLayout(),
+    layout: SceneLayout | None = None,
 ) -> tuple[list[Placement], SupportPlane]:
     """Targets and distractors resting on a table in front of the camera.
 
@@ -716,11 +740,13 @@ def place_objects(
         rng: seeded generator; the only source of randomness.
         intrinsics: the camera.
         counts: how many of each.
-        layout: the table and the spread of objects.
+        layout: the table and the spread of objects; None: :meth:`SceneLayout.for_targets`.
 
     Returns:
         The placements (the table first) and the table.
     """
+    if layout is None:
+        layout = SceneLayout.for_targets(targets)
     table = support_plane(
         tilt_deg=rng.uniform(*layout.tilt_deg),
         distance_m=rng.uniform(*layout.distance_m),
@@ -728,6 +754,23 @@ def place_objects(
         size_m=layout.size_m,
         thickness_m=layout.thickness_m,
     )
+    items = _draw_items(targets, distractors, rng, counts)
+    placements = [table.placement()]
+    circles: list[tuple[np.ndarray, float]] = []  # (centre (2,), radius) in plane coordinates
+    for scene_object, kind in items:
+        found = _find_room(scene_object, rng, intrinsics, layout, table, placements, circles)
+        if found is None:
+            continue
+        centre, radius, rotation, translation = found
+        placements.append(Placement(scene_object, rotation, translation, kind))
+        circles.append((centre, radius))
+    return placements, table
+
+
+def _draw_items(
+    targets: list[SceneObject], distractors: list[SceneObject], rng: np.random.Generator, counts: SceneCounts
+) -> list[tuple[SceneObject, Kind]]:
+    """The objects of a frame in the order they are placed: target copies, then distractors."""
     items: list[tuple[SceneObject, Kind]] = []
     for target in targets:
         low, high = counts.target_copies
@@ -737,60 +780,68 @@ def place_objects(
     items += [
         (distractors[int(k)], "distractor") for k in rng.integers(len(distractors) or 1, size=n_distractors)
     ]
+    return items
 
-    placements = [table.placement()]
-    circles: list[tuple[np.ndarray, float]] = []  # (centre (2,), radius) in plane coordinates
+
+def _find_room(
+    scene_object: SceneObject,
+    rng: np.random.Generator,
+    intrinsics: Intrinsics,
+    layout: SceneLayout,
+    table: SupportPlane,
+    placements: list[Placement],
+    circles: list[tuple[np.ndarray, float]],
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray] | None:
+    """A resting pose of one object on the table, clear of those placed (see :func:`place_objects`).
+
+    Args:
+        circles: the placed objects' bounding circles, ``(centre (2,), radius)`` in plane
+            coordinates, in the order of ``placements[1:]``.
+
+    Returns:
+        ``(centre (2,), radius, rotation (3, 3), translation (3,))``, or None where no candidate
+        spot has room.
+    """
     half = layout.size_m / 2.0
     margin_u, margin_v = layout.margin * intrinsics.width, layout.margin * intrinsics.height
-    for scene_object, kind in items:
-        poses = scene_object.resting_poses
-        probabilities = np.array([pose.probability for pose in poses])
-        pose = poses[int(rng.choice(len(poses), p=probabilities / probabilities.sum()))]
-        reach = half - pose.radius
-        candidates = rng.uniform(-1.0, 1.0, size=(layout.candidates, 2)) * max(reach, 0.0)  # (C, 2)
-        yaws = rng.uniform(0.0, 2.0 * np.pi, size=layout.candidates)
-        close = bool(circles) and rng.uniform() < layout.touching
-        if close:  # beside an object already placed, circles overlapping
-            centre, radius = circles[int(rng.integers(len(circles)))]
-            # In front of it or behind it as the camera sees it (within about 45 degrees of the
-            # line of sight along the table), where one hides part of the other.
-            towards = -(np.append(centre, 0.0) @ table.axes + table.origin) @ table.axes[:2].T  # (2,)
-            sight = np.arctan2(towards[1], towards[0])
-            behind = rng.integers(2, size=layout.candidates) * np.pi
-            angles = sight + behind + rng.normal(0.0, np.pi / 4, size=layout.candidates)
-            distances = (radius + pose.radius) * rng.uniform(*layout.touch_closeness, size=layout.candidates)
-            candidates = centre + distances[:, None] * np.column_stack([np.cos(angles), np.sin(angles)])
-        lifted = np.column_stack([candidates, np.full(len(candidates), pose.height / 2.0)])  # (C, 3)
-        centres = lifted @ table.axes + table.origin
-        ok = (reach > 0) & (np.abs(candidates) <= reach).all(axis=1) & (centres[:, 2] > 0.05)
-        ok &= np.linalg.norm(centres, axis=1) <= layout.max_range_m
-        uv = project(np.where(ok[:, None], centres, 1.0), intrinsics)
-        ok &= (uv[:, 0] >= margin_u) & (uv[:, 0] <= intrinsics.width - 1 - margin_u)
-        ok &= (uv[:, 1] >= margin_v) & (uv[:, 1] <= intrinsics.height - 1 - margin_v)
-        apart = np.stack(
-            [
-                np.linalg.norm(candidates - centre, axis=1) >= radius + pose.radius
-                for centre, radius in circles
-            ]
-            or [np.ones(len(candidates), dtype=bool)],
-            axis=1,
-        )  # (C, placed): bounding circles clear of each placed object
-        chosen = np.flatnonzero(ok & (apart.all(axis=1) | close))
-        found = None
-        for k in chosen[: CLEARANCE_TRIES if close else 1]:
-            rotation, translation = table.rest(pose, tuple(candidates[k]), float(yaws[k]))
-            nearby = [i + 1 for i in np.flatnonzero(~apart[k])]  # placements[0] is the table
-            if not nearby or _clear_of(
-                scene_object.surface_sample @ rotation + translation, placements, nearby, layout.clearance_m
-            ):
-                found = (int(k), rotation, translation)
-                break
-        if found is None:
-            continue
-        k, rotation, translation = found
-        placements.append(Placement(scene_object, rotation, translation, kind))
-        circles.append((candidates[k], pose.radius))
-    return placements, table
+    poses = scene_object.resting_poses
+    probabilities = np.array([pose.probability for pose in poses])
+    pose = poses[int(rng.choice(len(poses), p=probabilities / probabilities.sum()))]
+    reach = half - pose.radius
+    candidates = rng.uniform(-1.0, 1.0, size=(layout.candidates, 2)) * max(reach, 0.0)  # (C, 2)
+    yaws = rng.uniform(0.0, 2.0 * np.pi, size=layout.candidates)
+    close = bool(circles) and rng.uniform() < layout.touching
+    if close:  # beside an object already placed, circles overlapping
+        centre, radius = circles[int(rng.integers(len(circles)))]
+        # In front of it or behind it as the camera sees it (within about 45 degrees of the
+        # line of sight along the table), where one hides part of the other.
+        towards = -(np.append(centre, 0.0) @ table.axes + table.origin) @ table.axes[:2].T  # (2,)
+        sight = np.arctan2(towards[1], towards[0])
+        behind = rng.integers(2, size=layout.candidates) * np.pi
+        angles = sight + behind + rng.normal(0.0, np.pi / 4, size=layout.candidates)
+        distances = (radius + pose.radius) * rng.uniform(*layout.touch_closeness, size=layout.candidates)
+        candidates = centre + distances[:, None] * np.column_stack([np.cos(angles), np.sin(angles)])
+    lifted = np.column_stack([candidates, np.full(len(candidates), pose.height / 2.0)])  # (C, 3)
+    centres = lifted @ table.axes + table.origin
+    ok = (reach > 0) & (np.abs(candidates) <= reach).all(axis=1) & (centres[:, 2] > 0.05)
+    ok &= np.linalg.norm(centres, axis=1) <= layout.max_range_m
+    uv = project(np.where(ok[:, None], centres, 1.0), intrinsics)
+    ok &= (uv[:, 0] >= margin_u) & (uv[:, 0] <= intrinsics.width - 1 - margin_u)
+    ok &= (uv[:, 1] >= margin_v) & (uv[:, 1] <= intrinsics.height - 1 - margin_v)
+    apart = np.stack(
+        [np.linalg.norm(candidates - centre, axis=1) >= radius + pose.radius for centre, radius in circles]
+        or [np.ones(len(candidates), dtype=bool)],
+        axis=1,
+    )  # (C, placed): bounding circles clear of each placed object
+    chosen = np.flatnonzero(ok & (apart.all(axis=1) | close))
+    for k in chosen[: CLEARANCE_TRIES if close else 1]:
+        rotation, translation = table.rest(pose, tuple(candidates[k]), float(yaws[k]))
+        nearby = [i + 1 for i in np.flatnonzero(~apart[k])]  # placements[0] is the table
+        if not nearby or _clear_of(
+            scene_object.surface_sample @ rotation + translation, placements, nearby, layout.clearance_m
+        ):
+            return candidates[k], pose.radius, rotation, translation
+    return None
 
 
 @dataclass(frozen=True)
@@ -843,7 +894,7 @@ def frame_sequence(
     intrinsics: Intrinsics = Intrinsics(),
     counts: SceneCounts = SceneCounts(),
     noise: NoiseModel = NoiseModel(),
-    layout: SceneLayout = SceneLayout(),
+    layout: SceneLayout | None = None,
     motion: CameraMotion = CameraMotion(),
 ):
     """Frames of one scene seen by a moving camera (:class:`CameraMotion`), for tracking: the

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from models.geometry import apply_pose, invert_pose, random_rotation
+from pipeline.data.mesh import Mesh, sample_surface
 from pipeline.files import atomic_write_bytes
-from pipeline.objects.mesh import Mesh, sample_surface
 
 
 def make_template(mesh: Mesh, n_points: int, seed: int) -> np.ndarray:

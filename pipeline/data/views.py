@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.mesh import Mesh, sample_surface
 from pipeline.files import atomic_write_bytes
-from pipeline.objects.mesh import Mesh, sample_surface
 
 DEFAULT_DISTANCE_RANGE = (1.5, 4.0)  # camera distance, in bounding-box diagonals
 DEFAULT_FOV_DEG = 64.0

@@ -5,10 +5,10 @@ Each call is timed on its own (``time.perf_counter``). A method that raises, or 
 something that is not a finite pose of the right shape, fails that case: its rotation error is
 180° and its translation error infinite, and the failures are counted.
 
-Metrics per method × set follow :mod:`pipeline.evaluation.accuracy`: geodesic rotation error (median, 90th
+Metrics per method × set follow :mod:`pipeline.training.accuracy`: geodesic rotation error (median, 90th
 and 99th percentile, degrees), the error of the back-transform translation ``-t @ R.T`` as a
 percentage of the diagonal (median; the lower middle value for even counts, as
-:func:`pipeline.evaluation.accuracy.pose_metrics`), success rates (rotation error < 5° and < 1°), and the
+:func:`pipeline.training.accuracy.pose_metrics`), success rates (rotation error < 5° and < 1°), and the
 median time per cloud with its ratio to the reference method (``fpfh_ransac_icp``) on the same set.
 """
 
@@ -23,22 +23,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cloudpose.geometry.symmetry import geodesic_deg
+from cloudpose.geometry.rotations import geodesic_deg
 from pipeline.data.benchsets import Case
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text, figure_png
 
 Method = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 REFERENCE_METHOD = "fpfh_ransac_icp"
 FAILED_ROTATION_DEG = 180.0
-
-
-def rotation_error_deg(pred_rotation: np.ndarray, gt_rotation: np.ndarray) -> np.ndarray:
-    """Geodesic angle in degrees, float64, accurate for tiny angles (``atan2(sin, cos)``).
-
-    Args:
-        pred_rotation, gt_rotation: (..., 3, 3).
-    """
-    return geodesic_deg(pred_rotation, gt_rotation)
 
 
 def back_translation_error_pct(
@@ -111,7 +102,7 @@ def summarize(cell: CellResult) -> dict[str, float | int | None]:
         "rotation_median_deg": float(p50),
         "rotation_p90_deg": float(p90),
         "rotation_p99_deg": float(p99),
-        # The lower middle value for even counts, as torch's median in pipeline.evaluation.accuracy.
+        # The lower middle value for even counts, as torch's median in pipeline.training.accuracy.
         "translation_median_pct": float(np.quantile(cell.translation_error_pct, 0.5, method="lower")),
         "success_5deg": float(np.mean(rotation < 5.0)),
         "success_1deg": float(np.mean(rotation < 1.0)),
@@ -190,13 +181,13 @@ def _run_case(method: Method, case: Case, scoring: Scoring | float) -> _Outcome:
         return _Outcome(FAILED_ROTATION_DEG, math.inf, elapsed * 1e3, f"{type(error).__name__}: {error}")
     if scoring.symmetry is not None:
         gt_rotation = scoring.symmetry.nearest_equivalent(rotation, gt_rotation)
-    rotation_error = float(rotation_error_deg(rotation, gt_rotation))
+    rotation_error = float(geodesic_deg(rotation, gt_rotation))
     translation_error = back_translation_error_pct(
         rotation, translation, gt_rotation, gt_translation, scoring.diagonal
     )
     add_s = math.nan
     if scoring.model_points is not None and scoring.diameter:
-        from pipeline.objects.symmetry_search import add_s_percent
+        from pipeline.data.symmetry_search import add_s_percent
 
         add_s = add_s_percent(
             scoring.model_points, rotation, translation, gt_rotation, gt_translation, scoring.diameter

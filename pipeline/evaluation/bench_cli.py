@@ -21,8 +21,8 @@ import numpy as np
 
 from cloudpose.estimation.served import NETWORK_METHOD, SEARCH_METHOD, SERVED_METHOD
 from pipeline.data.benchsets import SET_NAMES, make_sets
+from pipeline.data.mesh import load_mesh
 from pipeline.evaluation.bench import BenchResults, run_bench
-from pipeline.objects.mesh import load_mesh
 from pipeline.training.config import ConfigError
 
 METHOD_NAMES = ("network", "network+refine", "fpfh_ransac_icp", "pca_icp")

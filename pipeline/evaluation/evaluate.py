@@ -20,8 +20,8 @@ import torch
 from cloudpose.estimation.inference import PoseEstimator
 from cloudpose.io.clouds import as_cloud
 from pipeline.data.synth import HELD_OUT_OFFSET, held_out_batch
-from pipeline.evaluation.accuracy import pose_metrics
 from pipeline.files import atomic_write_bytes, atomic_write_json, figure_png
+from pipeline.training.accuracy import pose_metrics
 from pipeline.training.config import ConfigError
 
 METRIC_LABELS = {
@@ -129,7 +129,7 @@ def _evaluate_order_free(
 def _model_mesh(estimator: PoseEstimator) -> Any:
     """The mesh an order-free model was trained on: its training config's (the bundled bunny when
     empty), checked against the sidecar's hash."""
-    from pipeline.objects.mesh import load_mesh
+    from pipeline.data.mesh import load_mesh
 
     meta = estimator.metadata
     path = meta.get("training", {}).get("config", {}).get("mesh") or None

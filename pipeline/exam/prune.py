@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from models.exam.sparsity import hold_masks, prune_magnitude, sparsity_of, storage_report
+from pipeline.data.mesh import load_mesh
 from pipeline.data.synth import generator_for
 from pipeline.evaluation.evaluate import evaluate_model
 from pipeline.files import atomic_write_json
-from pipeline.objects.mesh import load_mesh
 from pipeline.training.config import TrainConfig
 from pipeline.training.export import export_model
 from pipeline.training.train import (

@@ -158,6 +158,15 @@ def _problem3_network() -> tuple[nn.Conv1d, nn.MaxPool1d, nn.Linear]:
     return conv, pool, fully_connected
 
 
+def _problem3_sizes_for_7(conv: nn.Module, pool: nn.Module) -> dict[str, int]:
+    """Layer sizes for a 7-dim input, by formula, checked by running the layers."""
+    conv_length = conv1d_output_size(7, 3)
+    pool_length = conv1d_output_size(conv_length, PROBLEM3_POOL_KERNEL, PROBLEM3_POOL_STRIDE)
+    probe = pool(conv(torch.zeros(1, 1, 7, dtype=torch.float64)))
+    agree("conv+pool length for 7 inputs", [conv_length, pool_length], [conv_length, probe.shape[-1]])
+    return {"input": 7, "conv": conv_length, "pool": pool_length, "output": 1}
+
+
 def solve_problem3() -> Problem3Answers:
     """Works Problem 3 forward and backward by hand and with autograd.
 
@@ -176,12 +185,7 @@ def solve_problem3() -> Problem3Answers:
     fc_weights = np.array(PROBLEM3_FC_WEIGHTS)
     conv, pool, fully_connected = _problem3_network()
 
-    # Sizes for a 7-dim input, by formula and by running the layers.
-    conv_length = conv1d_output_size(7, 3)
-    pool_length = conv1d_output_size(conv_length, PROBLEM3_POOL_KERNEL, PROBLEM3_POOL_STRIDE)
-    probe = pool(conv(torch.zeros(1, 1, 7, dtype=torch.float64)))
-    agree("conv+pool length for 7 inputs", [conv_length, pool_length], [conv_length, probe.shape[-1]])
-    sizes_for_7 = {"input": 7, "conv": conv_length, "pool": pool_length, "output": 1}
+    sizes_for_7 = _problem3_sizes_for_7(conv, pool)
 
     # Forward by hand.
     matrix = convolution_matrix(kernel, len(x_values))
@@ -597,48 +601,9 @@ def _matrix_block(matrix: np.ndarray) -> str:
     return "```\n" + "\n".join(" ".join(f"{value:6g}" for value in row) for row in matrix) + "\n```"
 
 
-def build_report(include_dimred: bool = False, dimred_epochs: int = 100) -> str:
-    """Computes every worked answer and renders them as markdown.
-
-    Args:
-        include_dimred: Also train the PCA-vs-autoencoder comparison (7.2),
-            which takes tens of seconds.
-        dimred_epochs: Autoencoder epochs for that comparison.
-
-    Returns:
-        The report.
-    """
-    from models.exam.lenet import (
-        EXAM_PROBABILITIES,
-        EXAM_TRUE_CLASS,
-        EvenOddLeNet5,
-        LeNet5,
-        assess_predictions,
-        count_parameters,
-        lenet_receptive_fields,
-    )
-
-    problem3 = solve_problem3()
-    problem5 = solve_problem5()
-    collapse_difference = check_linear_collapse()
-    statements = problem1_statements()
-
-    lines = [
-        "# cloudpose worked examples",
-        "",
-        "Each derivation is computed from its hand formula and checked against autograd; "
-        "a disagreement stops the report.",
-    ]
-    lines += ["", "## Problem 1: executable statements", ""]
-    lines += [f"- {'✔' if s.holds else '✘'} {s.claim} — {s.evidence}" for s in statements]
-
-    lines += ["", "## 2.6: two linear layers are one", ""]
-    lines.append(
-        "W = W₂W₁ and b = W₂b₁ + b₂ reproduce the stacked layers: "
-        f"max |difference| = {collapse_difference:.1e} on 32 random inputs (float64)."
-    )
-
-    p3 = problem3
+def _problem3_lines(p3: Problem3Answers) -> list[str]:
+    """The report's Problem 3 section."""
+    lines: list[str] = []
     lines += ["", "## Problem 3: 1D CNN", ""]
     lines.append(
         f"- Sizes for a 7-dim input: conv (k=3, no padding) {p3.sizes_for_7['conv']}, "
@@ -660,20 +625,14 @@ def build_report(include_dimred: bool = False, dimred_epochs: int = 100) -> str:
     lines.append(f"- dL/dm for dL/dy = 2: {_numbers(p3.dloss_dm)}.")
     lines.append(f"- dL/dz for dL/dm = [2, 1] (routed to each window's maximum): {_numbers(p3.dloss_dz)}.")
     lines.append(f"- dL/dc₂ for dL/dz = [1, 2, 3]: Σᵢ dL/dzᵢ · xᵢ₊₁ = 1·3 + 2·1 + 3·2 = {p3.dloss_dc2:g}.")
+    return lines
 
-    lines += ["", "## 4.2: which model predicts the true class", ""]
-    lines += [
-        f"True class {EXAM_TRUE_CLASS}.",
-        "",
-        "| model | predicted | correct | p(true) | cross-entropy |",
-    ]
-    lines.append("|---|---:|:---:|---:|---:|")
-    for name, row in assess_predictions(EXAM_PROBABILITIES, EXAM_TRUE_CLASS).items():
-        lines.append(
-            f"| {name} | {row.predicted_class} | {'yes' if row.correct else 'no'} | "
-            f"{row.true_class_probability:g} | {row.cross_entropy:.4f} |"
-        )
 
+def _lenet_lines() -> list[str]:
+    """The report's Problem 4 section (LeNet-5)."""
+    from models.exam.lenet import EvenOddLeNet5, LeNet5, count_parameters, lenet_receptive_fields
+
+    lines: list[str] = []
     fields = lenet_receptive_fields()
     lenet_parameters = count_parameters(LeNet5())
     lines += ["", "## Problem 4: LeNet-5", ""]
@@ -687,8 +646,12 @@ def build_report(include_dimred: bool = False, dimred_epochs: int = 100) -> str:
         f"- Parameters: {lenet_parameters}; the even/odd head (Linear 10→1) adds "
         f"{count_parameters(EvenOddLeNet5()) - lenet_parameters}."
     )
+    return lines
 
-    p5 = problem5
+
+def _problem5_lines(p5: Problem5Answers) -> list[str]:
+    """The report's Problem 5 section."""
+    lines: list[str] = []
     lines += ["", "## Problem 5: 3×3 kernel on a 4×4 input", ""]
     lines.append("- Output (stride 1, no padding):")
     lines += ["", _matrix_block(p5.output), ""]
@@ -698,6 +661,58 @@ def build_report(include_dimred: bool = False, dimred_epochs: int = 100) -> str:
         "a full convolution with the flipped kernel (autograd agrees):"
     )
     lines += ["", _matrix_block(p5.input_gradient)]
+    return lines
+
+
+def build_report(include_dimred: bool = False, dimred_epochs: int = 100) -> str:
+    """Computes every worked answer and renders them as markdown.
+
+    Args:
+        include_dimred: Also train the PCA-vs-autoencoder comparison (7.2),
+            which takes tens of seconds.
+        dimred_epochs: Autoencoder epochs for that comparison.
+
+    Returns:
+        The report.
+    """
+    from models.exam.lenet import EXAM_PROBABILITIES, EXAM_TRUE_CLASS, assess_predictions
+
+    problem3 = solve_problem3()
+    problem5 = solve_problem5()
+    collapse_difference = check_linear_collapse()
+    statements = problem1_statements()
+
+    lines = [
+        "# cloudpose worked examples",
+        "",
+        "Each derivation is computed from its hand formula and checked against autograd; "
+        "a disagreement stops the report.",
+    ]
+    lines += ["", "## Problem 1: executable statements", ""]
+    lines += [f"- {'✔' if s.holds else '✘'} {s.claim} — {s.evidence}" for s in statements]
+
+    lines += ["", "## 2.6: two linear layers are one", ""]
+    lines.append(
+        "W = W₂W₁ and b = W₂b₁ + b₂ reproduce the stacked layers: "
+        f"max |difference| = {collapse_difference:.1e} on 32 random inputs (float64)."
+    )
+
+    lines += _problem3_lines(problem3)
+    lines += ["", "## 4.2: which model predicts the true class", ""]
+    lines += [
+        f"True class {EXAM_TRUE_CLASS}.",
+        "",
+        "| model | predicted | correct | p(true) | cross-entropy |",
+    ]
+    lines.append("|---|---:|:---:|---:|---:|")
+    for name, row in assess_predictions(EXAM_PROBABILITIES, EXAM_TRUE_CLASS).items():
+        lines.append(
+            f"| {name} | {row.predicted_class} | {'yes' if row.correct else 'no'} | "
+            f"{row.true_class_probability:g} | {row.cross_entropy:.4f} |"
+        )
+
+    lines += _lenet_lines()
+    lines += _problem5_lines(problem5)
 
     if include_dimred:
         from models.exam.dimred import compare_dimensionality_reduction, format_dimred_table

@@ -4,7 +4,7 @@
 
 1. the mesh is read and checked (triangles, area, degenerate faces, watertightness, whether its
    size is plausible in the declared units);
-2. its symmetries are found (:func:`pipeline.objects.symmetry_search.find_symmetry`) and what the pose search
+2. its symmetries are found (:func:`pipeline.data.symmetry_search.find_symmetry`) and what the pose search
    takes from the object is measured on it (how far a single view's centroid lies from the
    object's centre);
 3. the surface is sampled with its normals (the registration's model): the package is
@@ -20,6 +20,7 @@ Every write goes through :func:`cloudpose.store.package.write_package`, so a pac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -44,8 +45,8 @@ from cloudpose.store.package import (
     metres_per_unit,
     read_model_sidecar,
 )
+from pipeline.data.mesh import Mesh, MeshError, load_mesh
 from pipeline.files import atomic_write_bytes
-from pipeline.objects.mesh import Mesh, MeshError, load_mesh
 from pipeline.training.config import ConfigError
 
 SURFACE_POINTS = 20_000
@@ -54,29 +55,67 @@ PLAUSIBLE_SIZE_M = (1e-3, 20.0)
 VIEW_OFFSET_VIEWS = 60
 DEFAULT_BUDGET_S = 600.0
 ADD_BENCH_COUNT = 50
-# The recipe of the shipped bunny model (configs/pointnet.yaml), its schedule spanning the budget.
-TRAIN_RECIPE: dict[str, Any] = {
-    "model_kind": "pointnet",
-    "activation": "relu",
-    "widths": [64, 128, 256],
-    "head": [256, 128],
-    "points_min": 64,
-    "points_max": 512,
-    "input_points": 512,
-    "partial_fraction": 0.6,
-    "noise_max": 0.015,
-    "outlier_max": 0.08,
-    "view_bank_size": 1000,
-    "batch_size": 32,
-    "lr": 0.001,
-    "steps": 1_000_000,
-    "schedule_by": "time",
-    "val_every": 500,
-    "val_size": 500,
-    "target_median_deg": 1e-6,
-    "target_p99_deg": 1e-6,
-    "target_translation_pct": 1e-6,
-}
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How ``object add`` trains an object's order-free network.
+
+    Everything that depends on the object's size is relative to what ``object add`` measures on
+    the mesh: the network's input scale is the mesh's diagonal (``model_arguments``), the
+    training translations and the noise sigma are in diagonals (``translation_range`` and
+    ``noise_max`` of :class:`~pipeline.training.config.TrainConfig`), the loss is symmetric under
+    the symmetries found on the mesh, and the views are rendered from the mesh. What remains here
+    is scale-free: the network's widths, the sensor-like data mix, the optimizer and the budget.
+    These are the recipe of the shipped bunny model (``configs/pointnet.yaml``, its schedule
+    spanning the time budget instead of 28,000 steps), the default for any object; the package
+    records them with :attr:`SOURCE`.
+
+    Attributes:
+        model_kind / activation / widths / head: the PointNet-style network.
+        points_min / points_max / input_points: cloud sizes drawn per step, and the input size.
+        partial_fraction: share of training clouds that are single partial views.
+        noise_max: per-cloud noise sigma range, in diagonals of the object.
+        outlier_max: per-cloud outlier share range.
+        view_bank_size: views rendered once per run.
+        batch_size / lr / steps / schedule_by / val_every / val_size: the optimization; the rate
+            decays over the time budget (``steps`` is never the limit).
+        target_median_deg / target_p99_deg / target_translation_pct: validation targets no
+            network reaches alone (refinement does the rest), so runs use their budget.
+    """
+
+    SOURCE: ClassVar[str] = "default recipe: the shipped bunny model's (configs/pointnet.yaml), scale-free"
+
+    model_kind: str = "pointnet"
+    activation: str = "relu"
+    widths: tuple[int, ...] = (64, 128, 256)
+    head: tuple[int, ...] = (256, 128)
+    points_min: int = 64
+    points_max: int = 512
+    input_points: int = 512
+    partial_fraction: float = 0.6
+    noise_max: float = 0.015
+    outlier_max: float = 0.08
+    view_bank_size: int = 1000
+    batch_size: int = 32
+    lr: float = 0.001
+    steps: int = 1_000_000
+    schedule_by: str = "time"
+    val_every: int = 500
+    val_size: int = 500
+    target_median_deg: float = 1e-6
+    target_p99_deg: float = 1e-6
+    target_translation_pct: float = 1e-6
+
+    def to_config(self) -> dict[str, Any]:
+        """The recipe as :func:`pipeline.training.config.load_config` overrides (lists for tuples)."""
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in dataclasses.asdict(self).items()
+        }
+
+
+TRAIN_RECIPE = TrainRecipe()
 
 
 @dataclass
@@ -180,7 +219,7 @@ def example_files(mesh: Mesh, seed: int = 0) -> dict[str, bytes]:
     """``example.json`` / ``example.xyz``: a fresh, shuffled, posed surface sample of 2048 points
     and its true answer in the file's frame, to try the service by hand."""
     from pipeline.data.benchsets import random_pose
-    from pipeline.objects.mesh import sample_surface
+    from pipeline.data.mesh import sample_surface
 
     rng = np.random.default_rng([seed, 20261126])
     rotation, translation = random_pose(rng, mesh.diagonal)
@@ -219,7 +258,7 @@ def find_near_symmetries(mesh: Mesh, symmetry: Any, samples: int = 4000, seed: i
     from scipy.spatial import cKDTree
 
     from cloudpose.registration.refine import INLIER_DISTANCE, principal_axes
-    from pipeline.objects.mesh import sample_surface
+    from pipeline.data.mesh import sample_surface
 
     points = sample_surface(mesh, samples, np.random.default_rng(seed))
     tree = cKDTree(points)
@@ -270,7 +309,7 @@ def training_symmetries(symmetry: Any, near: list[np.ndarray]) -> np.ndarray:
     Returns:
         (K, 3, 3) float32, identity first, row-vector convention.
     """
-    from cloudpose.geometry.symmetry import axis_rotation
+    from cloudpose.geometry.rotations import axis_rotation
 
     elements = [np.asarray(rotation, dtype=np.float64) for rotation in symmetry.rotations]
     if symmetry.axis is not None:
@@ -371,7 +410,7 @@ def base_descriptor(
     view_offset: float,
 ) -> dict[str, Any]:
     """The descriptor of a package before training: mesh, units, symmetry, tuning."""
-    from pipeline.objects.symmetry_search import object_diameter
+    from pipeline.data.symmetry_search import object_diameter
 
     return {
         "units": {"name": units, "metres_per_unit": unit_m},
@@ -439,68 +478,49 @@ def surface_tolerance(
     return value, f"given: {text.strip()}"
 
 
-def add_object(
-    name: str,
-    mesh_path: str | Path,
-    *,
-    store: ObjectStore,
-    units: str | None = None,
-    metres_per_unit_value: float | None = None,
-    surface_tolerance_text: str | None = None,
-    model_path: str | Path | None = None,
-    time_budget_s: float = DEFAULT_BUDGET_S,
-    train: bool = True,
-    mode: str = "new",
-    seed: int = 0,
-    device: str = "auto",
-    runs_dir: str | Path = "runs/objects",
-    bench_count: int = ADD_BENCH_COUNT,
-    command: str = "",
-    progress: Callable[[str], None] | None = None,
-    track: Callable[..., Any] | None = None,
-) -> AddResult:
-    """Check a mesh, package it, train and bench it (see the module docstring).
+@dataclass
+class _Draft:
+    """A package being made: its descriptor and files, written whole at each stage."""
 
-    Args:
-        units: what the file's numbers are in (a name of :data:`cloudpose.store.package.UNITS_M`, or any
-            label when ``metres_per_unit_value`` gives the size).
-        metres_per_unit_value: one file unit in metres, for files in no named unit.
-        surface_tolerance_text: how far the real part's surface may lie from the mesh
-            (:func:`surface_tolerance`); None for the default.
-        model_path: an exported model of this mesh to package instead of training one.
-        mode: ``new`` refuses an existing object or training run; ``resume`` continues the
-            object's training run; ``retrain`` starts its training over.
-        progress: called with a line at each stage.
-        track: makes the progress report of a long stage (training, bench), called as
-            ``track(description, total, unit=...)``; :class:`pipeline.training.progress.ProgressReport`
-            fits. None reports none.
+    store: ObjectStore
+    name: str
+    meta: dict[str, Any]
+    files: dict[str, bytes]
+    mesh: Mesh
+    symmetry: Any
+    near: list[np.ndarray]
 
-    Raises:
-        StoreError, MeshError, ConfigError: with a message that says what to do.
-    """
-    from pipeline.objects.symmetry_search import find_symmetry
+    def write(self, training: dict[str, Any] | None, bench: list[dict[str, Any]] | None) -> ObjectPackage:
+        provenance = _provenance(self.name, self.meta, training, bench).encode()
+        return self.store.write(self.name, self.meta, {**self.files, "PROVENANCE.md": provenance})
 
-    say = progress or (lambda line: None)
 
-    def tracked(description: str, total: float, unit: str) -> Any:
-        if track is None:
-            return contextlib.nullcontext(None)
-        return track(description, total, unit=unit)
-
+def _check_request(name: str, store: ObjectStore, mode: str, run_dir: Path) -> None:
+    """Refuse an add that would overwrite what it must not, before any work."""
     store.check_writable(name)  # a shipped object's name, say, before any work
     if mode not in ("new", "resume", "retrain"):
         raise ConfigError(f"mode must be new, resume or retrain, got {mode!r}")
-    run_dir = Path(runs_dir) / name
     if mode == "new" and (name in store or (run_dir / "checkpoint.pt").exists()):
         raise StoreError(
             f"object {name!r} already exists (package or training run {run_dir}): pass --resume to "
             "continue its training, --retrain to train it again, or `cloudpose object remove` first"
         )
-    mesh_path = Path(mesh_path)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    if metres_per_unit_value is None and units is not None:
-        metres_per_unit_value = metres_per_unit(units)
+
+
+def _measure(
+    name: str,
+    mesh_path: Path,
+    store: ObjectStore,
+    units: str | None,
+    metres_per_unit_value: float | None,
+    surface_tolerance_text: str | None,
+    seed: int,
+    command: str,
+    say: Callable[[str], None],
+) -> tuple[_Draft, MeshReport]:
+    """Steps 1 to 3: check the mesh, find its symmetries, measure its tuning, sample its surface."""
+    from pipeline.data.symmetry_search import find_symmetry
+
     mesh, report = check_mesh(mesh_path, metres_per_unit_value, units)
     for warning in report.warnings:
         say(f"warning: {warning}")
@@ -539,132 +559,225 @@ def add_object(
         "seed": seed,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    return _Draft(store, name, meta, files, mesh, symmetry, near), report
+
+
+def _package_exported_model(
+    draft: _Draft, model_path: str | Path, mesh_path: Path
+) -> tuple[ObjectPackage, dict[str, Any]]:
+    """Step 4 for a network trained elsewhere: check it was trained on this mesh, package it."""
+    metadata, model_bytes = read_model_sidecar(model_path)
+    if metadata.get("mesh", {}).get("sha256") != draft.mesh.sha256:
+        raise StoreError(f"{model_path} was trained on another mesh than {mesh_path}")
+    training = {
+        key: metadata.get("training", {}).get(key)
+        for key in ("steps", "elapsed_s", "device", "stopped_because")
+    }
+    training["exported_from"] = str(model_path)
+    beside = Path(model_path).parent / "PROVENANCE.md"
+    if beside.is_file():  # how the network was made, kept with the package
+        training["provenance"] = beside.read_text()
+    draft.meta["model"] = {
+        "file": "model.onnx",
+        "sidecar": "model.json",
+        "model_id": metadata["model_id"],
+        "training": training,
+    }
+    draft.files["model.onnx"] = model_bytes
+    draft.files["model.json"] = Path(model_path).with_suffix(".json").read_bytes()
+    return draft.write(None, None), training
+
+
+def _train_and_package(
+    draft: _Draft,
+    mesh_path: Path,
+    run_dir: Path,
+    recipe: TrainRecipe,
+    time_budget_s: float,
+    mode: str,
+    seed: int,
+    device: str,
+    say: Callable[[str], None],
+    tracked: Callable[[str, float, str], Any],
+) -> tuple[ObjectPackage, dict[str, Any], float]:
+    """Step 4: train the order-free network within the budget, export it, package it.
+
+    Returns:
+        The package, the training record of its descriptor, and the seconds training took.
+    """
+    from pipeline.training.config import load_config
+    from pipeline.training.export import export_model
+    from pipeline.training.train import train as run_training
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    group = training_symmetries(draft.symmetry, draft.near)
+    symmetry_file = run_dir / "symmetries.npy"
+    if not symmetry_file.exists() or mode == "retrain":
+        atomic_write_bytes(symmetry_file, _npy_bytes(group))
+    overrides = {
+        "symmetry_file": str(symmetry_file) if len(group) > 1 else "",
+        "mesh": str(mesh_path),
+        "time_budget_s": float(time_budget_s),
+        "seed": seed,
+        "device": device,
+        "out_dir": str(run_dir),
+    }
+    cfg = load_config(None, {**recipe.to_config(), **overrides})
+    train_started = time.perf_counter()
+    with tracked("train", cfg.time_budget_s, "s") as bar:
+
+        def report(step: int, total: int, values: dict[str, float]) -> None:
+            if bar is not None:
+                status = f"step {step}, loss {values['total']:.3g}"
+                bar.update(min(values["elapsed_s"], cfg.time_budget_s), status)
+
+        result = run_training(cfg, progress=report, fresh=(mode == "retrain"), log=say)
+    train_s = time.perf_counter() - train_started
+    export_dir = run_dir / "export"
+    if export_dir.exists():
+        shutil.rmtree(export_dir)
+    exported = export_model(result.checkpoint, export_dir)
+    training = {
+        "steps": result.steps,
+        "elapsed_s": round(result.elapsed_s, 1),
+        "device": result.device,
+        "samples_per_s": round(result.samples_per_s),
+        "stopped_because": result.stopped_because,
+        "time_budget_s": time_budget_s,
+        "loss_symmetries": len(group),
+        "validation_median_deg": result.validation.get("rotation_median_deg"),
+    }
+    say(
+        f"trained {result.steps} steps in {result.elapsed_s:.0f} s on {result.device} "
+        f"(loss symmetric under {len(group)} rotations; validation median "
+        f"{result.validation.get('rotation_median_deg', float('nan')):.1f} deg, network alone)"
+    )
+    model_id = exported.sidecar["model_id"].replace(Path(draft.mesh.name).stem, draft.name, 1)
+    draft.meta["model"] = {
+        "file": "model.onnx",
+        "sidecar": "model.json",
+        "model_id": model_id,
+        "training": training,
+    }
+    draft.meta["model"]["recipe"] = {**recipe.to_config(), "source": recipe.SOURCE}
+    sidecar = dict(exported.sidecar)
+    sidecar["model_id"] = model_id
+    draft.files["model.onnx"] = exported.model_path.read_bytes()
+    draft.files["model.json"] = (json.dumps(sidecar, indent=2) + "\n").encode()
+    return draft.write(training, None), training, train_s
+
+
+def _bench_and_record(
+    draft: _Draft,
+    package: ObjectPackage,
+    training: dict[str, Any] | None,
+    bench_count: int,
+    seed: int,
+    tracked: Callable[[str, float, str], Any],
+) -> tuple[ObjectPackage, list[dict[str, Any]], float]:
+    """Step 5: a short bench of the package, its figures written into the descriptor."""
+    from cloudpose.estimation.served import served_method
+    from pipeline.data.benchsets import SET_NAMES
+    from pipeline.evaluation.bench_cli import bench_object
+
+    method = served_method(package.model_path is not None)  # the rows name what ran
+    bench_started = time.perf_counter()
+    with tracked("bench", bench_count * len(SET_NAMES), "clouds") as bar:
+        results = bench_object(
+            package,
+            count=bench_count,
+            seed=seed,
+            method_names=(method,),
+            on_case=None if bar is None else bar.update,
+        )
+    bench_s = time.perf_counter() - bench_started
+    bench_rows = _bench_rows(results)
+    draft.meta["bench"] = {
+        "command": f"cloudpose bench --object {draft.name} --count {bench_count} --methods {method}",
+        "seed": seed,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rows": bench_rows,
+    }
+    return draft.write(training, bench_rows), bench_rows, bench_s
+
+
+def add_object(
+    name: str,
+    mesh_path: str | Path,
+    *,
+    store: ObjectStore,
+    units: str | None = None,
+    metres_per_unit_value: float | None = None,
+    surface_tolerance_text: str | None = None,
+    model_path: str | Path | None = None,
+    time_budget_s: float = DEFAULT_BUDGET_S,
+    train: bool = True,
+    mode: str = "new",
+    seed: int = 0,
+    device: str = "auto",
+    runs_dir: str | Path = "runs/objects",
+    bench_count: int = ADD_BENCH_COUNT,
+    command: str = "",
+    progress: Callable[[str], None] | None = None,
+    track: Callable[..., Any] | None = None,
+    recipe: TrainRecipe = TRAIN_RECIPE,
+) -> AddResult:
+    """Check a mesh, package it, train and bench it (see the module docstring).
+
+    Args:
+        units: what the file's numbers are in (a name of :data:`cloudpose.store.package.UNITS_M`, or any
+            label when ``metres_per_unit_value`` gives the size).
+        metres_per_unit_value: one file unit in metres, for files in no named unit.
+        surface_tolerance_text: how far the real part's surface may lie from the mesh
+            (:func:`surface_tolerance`); None for the default.
+        model_path: an exported model of this mesh to package instead of training one.
+        mode: ``new`` refuses an existing object or training run; ``resume`` continues the
+            object's training run; ``retrain`` starts its training over.
+        progress: called with a line at each stage.
+        track: makes the progress report of a long stage (training, bench), called as
+            ``track(description, total, unit=...)``; :class:`pipeline.training.progress.ProgressReport`
+            fits. None reports none.
+        recipe: how the network is trained (recorded in the package).
+
+    Raises:
+        StoreError, MeshError, ConfigError: with a message that says what to do.
+    """
+    say = progress or (lambda line: None)
+
+    def tracked(description: str, total: float, unit: str) -> Any:
+        if track is None:
+            return contextlib.nullcontext(None)
+        return track(description, total, unit=unit)
+
+    run_dir = Path(runs_dir) / name
+    _check_request(name, store, mode, run_dir)
+    mesh_path = Path(mesh_path)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    if metres_per_unit_value is None and units is not None:
+        metres_per_unit_value = metres_per_unit(units)
+    draft, report = _measure(
+        name, mesh_path, store, units, metres_per_unit_value, surface_tolerance_text, seed, command, say
+    )
     if name in store and store.get(name).model_path is not None:
-        # Resume or retrain: the old package serves until the new one is complete.
-        package = store.get(name)
+        package = store.get(name)  # resume or retrain: the old package serves until the new one is complete
         timings["package_s"] = time.perf_counter() - started
     else:
-        package = store.write(
-            name, meta, {**files, "PROVENANCE.md": _provenance(name, meta, None, None).encode()}
-        )
+        package = draft.write(None, None)
         timings["package_s"] = time.perf_counter() - started
         say(f"packaged {name} in {timings['package_s']:.1f} s (servable now, by the search alone)")
 
     training = None
     if model_path is not None:
-        metadata, model_bytes = read_model_sidecar(model_path)
-        if metadata.get("mesh", {}).get("sha256") != mesh.sha256:
-            raise StoreError(f"{model_path} was trained on another mesh than {mesh_path}")
-        training = {
-            key: metadata.get("training", {}).get(key)
-            for key in ("steps", "elapsed_s", "device", "stopped_because")
-        }
-        training["exported_from"] = str(model_path)
-        beside = Path(model_path).parent / "PROVENANCE.md"
-        if beside.is_file():  # how the network was made, kept with the package
-            training["provenance"] = beside.read_text()
-        meta["model"] = {
-            "file": "model.onnx",
-            "sidecar": "model.json",
-            "model_id": metadata["model_id"],
-            "training": training,
-        }
-        files["model.onnx"] = model_bytes
-        files["model.json"] = Path(model_path).with_suffix(".json").read_bytes()
-        package = store.write(
-            name, meta, {**files, "PROVENANCE.md": _provenance(name, meta, None, None).encode()}
-        )
+        package, training = _package_exported_model(draft, model_path, mesh_path)
     elif train:
-        from pipeline.training.config import load_config
-        from pipeline.training.export import export_model
-        from pipeline.training.train import train as run_training
-
-        run_dir.mkdir(parents=True, exist_ok=True)
-        group = training_symmetries(symmetry, near)
-        symmetry_file = run_dir / "symmetries.npy"
-        if not symmetry_file.exists() or mode == "retrain":
-            atomic_write_bytes(symmetry_file, _npy_bytes(group))
-        cfg = load_config(
-            None,
-            {
-                **TRAIN_RECIPE,
-                "symmetry_file": str(symmetry_file) if len(group) > 1 else "",
-                "mesh": str(mesh_path),
-                "time_budget_s": float(time_budget_s),
-                "seed": seed,
-                "device": device,
-                "out_dir": str(run_dir),
-            },
+        package, training, timings["train_s"] = _train_and_package(
+            draft, mesh_path, run_dir, recipe, time_budget_s, mode, seed, device, say, tracked
         )
-        train_started = time.perf_counter()
-        with tracked("train", cfg.time_budget_s, "s") as bar:
-
-            def report(step: int, total: int, values: dict[str, float]) -> None:
-                if bar is not None:
-                    status = f"step {step}, loss {values['total']:.3g}"
-                    bar.update(min(values["elapsed_s"], cfg.time_budget_s), status)
-
-            result = run_training(cfg, progress=report, fresh=(mode == "retrain"), log=say)
-        timings["train_s"] = time.perf_counter() - train_started
-        export_dir = run_dir / "export"
-        if export_dir.exists():
-            shutil.rmtree(export_dir)
-        exported = export_model(result.checkpoint, export_dir)
-        training = {
-            "steps": result.steps,
-            "elapsed_s": round(result.elapsed_s, 1),
-            "device": result.device,
-            "samples_per_s": round(result.samples_per_s),
-            "stopped_because": result.stopped_because,
-            "time_budget_s": time_budget_s,
-            "loss_symmetries": len(group),
-            "validation_median_deg": result.validation.get("rotation_median_deg"),
-        }
-        say(
-            f"trained {result.steps} steps in {result.elapsed_s:.0f} s on {result.device} "
-            f"(loss symmetric under {len(group)} rotations; validation median "
-            f"{result.validation.get('rotation_median_deg', float('nan')):.1f} deg, network alone)"
-        )
-        meta["model"] = {
-            "file": "model.onnx",
-            "sidecar": "model.json",
-            "model_id": exported.sidecar["model_id"].replace(Path(mesh.name).stem, name, 1),
-            "training": training,
-        }
-        sidecar = dict(exported.sidecar)
-        sidecar["model_id"] = meta["model"]["model_id"]
-        files["model.onnx"] = exported.model_path.read_bytes()
-        files["model.json"] = (json.dumps(sidecar, indent=2) + "\n").encode()
-        package = store.write(
-            name, meta, {**files, "PROVENANCE.md": _provenance(name, meta, training, None).encode()}
-        )
-
     bench_rows = None
     if bench_count > 0:
-        from cloudpose.estimation.served import served_method
-        from pipeline.data.benchsets import SET_NAMES
-        from pipeline.evaluation.bench_cli import bench_object
-
-        method = served_method(package.model_path is not None)  # the rows name what ran
-        bench_started = time.perf_counter()
-        with tracked("bench", bench_count * len(SET_NAMES), "clouds") as bar:
-            results = bench_object(
-                package,
-                count=bench_count,
-                seed=seed,
-                method_names=(method,),
-                on_case=None if bar is None else bar.update,
-            )
-        timings["bench_s"] = time.perf_counter() - bench_started
-        bench_rows = _bench_rows(results)
-        meta["bench"] = {
-            "command": f"cloudpose bench --object {name} --count {bench_count} --methods {method}",
-            "seed": seed,
-            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "rows": bench_rows,
-        }
-        package = store.write(
-            name, meta, {**files, "PROVENANCE.md": _provenance(name, meta, training, bench_rows).encode()}
+        package, bench_rows, timings["bench_s"] = _bench_and_record(
+            draft, package, training, bench_count, seed, tracked
         )
     timings["total_s"] = time.perf_counter() - started
     return AddResult(package, report, timings, training, bench_rows)
@@ -789,6 +902,9 @@ def _provenance(
             f"| training | {training['steps']} steps in {training['elapsed_s']} s on {training['device']} "
             f"(budget {training['time_budget_s']} s, {training['samples_per_s']} samples/s) |"
         )
+        recipe = (meta.get("model") or {}).get("recipe")
+        if recipe:
+            lines.append(f"| recipe | {recipe.get('source', '')}; in `object.json` |")
     else:
         lines.append("| training | none yet: the registration search alone answers |")
     frame = meta.get("example_frame")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -158,6 +159,46 @@ def exit_now(status: int = 0) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def one_of_several_ranks() -> bool:
+    """Whether this process is a rank of a torchrun group of more than one process."""
+    return launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1
+
+
+@contextmanager
+def ends_rank_process() -> Iterator[None]:
+    """In a rank of a group of several, end the process through :func:`exit_now` however the block
+    ends, with the status the command would have exited with; elsewhere, do nothing.
+
+    A rank's run that went well ends here, and so does one that failed: a raised exit
+    (``typer.Exit``, ``SystemExit``) keeps its status, Ctrl-C or torchrun's SIGTERM ends with
+    "Aborted!" and 1 (as the command line's), any other error prints its traceback and ends
+    with 1. Without this, the interpreter of a failing rank would finalize under gloo's threads
+    and could die on an abort instead of its own status.
+    """
+    if not one_of_several_ranks():
+        yield
+        return
+    status = 0
+    try:
+        yield
+    except KeyboardInterrupt:
+        sys.stderr.write("Aborted!\n")
+        status = 1
+    except BaseException as error:  # every way out of a rank ends in exit_now
+        code = getattr(error, "exit_code", getattr(error, "code", None))
+        if isinstance(code, int):
+            status = code
+        elif isinstance(error, SystemExit):
+            if code is not None:
+                sys.stderr.write(f"{code}\n")
+            status = 0 if code is None else 1
+        else:
+            traceback.print_exc()
+            status = 1
+    cleanup()
+    exit_now(status)
 
 
 def torchrun_command(

@@ -22,9 +22,9 @@ import torch
 from cloudpose.registration.refine import sample_surface_with_normals
 from cloudpose.store.package import MODEL_FORMAT
 from models.geometry import invert_pose
+from pipeline.data.mesh import load_mesh
 from pipeline.data.synth import HELD_OUT_OFFSET, held_out_batch, make_template
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_bytes
-from pipeline.objects.mesh import load_mesh
 from pipeline.training.config import ConfigError
 from pipeline.training.train import model_from_checkpoint, read_checkpoint, template_of
 
@@ -96,7 +96,6 @@ def export_model(checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
         RuntimeError: when the parity check exceeds :data:`PARITY_TOLERANCE`.
     """
     import onnx
-    import onnxruntime
 
     out_dir = Path(out_dir)
     state, checkpoint_sha = read_checkpoint(checkpoint)
@@ -126,8 +125,41 @@ def export_model(checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
     surface_bytes = _npy_bytes(
         sample_surface_with_normals(mesh.vertices, mesh.faces, SURFACE_POINTS, np.random.default_rng(0))
     )
+    sidecar = _sidecar(state, checkpoint_sha, model_bytes, template_bytes, surface_bytes, template, parity)
+    model_path = atomic_write_bytes(out_dir / "model.onnx", model_bytes)
+    if not order_free:
+        atomic_write_bytes(out_dir / "template.npy", template_bytes)
+    atomic_write_bytes(out_dir / "surface.npy", surface_bytes)
+    sidecar_path = atomic_write_json(out_dir / "model.json", sidecar)
+    if order_free:
+        # A realistic request: a fresh, shuffled surface sample of another size than the template.
+        template = make_template(mesh, 2048, seed=20261126)
+    _write_example(out_dir, template, half_range, diagonal)
+    return ExportResult(
+        model_path=model_path, sidecar_path=sidecar_path, parity_max_abs_diff=parity, sidecar=sidecar
+    )
+
+
+def _sidecar(
+    state: dict[str, Any],
+    checkpoint_sha: str,
+    model_bytes: bytes,
+    template_bytes: bytes,
+    surface_bytes: bytes,
+    template: np.ndarray,
+    parity: float,
+) -> dict[str, Any]:
+    """The ``model.json`` beside an exported model: what it takes and returns, the config that
+    rebuilds it, where it came from and the versions that made it."""
+    import onnx
+    import onnxruntime
+
+    cfg = state["config"]
+    diagonal = state["mesh"]["diagonal"]
+    arguments = state["model_arguments"]
+    order_free = arguments["kind"] == "pointnet"
     model_sha = sha256_bytes(model_bytes)
-    sidecar = {
+    return {
         "format": MODEL_FORMAT,
         "model_id": "-".join(
             (Path(state["mesh"]["name"]).stem, arguments["kind"], f"n{arguments['n_points']}", model_sha[:8])
@@ -186,18 +218,6 @@ def export_model(checkpoint: str | Path, out_dir: str | Path) -> ExportResult:
             "numpy": np.__version__,
         },
     }
-    model_path = atomic_write_bytes(out_dir / "model.onnx", model_bytes)
-    if not order_free:
-        atomic_write_bytes(out_dir / "template.npy", template_bytes)
-    atomic_write_bytes(out_dir / "surface.npy", surface_bytes)
-    sidecar_path = atomic_write_json(out_dir / "model.json", sidecar)
-    if order_free:
-        # A realistic request: a fresh, shuffled surface sample of another size than the template.
-        template = make_template(mesh, 2048, seed=20261126)
-    _write_example(out_dir, template, half_range, diagonal)
-    return ExportResult(
-        model_path=model_path, sidecar_path=sidecar_path, parity_max_abs_diff=parity, sidecar=sidecar
-    )
 
 
 def _write_example(out_dir: Path, template: np.ndarray, half_range: float, diagonal: float) -> None:

@@ -29,6 +29,7 @@ import torch
 
 from models.geometry import nearest_equivalent, orthogonality_penalty, project_to_so3
 from models.pose import build_pose_model
+from pipeline.data.mesh import Mesh, load_mesh
 from pipeline.data.synth import (
     VALIDATION_OFFSET,
     PoseBatch,
@@ -38,10 +39,9 @@ from pipeline.data.synth import (
     held_out_batch,
     make_template,
 )
-from pipeline.evaluation.accuracy import pose_metrics
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_bytes
-from pipeline.objects.mesh import Mesh, load_mesh
 from pipeline.training import distributed
+from pipeline.training.accuracy import pose_metrics
 from pipeline.training.config import ConfigError, TrainConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -355,6 +355,215 @@ def batch_seed(seed: int, step: int, rank: int = 0, world_size: int = 1) -> int:
     return seed * 1_000_003 + step * world_size + rank
 
 
+@dataclass
+class _Run:
+    """The state of a run that its steps share: what a checkpoint holds, and the clock."""
+
+    cfg: TrainConfig
+    ranks: distributed.Ranks
+    device: torch.device
+    mesh: Mesh
+    arguments: dict[str, Any]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    step: int = 0
+    elapsed_before: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    started: float = 0.0
+    data: ExamData | SensorData | None = None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.cfg.out_dir) / CHECKPOINT_NAME
+
+    def elapsed(self) -> float:
+        """Seconds trained, over every session of the run."""
+        return self.elapsed_before + (time.perf_counter() - self.started)
+
+    def snapshot(self, last_metrics: dict[str, float], reason: str) -> None:
+        """Write the checkpoint and metrics (rank 0 alone)."""
+        if not self.ranks.is_main:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "step": self.step,
+            "elapsed_s": self.elapsed(),
+            "history": self.history,
+            "config": self.cfg.to_dict(),
+            "model_arguments": self.arguments,
+            "template": self.data.template,
+            "mesh": {"name": self.mesh.name, "sha256": self.mesh.sha256, "diagonal": self.mesh.diagonal},
+            "validation": last_metrics,
+            "stopped_because": reason,
+            "device": describe_device(self.device),
+            "world_size": self.ranks.world_size,
+        }
+        save_checkpoint(self.checkpoint_path, state)
+        _write_metrics_csv(Path(self.cfg.out_dir) / "metrics.csv", self.history)
+
+
+def _start_run(cfg: TrainConfig) -> _Run:
+    """Join the group, read the mesh, build the seeded model, its optimizer and schedule."""
+    ranks, device = distributed.setup(resolve_device(cfg.device))
+    mesh = load_mesh(cfg.mesh or None)
+    arguments = model_arguments(cfg, mesh)
+    with torch.random.fork_rng(devices=[]):
+        # Seeded initial weights without touching the caller's global RNG.
+        torch.manual_seed(cfg.seed)
+        model = build_pose_model(**arguments).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.steps))
+    return _Run(cfg, ranks, device, mesh, arguments, model, optimizer, schedule)
+
+
+def _resume(run: _Run, fresh: bool, log: Callable[[str], None] | None) -> None:
+    """Load the run folder's checkpoint into ``run`` (unless ``fresh``), after checking that it was
+    trained with the same configuration; every rank must find the same step."""
+    cfg, checkpoint_path = run.cfg, run.checkpoint_path
+    if run.ranks.is_main:
+        for leftover in Path(cfg.out_dir).glob(f".{CHECKPOINT_NAME}.*.tmp"):  # a process killed mid-write
+            leftover.unlink(missing_ok=True)
+    if checkpoint_path.exists() and not fresh:
+        state = load_checkpoint(checkpoint_path, map_location=run.device)
+        changed = config_changes(state["config"], cfg)
+        if changed:
+            names = ", ".join(change.split(" ", 1)[0] for change in changed)
+            raise ConfigError(
+                f"{checkpoint_path} was trained with other {names} ({'; '.join(changed)}): resume with "
+                "the same settings, or start over with --fresh (object add: --retrain) or another --out-dir"
+            )
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.schedule.load_state_dict(state["schedule"])
+        run.step, run.elapsed_before, run.history = state["step"], state["elapsed_s"], state["history"]
+        if log is not None and run.ranks.is_main:
+            log(_resume_line(run, state))
+    if not run.ranks.all_equal(run.step):
+        raise ConfigError(
+            f"the ranks found different checkpoints in {cfg.out_dir}: every rank must see one folder"
+        )
+
+
+def _resume_line(run: _Run, state: dict[str, Any]) -> str:
+    """What a resumed run says about the checkpoint it continues."""
+    history = run.history
+    median = (history[-1] if history else state.get("validation") or {}).get("rotation_median_deg")
+    finished = state.get("stopped_because") or ""
+    return (
+        f"resuming {run.checkpoint_path} at step {run.step} of {run.cfg.steps} "
+        f"({run.elapsed_before:.1f} s trained"
+        + (f", validation median {median:.4g} deg" if median is not None else "")
+        + (
+            f"; it had stopped: {finished}, so there is nothing left to train (--fresh starts over)"
+            if finished and finished != "interrupted"
+            else ""
+        )
+        + ")"
+    )
+
+
+def _train_steps(
+    run: _Run,
+    trained: torch.nn.Module,
+    symmetries: torch.Tensor | None,
+    progress: ProgressCallback | None,
+) -> tuple[str, dict[str, float]]:
+    """Step until rank 0's clock or validation says stop.
+
+    Returns:
+        Why the run stopped, and the latest validation metrics (on rank 0; empty elsewhere).
+    """
+    cfg, ranks, mesh, optimizer = run.cfg, run.ranks, run.mesh, run.optimizer
+    validation_set = run.data.validation
+    generator = generator_for(cfg.seed, run.device)
+    metrics: dict[str, float] = {}
+    if ranks.is_main:
+        metrics = (
+            run.history[-1]
+            if run.history
+            else validate(run.model, validation_set, mesh.diagonal, symmetries=symmetries)
+        )
+    reason = "target reached" if (run.history and reached_target(run.history[-1], cfg)) else ""
+    try:
+        while True:
+            elapsed = run.elapsed()
+            if not reason and run.step >= cfg.steps:
+                reason = "step budget"
+            elif not reason and elapsed >= cfg.time_budget_s:
+                reason = "time budget"
+            # DDP needs every rank to take the same steps at the same learning rate: rank 0's
+            # clock and validation decide for all.
+            reason, elapsed = ranks.broadcast((reason, elapsed))
+            if reason:
+                return reason, metrics
+            generator.manual_seed(batch_seed(cfg.seed, run.step, ranks.rank, ranks.world_size))
+            batch = run.data.batch(generator)
+            _, losses = train_step(trained, batch, cfg, mesh.diagonal, symmetries)
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+            if cfg.schedule_by == "time":
+                # The schedule spans whichever budget runs out first (rank 0's clock, broadcast).
+                fraction = schedule_fraction(run.step, elapsed, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * warmup_cosine_at(fraction)
+            step_lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            run.schedule.step()
+            run.step += 1
+            values = {name: float(value.detach()) for name, value in losses.items()}
+            if ranks.is_main and (run.step % cfg.val_every == 0 or run.step == cfg.steps):
+                metrics = validate(run.model, validation_set, mesh.diagonal, symmetries=symmetries)
+                row = {
+                    "step": run.step,
+                    "elapsed_s": round(run.elapsed(), 3),
+                    "lr": step_lr,
+                    **values,
+                    **metrics,
+                }
+                run.history.append(row)
+                run.snapshot(metrics, "")
+                if reached_target(metrics, cfg):
+                    reason = "target reached"
+            if progress is not None and ranks.is_main:
+                shown = {
+                    **values,
+                    "val_median_deg": metrics["rotation_median_deg"],
+                    "elapsed_s": run.elapsed(),
+                }
+                progress(run.step, cfg.steps, shown)
+    except KeyboardInterrupt:
+        run.snapshot(metrics, "interrupted")
+        raise
+
+
+def _write_summary(run: _Run, result: TrainResult) -> None:
+    """The run folder's ``summary.json`` (rank 0 alone)."""
+    if not run.ranks.is_main:
+        return
+    atomic_write_json(
+        Path(run.cfg.out_dir) / "summary.json",
+        {
+            "device": result.device,
+            "world_size": result.world_size,
+            "global_batch_size": run.cfg.batch_size * result.world_size,
+            "steps": result.steps,
+            "resumed_from_step": result.resumed_from_step,
+            "elapsed_s": round(result.elapsed_s, 3),
+            "samples_per_s": round(result.samples_per_s, 1),
+            "stopped_because": result.stopped_because,
+            "reached_target": result.reached_target,
+            "time_to_bar": time_to_bar(result.history),
+            "validation": result.validation,
+            "config": run.cfg.to_dict(),
+        },
+    )
+
+
 def train(
     cfg: TrainConfig,
     progress: ProgressCallback | None = None,
@@ -378,166 +587,37 @@ def train(
             make a run that no single command reproduces).
     """
     cfg.validate()
-    ranks, device = distributed.setup(resolve_device(cfg.device))
+    run = _start_run(cfg)
+    ranks, device, mesh = run.ranks, run.device, run.mesh
     out_dir = Path(cfg.out_dir)
-    checkpoint_path = out_dir / CHECKPOINT_NAME
-    mesh = load_mesh(cfg.mesh or None)
-    arguments = model_arguments(cfg, mesh)
-    with torch.random.fork_rng(devices=[]):
-        # Seeded initial weights without touching the caller's global RNG.
-        torch.manual_seed(cfg.seed)
-        model = build_pose_model(**arguments).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.steps))
-    step, elapsed_before, history = 0, 0.0, []
-
-    if ranks.is_main:
-        for leftover in out_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # a process killed mid-write
-            leftover.unlink(missing_ok=True)
-    if checkpoint_path.exists() and not fresh:
-        state = load_checkpoint(checkpoint_path, map_location=device)
-        changed = config_changes(state["config"], cfg)
-        if changed:
-            names = ", ".join(change.split(" ", 1)[0] for change in changed)
-            raise ConfigError(
-                f"{checkpoint_path} was trained with other {names} ({'; '.join(changed)}): resume with "
-                "the same settings, or start over with --fresh (object add: --retrain) or another --out-dir"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        step, elapsed_before, history = state["step"], state["elapsed_s"], state["history"]
-        if log is not None and ranks.is_main:
-            median = (history[-1] if history else state.get("validation") or {}).get("rotation_median_deg")
-            finished = state.get("stopped_because") or ""
-            log(
-                f"resuming {checkpoint_path} at step {step} of {cfg.steps} ({elapsed_before:.1f} s trained"
-                + (f", validation median {median:.4g} deg" if median is not None else "")
-                + (
-                    f"; it had stopped: {finished}, so there is nothing left to train (--fresh starts over)"
-                    if finished and finished != "interrupted"
-                    else ""
-                )
-                + ")"
-            )
-    if not ranks.all_equal(step):
-        raise ConfigError(
-            f"the ranks found different checkpoints in {out_dir}: every rank must see one folder"
-        )
-    resumed_from_step = step
-    trained = model
+    _resume(run, fresh, log)
+    resumed_from_step = run.step
+    trained = run.model
     if ranks.distributed:
         trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            run.model, device_ids=[device.index] if device.type == "cuda" else None
         )
-
     with ranks.main_first():  # rank 0 renders and writes the order-free view bank, once
-        data = training_data(cfg, mesh, device, out_dir)
+        run.data = training_data(cfg, mesh, device, out_dir)
     symmetries = None
     if cfg.symmetry_file:
         group = np.load(cfg.symmetry_file, allow_pickle=False).astype(np.float32).reshape(-1, 3, 3)
         symmetries = torch.as_tensor(group, device=device)
-    validation_set = data.validation
-    generator = generator_for(cfg.seed, device)
-
-    def snapshot(last_metrics: dict[str, float], reason: str) -> None:
-        if not ranks.is_main:
-            return
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "step": step,
-            "elapsed_s": elapsed_before + (time.perf_counter() - started),
-            "history": history,
-            "config": cfg.to_dict(),
-            "model_arguments": arguments,
-            "template": data.template,
-            "mesh": {"name": mesh.name, "sha256": mesh.sha256, "diagonal": mesh.diagonal},
-            "validation": last_metrics,
-            "stopped_because": reason,
-            "device": describe_device(device),
-            "world_size": ranks.world_size,
-        }
-        save_checkpoint(checkpoint_path, state)
-        _write_metrics_csv(out_dir / "metrics.csv", history)
-
-    started = time.perf_counter()
-    metrics: dict[str, float] = {}
-    if ranks.is_main:
-        metrics = (
-            history[-1] if history else validate(model, validation_set, mesh.diagonal, symmetries=symmetries)
-        )
-    reason = "target reached" if (history and reached_target(history[-1], cfg)) else ""
-    try:
-        while True:
-            elapsed = elapsed_before + (time.perf_counter() - started)
-            if not reason and step >= cfg.steps:
-                reason = "step budget"
-            elif not reason and elapsed >= cfg.time_budget_s:
-                reason = "time budget"
-            # DDP needs every rank to take the same steps at the same learning rate: rank 0's
-            # clock and validation decide for all.
-            reason, elapsed = ranks.broadcast((reason, elapsed))
-            if reason:
-                break
-            generator.manual_seed(batch_seed(cfg.seed, step, ranks.rank, ranks.world_size))
-            batch = data.batch(generator)
-            _, losses = train_step(trained, batch, cfg, mesh.diagonal, symmetries)
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if cfg.schedule_by == "time":
-                # The schedule spans whichever budget runs out first (rank 0's clock, broadcast).
-                fraction = schedule_fraction(step, elapsed, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * warmup_cosine_at(fraction)
-            step_lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            schedule.step()
-            step += 1
-            values = {name: float(value.detach()) for name, value in losses.items()}
-            if ranks.is_main and (step % cfg.val_every == 0 or step == cfg.steps):
-                metrics = validate(model, validation_set, mesh.diagonal, symmetries=symmetries)
-                elapsed = elapsed_before + (time.perf_counter() - started)
-                history.append(
-                    {
-                        "step": step,
-                        "elapsed_s": round(elapsed, 3),
-                        "lr": step_lr,
-                        **values,
-                        **metrics,
-                    }
-                )
-                snapshot(metrics, "")
-                if reached_target(metrics, cfg):
-                    reason = "target reached"
-            if progress is not None and ranks.is_main:
-                progress(
-                    step,
-                    cfg.steps,
-                    {
-                        **values,
-                        "val_median_deg": metrics["rotation_median_deg"],
-                        "elapsed_s": elapsed_before + (time.perf_counter() - started),
-                    },
-                )
-    except KeyboardInterrupt:
-        snapshot(metrics, "interrupted")
-        raise
-    elapsed_now = time.perf_counter() - started
-    if ranks.is_main and (not history or history[-1]["step"] != step):
-        metrics = validate(model, validation_set, mesh.diagonal, symmetries=symmetries)
-    snapshot(metrics, reason)
-    metrics, history = ranks.broadcast((metrics, history))
+    run.started = time.perf_counter()
+    reason, metrics = _train_steps(run, trained, symmetries, progress)
+    elapsed_now = time.perf_counter() - run.started
+    if ranks.is_main and (not run.history or run.history[-1]["step"] != run.step):
+        metrics = validate(run.model, run.data.validation, mesh.diagonal, symmetries=symmetries)
+    run.snapshot(metrics, reason)
+    metrics, history = ranks.broadcast((metrics, run.history))
+    steps_taken = run.step - resumed_from_step
     result = TrainResult(
         out_dir=out_dir,
-        checkpoint=checkpoint_path,
+        checkpoint=run.checkpoint_path,
         device=describe_device(device),
-        steps=step,
-        elapsed_s=elapsed_before + elapsed_now,
-        samples_per_s=(step - resumed_from_step) * cfg.batch_size * ranks.world_size / max(elapsed_now, 1e-9),
+        steps=run.step,
+        elapsed_s=run.elapsed_before + elapsed_now,
+        samples_per_s=steps_taken * cfg.batch_size * ranks.world_size / max(elapsed_now, 1e-9),
         stopped_because=reason,
         reached_target=reached_target(metrics, cfg),
         validation=metrics,
@@ -545,24 +625,7 @@ def train(
         resumed_from_step=resumed_from_step,
         world_size=ranks.world_size,
     )
-    if ranks.is_main:
-        atomic_write_json(
-            out_dir / "summary.json",
-            {
-                "device": result.device,
-                "world_size": result.world_size,
-                "global_batch_size": cfg.batch_size * result.world_size,
-                "steps": result.steps,
-                "resumed_from_step": result.resumed_from_step,
-                "elapsed_s": round(result.elapsed_s, 3),
-                "samples_per_s": round(result.samples_per_s, 1),
-                "stopped_because": result.stopped_because,
-                "reached_target": result.reached_target,
-                "time_to_bar": time_to_bar(history),
-                "validation": metrics,
-                "config": cfg.to_dict(),
-            },
-        )
+    _write_summary(run, result)
     ranks.barrier()  # the run folder is complete wherever train returns
     return result
 

@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from cloudpose.registration import refine
 from cloudpose.registration.refine import SurfaceModel, refine_pose, sample_surface_with_normals
-from pipeline.objects.mesh import load_mesh
+from pipeline.data.mesh import load_mesh
 
 SURFACE_POINTS = 20_000
 

@@ -13,7 +13,7 @@ import pytest
 from cloudpose.detection.detect import detect
 from cloudpose.detection.track import PreviousPose, track
 from cloudpose.estimation.served import ObjectPose
-from cloudpose.geometry.symmetry import geodesic_deg
+from cloudpose.geometry.rotations import geodesic_deg
 from pipeline.data.scenes import CameraMotion, Frame, Intrinsics, SceneCounts, SceneLayout, frame_sequence
 from tests.service import test_detect
 

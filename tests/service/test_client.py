@@ -32,7 +32,7 @@ from cloudpose import (
     Unauthorized,
 )
 from cloudpose.client import npy_bytes, raise_for_answer
-from cloudpose.geometry.symmetry import geodesic_deg
+from cloudpose.geometry.rotations import geodesic_deg
 from pipeline.data.scenes import Frame, Intrinsics, SceneCounts, SceneObject, make_frame
 from tests.service.test_detect import matches
 from tests.service.test_uvicorn import free_port, running_server

@@ -16,7 +16,7 @@ from PIL import Image
 
 from cloudpose.detection.detect import detect, voxel_labels
 from cloudpose.estimation.served import ServedObject
-from cloudpose.geometry.symmetry import geodesic_deg
+from cloudpose.geometry.rotations import geodesic_deg
 from cloudpose.settings import Settings
 from cloudpose.store.package import ObjectStore
 from pipeline.data.scenes import Frame, Intrinsics, SceneCounts, SceneObject, make_frame
@@ -310,3 +310,31 @@ def test_the_shipped_example_frame_holds_the_bunny_that_detect_finds(server: str
         assert geodesic_deg(rotation, np.asarray(truth["rotation"])) < ROTATION_DEG
         assert np.linalg.norm(np.subtract(found["translation"], truth["translation"])) < TRANSLATION_M
         np.testing.assert_allclose(found["pose_matrix"], truth["pose_matrix"], atol=0.01)
+
+
+def test_an_object_without_units_is_skipped_with_a_warning_not_a_422(tmp_path: Path, copy_package) -> None:
+    """A frame in metres and a store holding an object added without units: the others are still
+    looked for, and the answer says which object was not; with only that object, the 422 stays."""
+    import json
+
+    from cloudpose.detection.detect import detect
+    from cloudpose.estimation.served import ServedObject
+    from cloudpose.io.clouds import CloudError
+
+    shipped = ObjectStore(REPO_ROOT / "data" / "objects")
+    folder = copy_package(shipped.get("bunny").path, tmp_path, "unitless")
+    descriptor = folder / "object.json"
+    meta = json.loads(descriptor.read_text())
+    descriptor.write_text(json.dumps({**meta, "units": {"name": None, "metres_per_unit": None}}))
+    bunny = ServedObject.from_package(shipped.get("bunny"))
+    unitless = ServedObject.from_package(ObjectStore(tmp_path).get("unitless"))
+    frame = np.load(shipped.get("bunny").path / "example_frame.npy")
+
+    report = detect(frame, {"unitless": unitless, "bunny": bunny}, "m")
+
+    assert [item.object for item in report.detections] == ["bunny"]
+    (warning,) = report.answer(len(frame), None)["warnings"]
+    assert warning.startswith("object 'unitless' was added without units") and "not looked for" in warning
+    with pytest.raises(CloudError) as refused:
+        detect(frame, {"unitless": unitless}, "m")
+    assert refused.value.status == 422

@@ -223,7 +223,7 @@ def test_service_import_alone_has_no_torch() -> None:
 
 def test_stray_points_are_dropped_before_the_network() -> None:
     from cloudpose.estimation.inference import drop_stray_points
-    from pipeline.objects.mesh import load_mesh, sample_surface
+    from pipeline.data.mesh import load_mesh, sample_surface
 
     mesh = load_mesh()
     rng = np.random.default_rng(0)
@@ -240,7 +240,7 @@ def test_stray_points_are_dropped_before_the_network() -> None:
 
 def test_spread_rotations_cover_all_rotations() -> None:
     from cloudpose.estimation.inference import SPREAD_ROTATIONS
-    from pipeline.evaluation.bench import rotation_error_deg
+    from cloudpose.geometry.rotations import geodesic_deg as rotation_error_deg
 
     identity = np.broadcast_to(np.eye(3), SPREAD_ROTATIONS.shape)
     np.testing.assert_allclose(SPREAD_ROTATIONS @ SPREAD_ROTATIONS.transpose(0, 2, 1), identity, atol=1e-12)

@@ -25,8 +25,8 @@ from scipy.spatial.transform import Rotation
 from cloudpose.estimation.served import ObjectPose, ServedObject, degenerate_reason
 from cloudpose.io.clouds import CloudError
 from cloudpose.store.package import ObjectPackage, ObjectStore, read_package
+from pipeline.data.mesh import load_mesh, sample_surface
 from pipeline.objects.adding import add_object
-from pipeline.objects.mesh import load_mesh, sample_surface
 
 pytest.importorskip("manifold3d", reason="make_objects cuts its holes with manifold3d")
 

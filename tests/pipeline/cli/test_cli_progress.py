@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from pipeline.cli.app import app
 from pipeline.data.benchsets import make_set
+from pipeline.data.mesh import load_mesh
 from pipeline.evaluation.bench import run_bench, timing_figure
-from pipeline.objects.mesh import load_mesh
 from pipeline.training.progress import ProgressReport, format_duration
 
 

@@ -10,8 +10,8 @@ from pipeline.data.benchsets import (
     make_set,
     random_pose,
 )
+from pipeline.data.mesh import Mesh, load_mesh
 from pipeline.data.views import visible_fraction
-from pipeline.objects.mesh import Mesh, load_mesh
 
 
 @pytest.fixture(scope="module")

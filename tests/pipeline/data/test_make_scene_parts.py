@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline.objects.mesh import Mesh, surface_centroid
-from pipeline.objects.symmetry_search import find_symmetry
+from pipeline.data.mesh import Mesh, surface_centroid
+from pipeline.data.symmetry_search import find_symmetry
 
 SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "make_scene_parts.py"
 EXTENTS_MM = {"crank": (132.0, 55.0, 30.0), "tee": (120.0, 36.0, 78.0), "flange": (110.0, 110.0, 30.0)}

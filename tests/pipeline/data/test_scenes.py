@@ -11,6 +11,7 @@ from PIL import Image
 from scipy.spatial import ConvexHull, cKDTree
 
 from cloudpose.io.frames import read_depth_image
+from pipeline.data.mesh import load_mesh
 from pipeline.data.scenes import (
     DISTRACTOR,
     NO_RETURN,
@@ -27,7 +28,6 @@ from pipeline.data.scenes import (
     support_plane,
     valid_points,
 )
-from pipeline.objects.mesh import load_mesh
 
 SMALL = Intrinsics().scaled(0.25)  # 160 x 120, same field of view as VGA
 EXACT = NoiseModel.none()
@@ -455,3 +455,13 @@ def test_scene_make_writes_seeded_frames_whose_files_agree(tmp_path, copy_packag
         example.stderr.strip()
         == "error: --example makes one frame of one object: pass --objects NAME --count 1"
     )
+
+
+def test_frames_made_without_a_layout_scale_it_to_the_largest_target() -> None:
+    reference = box_object("reference", (0.15, 0.15, 0.1323))  # a 0.25 m diagonal, as the bunny's
+    assert SceneLayout.for_targets([reference]) == SceneLayout() == SceneLayout.for_targets([])
+    large = SceneLayout.for_targets([SceneObject("crate", trimesh.creation.box((0.6, 0.5, 0.4)))])
+    diagonal = float(np.linalg.norm((0.6, 0.5, 0.4)))
+    assert large == SceneLayout.for_size(diagonal)
+    assert large.distance_m == pytest.approx((2.4 * diagonal, 4.8 * diagonal))
+    assert large.size_m == pytest.approx(5.0 * diagonal)

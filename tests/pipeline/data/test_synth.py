@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.data.mesh import load_mesh
 from pipeline.data.synth import exam_batch, generator_for, held_out_batch, make_template, write_dataset
-from pipeline.objects.mesh import load_mesh
 
 
 def test_exam_batch_is_posed_copies_of_one_template() -> None:

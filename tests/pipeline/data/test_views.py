@@ -5,6 +5,7 @@ import open3d as o3d
 import pytest
 import trimesh
 
+from pipeline.data.mesh import Mesh, load_mesh, sample_surface, surface_centroid
 from pipeline.data.views import (
     DEFAULT_DEPTH_NOISE,
     DEFAULT_DEPTH_NOISE_POWER,
@@ -15,7 +16,6 @@ from pipeline.data.views import (
     save_view_bank,
     visible_fraction,
 )
-from pipeline.objects.mesh import Mesh, load_mesh, sample_surface, surface_centroid
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from cloudpose.registration.refine import SurfaceModel, sample_surface_with_normals
+from pipeline.data.mesh import load_mesh
 from pipeline.evaluation import baselines
-from pipeline.objects.mesh import load_mesh
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from cloudpose.geometry.rotations import geodesic_deg as rotation_error_deg
 from models.geometry import rotation_error_deg as torch_rotation_error_deg
 from pipeline.data.benchsets import Case, make_set
-from pipeline.evaluation.accuracy import pose_metrics
-from pipeline.evaluation.bench import format_table, rotation_error_deg, run_bench, write_results
-from pipeline.objects.mesh import Mesh, load_mesh
+from pipeline.data.mesh import Mesh, load_mesh
+from pipeline.evaluation.bench import format_table, run_bench, write_results
+from pipeline.training.accuracy import pose_metrics
 
 
 @pytest.fixture(scope="module")

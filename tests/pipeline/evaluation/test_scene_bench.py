@@ -10,7 +10,8 @@ import pytest
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from cloudpose.geometry.symmetry import Symmetry, axis_rotation
+from cloudpose.geometry.rotations import axis_rotation
+from cloudpose.geometry.symmetry import Symmetry
 from pipeline.data.scenes import Instance, Intrinsics, SceneCounts, SceneObject, make_frame
 from pipeline.evaluation import scene_bench
 from pipeline.evaluation.scene_bench import (

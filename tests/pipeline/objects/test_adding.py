@@ -12,8 +12,8 @@ import pytest
 import trimesh
 
 from cloudpose.geometry.symmetry import Symmetry
+from pipeline.data.mesh import MeshError, load_mesh, sample_surface
 from pipeline.objects.adding import check_mesh, find_near_symmetries, measure_view_offset
-from pipeline.objects.mesh import MeshError, load_mesh, sample_surface
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -163,3 +163,21 @@ def test_object_add_trains_serves_and_poses_end_to_end(tmp_path: Path) -> None:
             landed = observed @ np.array(body["rotation"]) + np.array(body["translation"])
             assert np.abs(landed - file_points).max() < 0.01 * mesh.diagonal
     shutil.rmtree(store)
+
+
+def test_the_add_recipe_is_the_shipped_models_scale_free_recipe() -> None:
+    import dataclasses
+
+    import yaml
+
+    from pipeline.objects.adding import TRAIN_RECIPE
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[3] / "configs" / "pointnet.yaml").read_text())
+    recipe = TRAIN_RECIPE.to_config()
+    budget_fields = ("steps", "schedule_by", "time_budget_s", "out_dir")
+    assert {key: value for key, value in recipe.items() if key not in budget_fields} == {
+        key: value for key, value in shipped.items() if key in recipe and key not in budget_fields
+    }
+    assert recipe["schedule_by"] == "time" and "default recipe" in TRAIN_RECIPE.SOURCE
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TRAIN_RECIPE.lr = 1.0  # type: ignore[misc]

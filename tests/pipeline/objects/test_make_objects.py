@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline.objects.mesh import load_mesh, surface_centroid
+from pipeline.data.mesh import load_mesh, surface_centroid
 
 pytest.importorskip("manifold3d", reason="make_objects cuts its holes with manifold3d")
 

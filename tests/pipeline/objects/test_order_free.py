@@ -10,12 +10,12 @@ from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
 from cloudpose.estimation.inference import MIN_POINTS, PoseEstimator
+from cloudpose.geometry.rotations import geodesic_deg as rotation_error_deg
 from cloudpose.io.clouds import CloudError
 from pipeline.cli.app import app
+from pipeline.data.mesh import load_mesh, sample_surface
 from pipeline.data.synth import SensorSampler, generator_for
 from pipeline.data.views import make_view_bank
-from pipeline.evaluation.bench import rotation_error_deg
-from pipeline.objects.mesh import load_mesh, sample_surface
 
 PRETRAINED = Path(__file__).resolve().parents[3] / "data" / "objects" / "bunny" / "model.onnx"
 

@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from models.pose import build_pose_model
+from pipeline.data.mesh import load_mesh
 from pipeline.data.synth import exam_batch, generator_for
-from pipeline.objects.mesh import load_mesh
 from pipeline.training.config import load_config
 from pipeline.training.train import (
     ExamData,
@@ -231,7 +231,7 @@ def test_a_rank_ends_at_once_with_its_output_flushed() -> None:
     # but not what the rank printed, nor its status.
     code = (
         "import sys\n"
-        "from pipeline import distributed\n"
+        "from pipeline.training import distributed\n"
         "print('summary', flush=False)\n"
         "sys.stderr.write('progress')\n"
         "distributed.exit_now(3)\n"

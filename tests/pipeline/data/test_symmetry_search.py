@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import trimesh
 
-from cloudpose.geometry.symmetry import axis_rotation
-from pipeline.evaluation.bench import rotation_error_deg
-from pipeline.objects.mesh import Mesh, load_mesh
-from pipeline.objects.symmetry_search import add_s_percent, find_symmetry, object_diameter
+from cloudpose.geometry.rotations import axis_rotation
+from cloudpose.geometry.rotations import geodesic_deg as rotation_error_deg
+from pipeline.data.mesh import Mesh, load_mesh
+from pipeline.data.symmetry_search import add_s_percent, find_symmetry, object_diameter
 
 # Row vectors: the file holds canonical @ TILT, so the canonical x/y/z axes are observed as rows of TILT.
 TILT = axis_rotation(np.array([0.3, -0.8, 0.5]), 1.1) @ axis_rotation(np.array([0.9, 0.2, 0.1]), -0.7)

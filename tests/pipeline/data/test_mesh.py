@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline.objects.mesh import DEFAULT_MESH, MeshError, load_mesh, sample_surface, surface_centroid
+from pipeline.data.mesh import DEFAULT_MESH, MeshError, load_mesh, sample_surface, surface_centroid
 
 
 def test_the_bundled_bunny_is_the_npm_mesh_in_its_canonical_frame() -> None:

@@ -34,8 +34,9 @@ import math
 
 import numpy as np
 
-from cloudpose.geometry.symmetry import Symmetry, axis_rotation
-from pipeline.objects.mesh import Mesh, sample_surface
+from cloudpose.geometry.rotations import axis_rotation
+from cloudpose.geometry.symmetry import Symmetry
+from pipeline.data.mesh import Mesh, sample_surface
 
 CONTINUOUS_ANGLES_DEG = (23.0, 71.0, 137.0)  # unrelated to each other and to 360/k for small k
 MAX_FOLD = 12

@@ -1,0 +1,1 @@
+"""Data: meshes and their symmetries, synthesized clouds, virtual depth views, bench sets, scenes."""

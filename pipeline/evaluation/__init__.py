@@ -1,0 +1,1 @@
+"""Evaluation: benches and their baselines, scene and tracking benches."""

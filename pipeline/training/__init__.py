@@ -1,0 +1,1 @@
+"""Training: configs, the training loop (torchrun too), accuracy, progress, ONNX export."""

@@ -1,0 +1,57 @@
+"""Frame-wide point-pair votes: a posed object votes its own pose to the top, beside clutter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from cloudpose.detection.votes import FrameVotes, ppf_model
+from cloudpose.estimation.served import ServedObject
+from cloudpose.geometry.rotations import geodesic_deg
+from cloudpose.store.package import SHIPPED_STORE, ObjectStore
+
+
+@pytest.fixture(scope="module")
+def bunny() -> ServedObject:
+    return ServedObject.from_package(ObjectStore(SHIPPED_STORE).get("bunny"))
+
+
+def facing_view(served: ServedObject, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    """The object's surface points at the pose (metres) whose normals face a sensor at the origin."""
+    surface = served.estimator.surface
+    scale = served.scale_for("m")
+    points = (surface.points + served.centroid) / scale @ rotation + translation
+    normals = surface.normals @ rotation
+    return points[np.einsum("ij,ij->i", normals, -points) > 0]
+
+
+def test_a_posed_object_votes_its_own_pose_into_the_top_cluster(bunny: ServedObject) -> None:
+    rng = np.random.default_rng(3)
+    rotation = Rotation.random(random_state=4).as_matrix()
+    translation = np.array([0.05, -0.02, 0.8])
+    view = facing_view(bunny, rotation, translation)
+    clutter = rng.uniform([-0.4, -0.3, 0.9], [0.4, 0.3, 1.0], size=(3000, 3))  # a wall of noise behind
+    scale = bunny.scale_for("m")
+    frame = FrameVotes(np.concatenate([view, clutter]), np.zeros(3), ppf_model(bunny).step / scale)
+
+    hypotheses = frame.hypotheses(bunny, scale)
+
+    assert hypotheses, "no hypothesis"
+    top_rotation, top_translation, votes = hypotheses[0]
+    assert votes == max(item[2] for item in hypotheses)
+    # A cluster holds poses within PPFSettings.cluster_degrees (20) of its head.
+    assert geodesic_deg(top_rotation, rotation) < 20.0
+    assert np.linalg.norm(top_translation - translation) < 0.05 * bunny.diagonal / scale
+
+
+def test_a_frame_of_clutter_alone_gives_no_strong_hypothesis(bunny: ServedObject) -> None:
+    rotation = Rotation.random(random_state=5).as_matrix()
+    view = facing_view(bunny, rotation, np.array([0.0, 0.0, 0.8]))
+    scale = bunny.scale_for("m")
+    step = ppf_model(bunny).step / scale
+    with_object = FrameVotes(view, np.zeros(3), step).hypotheses(bunny, scale)
+    clutter = np.random.default_rng(6).uniform([-0.1, -0.1, 0.7], [0.1, 0.1, 0.9], size=(len(view), 3))
+    without = FrameVotes(clutter, np.zeros(3), step).hypotheses(bunny, scale)
+    # Random points agree on no pose: their best cluster gets a fraction of the object's votes.
+    assert (without[0][2] if without else 0) < 0.5 * with_object[0][2]
