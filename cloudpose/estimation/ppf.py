@@ -488,7 +488,37 @@ class PPFModel:
         )
         if len(votes) == 0:
             return []
-        return self._clusters(back, votes, count)
+        return self._averaged_clusters(back, votes, count)
+
+    def _averaged_clusters(
+        self, back: np.ndarray, votes: np.ndarray, count: int
+    ) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """Like :meth:`_clusters`, but a cluster's pose is the vote-weighted mean of its members
+        (rotations averaged as quaternions, scipy's ``Rotation.mean``), finer than any one
+        member's 6-degree bins (Drost et al. average the same way)."""
+        from scipy.spatial.transform import Rotation
+
+        settings = self.settings
+        rotations = np.ascontiguousarray(back[:, :3, :3])  # (K, 3, 3)
+        centres = -np.einsum("ki,kij->kj", back[:, :3, 3], rotations)  # (K, 3)
+        order = np.argsort(-votes, kind="stable")
+        rotations, centres, weights = rotations[order], np.ascontiguousarray(centres[order]), votes[order]
+        heads, scores, labels = _cluster(
+            rotations,
+            centres,
+            weights.astype(np.int64),
+            math.cos(math.radians(settings.cluster_degrees)),
+            settings.cluster_distance * self.diagonal,
+        )
+        out = []
+        for h in np.argsort(-scores, kind="stable")[:count]:
+            members = np.flatnonzero(labels == h)
+            # Row-vector rotations (points @ R) are the transposes of scipy's; the quaternion mean
+            # of the inverses is the inverse of the mean, so the mean is the same rotation.
+            mean = Rotation.from_matrix(rotations[members]).mean(weights[members]).as_matrix()
+            centre = np.average(centres[members], axis=0, weights=weights[members])
+            out.append((mean, centre, int(scores[h])))
+        return out
 
     def _votes(
         self, points: np.ndarray, normals: np.ndarray, references: np.ndarray
@@ -529,7 +559,7 @@ class PPFModel:
         rotations = np.ascontiguousarray(back[:, :3, :3])  # (K, 3, 3)
         centres = -np.einsum("ki,kij->kj", back[:, :3, 3], rotations)  # (K, 3)
         order = np.argsort(-votes, kind="stable")
-        heads, scores = _cluster(
+        heads, scores, _ = _cluster(
             rotations[order],
             np.ascontiguousarray(centres[order]),
             votes[order].astype(np.int64),
@@ -546,6 +576,7 @@ def _cluster(rotations, centres, votes, cos_limit, distance_limit):
     within ``distance_limit`` and whose rotation is within the angle of ``cos_limit``."""
     heads = np.empty(len(votes), dtype=np.int64)
     scores = np.zeros(len(votes), dtype=np.int64)
+    labels = np.empty(len(votes), dtype=np.int64)  # the cluster each pose joined
     count = 0
     limit2 = distance_limit * distance_limit
     for k in range(len(votes)):
@@ -563,10 +594,12 @@ def _cluster(rotations, centres, votes, cos_limit, distance_limit):
                     trace += rotations[k, a, b] * rotations[head, a, b]
             if (trace - 1.0) / 2.0 >= cos_limit:
                 scores[h] += votes[k]
+                labels[k] = h
                 joined = True
                 break
         if not joined:
             heads[count] = k
             scores[count] = votes[k]
+            labels[k] = count
             count += 1
-    return heads[:count], scores[:count]
+    return heads[:count], scores[:count], labels

@@ -48,6 +48,8 @@ def resting_poses(mesh: trimesh.Trimesh) -> list[RestingPose]:
     center = mesh.center_mass if mesh.is_volume else mesh.centroid
     try:
         transforms, probabilities = trimesh.poses.compute_stable_poses(mesh, center_mass=center)
+    except ImportError:  # a missing dependency (networkx) is not a flat mesh: say so
+        raise
     except Exception:  # degenerate hulls (flat meshes) have no stable poses; lie as given
         transforms, probabilities = np.eye(4)[None], np.ones(1)
     if len(transforms) == 0:

@@ -41,6 +41,7 @@ def test_a_posed_object_votes_its_own_pose_into_the_top_cluster(bunny: ServedObj
     top_rotation, top_translation, votes = hypotheses[0]
     assert votes == max(item[2] for item in hypotheses)
     # A cluster holds poses within PPFSettings.cluster_degrees (20) of its head.
+    print("top rotation error", geodesic_deg(top_rotation, rotation))
     assert geodesic_deg(top_rotation, rotation) < 20.0
     assert np.linalg.norm(top_translation - translation) < 0.05 * bunny.diagonal / scale
 

@@ -13,6 +13,7 @@ command without an invocation here fails the test.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -159,6 +160,16 @@ def test_what_the_serving_install_does_and_does_not_do(serve_only: Path, tmp_pat
     added = run_cloudpose(serve_only, ["object", "add", "x", str(MESH), "--store", "store"], tmp_path)
     assert added.returncode == 1 and "or add with --no-train" in added.stderr
     assert not (tmp_path / "store").exists()  # refused before any work
+
+
+def test_the_serving_install_detects_the_bunny_in_its_example_frame(serve_only: Path, tmp_path: Path) -> None:
+    """What the README shows a new user works with ``make serve``'s install alone: its objects'
+    resting poses (trimesh's stable poses, which need networkx) start the frame's search."""
+    frame = REPO_ROOT / "data" / "objects" / "bunny" / "example_frame.npy"
+    result = run_cloudpose(serve_only, ["detect", str(frame), "--units", "m"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    detections = json.loads(result.stdout)["detections"]
+    assert [(item["object"], item["confident"]) for item in detections] == [("bunny", True)]
 
 
 def test_serve_runs_with_the_serving_install(serve_only: Path, tmp_path: Path) -> None:
