@@ -1,4 +1,4 @@
-"""A typed Python client of the cloudpose HTTP API (httpx and numpy only).
+"""A typed Python client of the cloudpose HTTP API (httpx, numpy and pydantic only).
 
 Example::
 
@@ -11,7 +11,8 @@ Example::
 
 numpy arrays go up as ``.npy`` uploads (exact float64, no JSON text), paths as the file they
 name (any format the service reads: .ply, .pcd, .xyz, .npy...), plain lists as JSON. Answers come
-back as the dataclasses of :mod:`cloudpose.results`; a refusal raises the typed error of its status
+back as the dataclasses of :mod:`cloudpose.results`, read through the wire models of
+:mod:`cloudpose.wire`; a refusal raises the typed error of its status
 (:class:`~cloudpose.results.InvalidCloud`, :class:`~cloudpose.results.NotFound`...) carrying the
 service's ``detail``.
 """
@@ -32,6 +33,7 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
+from cloudpose import wire
 from cloudpose.results import (
     BatchResult,
     CloudposeError,
@@ -113,6 +115,12 @@ def _json(parse: Callable[[Any], Any]) -> Callable[[httpx.Response], Any]:
     return lambda response: parse(response.json())
 
 
+def _geometry(data: Any) -> dict[str, Any]:
+    """The geometry answer as its JSON, once it reads as the wire model says."""
+    wire.Geometry.model_validate(data)
+    return dict(data)
+
+
 def raise_for_answer(response: httpx.Response) -> None:
     """Raise the typed error of a refusal (any status >= 400), with the service's ``detail``."""
     if response.status_code < 400:
@@ -172,7 +180,9 @@ class _Routes:
         return Call("GET", "/metrics", lambda response: response.text)
 
     def _reload(self) -> Call:
-        return Call("POST", "/v1/admin/reload", _json(lambda data: dict(data["objects"])))
+        return Call(
+            "POST", "/v1/admin/reload", _json(lambda data: wire.Reloaded.model_validate(data).objects)
+        )
 
     def _pose(self, cloud: Cloud, object_name: str | None, units: str | None, refine: bool) -> Call:
         call = Call(
@@ -273,7 +283,7 @@ class _Routes:
         return Call(
             "GET",
             f"/v1/objects/{quote(name, safe='')}/examples",
-            _json(lambda data: [item["file"] for item in data["examples"]]),
+            _json(lambda data: [item.file for item in wire.Examples.model_validate(data).examples]),
         )
 
     def _example(self, name: str, file: str) -> Call:
@@ -284,7 +294,7 @@ class _Routes:
         )
 
     def _geometry(self, name: str) -> Call:
-        return Call("GET", f"/v1/objects/{quote(name, safe='')}/geometry", _json(dict))
+        return Call("GET", f"/v1/objects/{quote(name, safe='')}/geometry", _json(_geometry))
 
 
 def previous_pose_json(item: Any) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """What cloudpose answers, as typed Python values: the results and errors that both the HTTP client
 (:mod:`cloudpose.client`) and the in-process API (:mod:`cloudpose.estimator`) give.
 
-Only numpy here (no httpx, onnxruntime or open3d), so anything may import it cheaply.
+Each result is read through the answer's wire model (:mod:`cloudpose.wire`, the models the
+service's OpenAPI document is made of), so the service, this module and the document share one
+definition of every field. Only numpy and pydantic here (no httpx, onnxruntime or open3d), so
+anything may import it cheaply.
 
 Convention (row vectors, as ``/v1/pose`` answers): ``canonical = points @ rotation + translation``
 brings the observed points into the mesh file's frame, in the cloud's units. ``pose_matrix`` is
@@ -11,10 +14,12 @@ the object's pose for column vectors, ``[x_obs; 1] = pose_matrix @ [x_can; 1]``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+
+from cloudpose import wire
 
 # Which error class an HTTP status becomes (the rest of 4xx: BadRequest; 5xx: ServerError).
 INVALID_CLOUD_STATUSES = (413, 415, 422)
@@ -129,17 +134,12 @@ class Fit:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Fit:
-        return cls(
-            confidence=float(data["confidence"]),
-            confident=bool(data["confident"]),
-            fitness=float(data["fitness"]),
-            inlier_rmse=data.get("inlier_rmse"),
-            inlier_rmse_percent=data.get("inlier_rmse_percent"),
-            hypotheses=int(data.get("hypotheses", 0)),
-            refined=bool(data.get("refined", False)),
-            explained=bool(data.get("explained", False)),
-            surface_noise=data.get("surface_noise"),
-        )
+        return cls.from_answer(wire.Confidence.model_validate(data))
+
+    @classmethod
+    def from_answer(cls, answer: wire.Confidence) -> Fit:
+        """The fit from its validated wire model (the same fields, by name)."""
+        return cls(**{item.name: getattr(answer, item.name) for item in fields(cls)})
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,12 +159,16 @@ class Candidate:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Candidate:
+        return cls.from_answer(wire.Candidate.model_validate(data))
+
+    @classmethod
+    def from_answer(cls, answer: wire.Candidate) -> Candidate:
         return cls(
-            rotation=_matrix(data["rotation"], (3, 3)),
-            translation=_matrix(data["translation"], (3,)),
-            fitness=float(data["fitness"]),
-            inlier_rmse=data.get("inlier_rmse"),
-            confidence=float(data["confidence"]),
+            rotation=_matrix(answer.rotation, (3, 3)),
+            translation=_matrix(answer.translation, (3,)),
+            fitness=answer.fitness,
+            inlier_rmse=answer.inlier_rmse,
+            confidence=answer.confidence,
         )
 
 
@@ -189,16 +193,20 @@ class SymmetryInfo:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SymmetryInfo:
+        return cls.from_answer(wire.SymmetryAnswer.model_validate(data))
+
+    @classmethod
+    def from_answer(cls, answer: wire.SymmetryAnswer) -> SymmetryInfo:
         return cls(
-            kind=str(data["kind"]),
-            order=data.get("order"),
+            kind=answer.kind,
+            order=answer.order,
             equivalent_poses=tuple(
-                (_matrix(pose["rotation"], (3, 3)), _matrix(pose["translation"], (3,)))
-                for pose in data.get("equivalent_poses", [])
+                (_matrix(pose.rotation, (3, 3)), _matrix(pose.translation, (3,)))
+                for pose in answer.equivalent_poses
             ),
-            axis=None if data.get("axis") is None else _matrix(data["axis"], (3,)),
-            axis_point=None if data.get("axis_point") is None else _matrix(data["axis_point"], (3,)),
-            note=data.get("note"),
+            axis=None if answer.axis is None else _matrix(answer.axis, (3,)),
+            axis_point=None if answer.axis_point is None else _matrix(answer.axis_point, (3,)),
+            note=answer.note,
         )
 
 
@@ -254,27 +262,33 @@ class PoseResult:
     raw: dict[str, Any] = field(repr=False)
 
     @classmethod
-    def _fields_from_json(cls, data: Mapping[str, Any], common: Mapping[str, Any]) -> dict[str, Any]:
-        fit = None if data.get("confidence") is None else Fit.from_json(data["confidence"])
+    def _fields_from_answer(
+        cls, answer: wire.PoseAnswer, data: Mapping[str, Any], common: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The fields of a result from its validated answer and the answer's JSON (``raw``, and
+        the keys a single answer carries beside the pose: ``object``, ``model_id``...)."""
+        fit = None if answer.confidence is None else Fit.from_answer(answer.confidence)
+        # A detection says whether it is confident; a pose answer's fit does.
+        confident = answer.confident if isinstance(answer, wire.DetectionAnswer) else None
         merged = {**common, **data}
         return {
-            "found": bool(data["found"]),
-            "rotation": _matrix(data["rotation"], (3, 3)),
-            "translation": _matrix(data["translation"], (3,)),
-            "pose_matrix": _matrix(data["pose_matrix"], (4, 4)),
-            "quaternion_xyzw": _matrix(data["quaternion_xyzw"], (4,)),
+            "found": answer.found,
+            "rotation": _matrix(answer.rotation, (3, 3)),
+            "translation": _matrix(answer.translation, (3,)),
+            "pose_matrix": _matrix(answer.pose_matrix, (4, 4)),
+            "quaternion_xyzw": _matrix(answer.quaternion_xyzw, (4,)),
             "confidence": None if fit is None else fit.confidence,
-            "confident": bool(data.get("confident", fit is not None and fit.confident)),
+            "confident": (fit is not None and fit.confident) if confident is None else confident,
             "fit": fit,
-            "refined": bool(data.get("refined", False)),
-            "units": data.get("units"),
-            "scale": float(data.get("scale", 1.0)),
-            "reason": data.get("reason"),
-            "symmetry": None if not data.get("symmetry") else SymmetryInfo.from_json(data["symmetry"]),
-            "candidates": tuple(Candidate.from_json(item) for item in data.get("candidates") or ()),
-            "warnings": tuple(data.get("warnings") or ()),
-            "n_points": int(data["n_points"]),
-            "file": data.get("file"),
+            "refined": answer.refined,
+            "units": answer.units,
+            "scale": answer.scale,
+            "reason": answer.reason,
+            "symmetry": None if not answer.symmetry else SymmetryInfo.from_json(answer.symmetry),
+            "candidates": tuple(Candidate.from_answer(item) for item in answer.candidates or ()),
+            "warnings": tuple(answer.warnings or ()),
+            "n_points": answer.n_points,
+            "file": answer.file,
             "object": merged.get("object"),
             "model_id": merged.get("model_id"),
             "server_time_ms": merged.get("server_time_ms"),
@@ -285,7 +299,14 @@ class PoseResult:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], common: Mapping[str, Any] | None = None) -> PoseResult:
         """A result from an answer's JSON (``common``: a batch's ``object``, ``model_id``...)."""
-        return cls(**cls._fields_from_json(data, common or {}))
+        return cls.from_answer(wire.PoseAnswer.model_validate(data), data, common)
+
+    @classmethod
+    def from_answer(
+        cls, answer: wire.PoseAnswer, data: Mapping[str, Any], common: Mapping[str, Any] | None = None
+    ) -> PoseResult:
+        """A result from its validated answer and the answer's JSON, kept as ``raw``."""
+        return cls(**cls._fields_from_answer(answer, data, common or {}))
 
     @property
     def object_rotation(self) -> np.ndarray:
@@ -326,12 +347,16 @@ class BatchResult:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BatchResult:
-        common = {key: data.get(key) for key in ("object", "model_id")}
+        answer = wire.BatchResponse.model_validate(data)
+        common = {"object": answer.object, "model_id": answer.model_id}
         return cls(
-            poses=tuple(PoseResult.from_json(pose, common) for pose in data["poses"]),
-            object=data["object"],
-            model_id=data["model_id"],
-            server_time_ms=data.get("server_time_ms"),
+            poses=tuple(
+                PoseResult.from_answer(pose, raw, common)
+                for pose, raw in zip(answer.poses, data["poses"], strict=True)
+            ),
+            object=answer.object,
+            model_id=answer.model_id,
+            server_time_ms=answer.server_time_ms,
             raw=dict(data),
         )
 
@@ -357,9 +382,14 @@ class Detection(PoseResult):
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], common: Mapping[str, Any] | None = None) -> Detection:
+        return cls.from_answer(wire.DetectionAnswer.model_validate(data), data, common)
+
+    @classmethod
+    def from_answer(
+        cls, answer: wire.DetectionAnswer, data: Mapping[str, Any], common: Mapping[str, Any] | None = None
+    ) -> Detection:
         return cls(
-            **cls._fields_from_json(data, common or {}),
-            visible_fraction=float(data.get("visible_fraction", 0.0)),
+            **cls._fields_from_answer(answer, data, common or {}), visible_fraction=answer.visible_fraction
         )
 
 
@@ -385,14 +415,18 @@ class DetectResult:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DetectResult:
+        answer = wire.DetectResponse.model_validate(data)
         return cls(
-            detections=tuple(Detection.from_json(item) for item in data["detections"]),
-            n_points=int(data["n_points"]),
-            segments=int(data["segments"]),
-            complete=bool(data["complete"]),
-            warnings=tuple(data.get("warnings") or ()),
-            server_time_ms=data.get("server_time_ms"),
-            request_id=data.get("request_id"),
+            detections=tuple(
+                Detection.from_answer(item, raw)
+                for item, raw in zip(answer.detections, data["detections"], strict=True)
+            ),
+            n_points=answer.n_points,
+            segments=answer.segments,
+            complete=answer.complete,
+            warnings=tuple(answer.warnings or ()),
+            server_time_ms=answer.server_time_ms,
+            request_id=answer.request_id,
             raw=dict(data),
         )
 
@@ -414,8 +448,12 @@ class Track:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Track:
-        lost = bool(data["lost"])
-        return cls(str(data["object"]), lost, None if lost else Detection.from_json(data))
+        return cls.from_answer(wire.TrackAnswer.model_validate(data), data)
+
+    @classmethod
+    def from_answer(cls, answer: wire.TrackAnswer, data: Mapping[str, Any]) -> Track:
+        """A track from its validated answer; a followed one's JSON is a detection's."""
+        return cls(answer.object, answer.lost, None if answer.lost else Detection.from_json(data))
 
 
 @dataclass(frozen=True, eq=False)
@@ -437,12 +475,15 @@ class TrackResult:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TrackResult:
+        answer = wire.TrackResponse.model_validate(data)
         return cls(
-            tracks=tuple(Track.from_json(item) for item in data["tracks"]),
-            lost=int(data["lost"]),
-            n_points=int(data["n_points"]),
-            server_time_ms=data.get("server_time_ms"),
-            request_id=data.get("request_id"),
+            tracks=tuple(
+                Track.from_answer(item, raw) for item, raw in zip(answer.tracks, data["tracks"], strict=True)
+            ),
+            lost=answer.lost,
+            n_points=answer.n_points,
+            server_time_ms=answer.server_time_ms,
+            request_id=answer.request_id,
             raw=dict(data),
         )
 
@@ -475,16 +516,22 @@ class ObjectInfo:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ObjectInfo:
+        return cls.from_answer(wire.ObjectDescription.model_validate(data), data)
+
+    @classmethod
+    def from_answer(cls, answer: wire.ObjectDescription, data: Mapping[str, Any]) -> ObjectInfo:
+        """An object from its validated description; its open objects (size, symmetry, bench)
+        are kept as the JSON sent them."""
         size = data.get("size") or {}
         return cls(
-            name=str(data["name"]),
-            units=data.get("units"),
+            name=answer.name,
+            units=answer.units,
             metres_per_unit=data.get("metres_per_unit"),
             diagonal=size.get("diagonal"),
             extent=None if size.get("extent") is None else np.asarray(size["extent"], dtype=np.float64),
             symmetry=data.get("symmetry"),
-            model_id=data.get("model_id"),
-            trained=bool(data.get("trained", False)),
+            model_id=answer.model_id,
+            trained=answer.trained,
             bench=data.get("bench"),
             raw=dict(data),
         )
@@ -499,7 +546,12 @@ class ObjectList:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ObjectList:
-        return cls(tuple(ObjectInfo.from_json(item) for item in data["objects"]), data.get("default"))
+        answer = wire.ObjectList.model_validate(data)
+        objects = tuple(
+            ObjectInfo.from_answer(item, raw)
+            for item, raw in zip(answer.objects, data["objects"], strict=True)
+        )
+        return cls(objects, answer.default)
 
     def names(self) -> list[str]:
         return [item.name for item in self.objects]
@@ -535,14 +587,15 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelInfo:
+        answer = wire.ModelDescription.model_validate(data)
         return cls(
-            model_id=str(data["model_id"]),
-            kind=data.get("kind"),
-            order_free=bool(data.get("order_free", False)),
-            n_points=data.get("n_points"),
-            input_requirement=data.get("input_requirement"),
-            limits=dict(data.get("limits") or {}),
-            object=None if not data.get("object") else ObjectInfo.from_json(data["object"]),
+            model_id=answer.model_id,
+            kind=answer.kind,
+            order_free=answer.order_free,
+            n_points=answer.n_points,
+            input_requirement=answer.input_requirement,
+            limits=dict(data["limits"]),  # as sent: a count stays an int
+            object=ObjectInfo.from_answer(answer.object, data["object"]),
             raw=dict(data),
         )
 
@@ -557,7 +610,8 @@ class Health:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Health:
-        return cls(str(data["status"]), data.get("model_id"), tuple(data.get("objects") or ()))
+        answer = wire.Health.model_validate(data)
+        return cls(answer.status, answer.model_id, tuple(answer.objects))
 
 
 @dataclass(frozen=True)
@@ -575,6 +629,5 @@ class Ready:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Ready:
-        return cls(
-            str(data["status"]), int(data["pending"]), int(data["capacity"]), str(data["hard_processes"])
-        )
+        answer = wire.Ready.model_validate(data)
+        return cls(answer.status, answer.pending, answer.capacity, answer.hard_processes)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from cloudpose import wire
 from cloudpose.settings import Settings
-from service import schemas
 from service.app import create_app
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,9 +61,9 @@ def test_model_card_shows_the_served_figures_beside_the_network_alone(
         model = client.get("/v1/model").json()
         one = client.get("/v1/objects/bunny").json()
         listed = client.get("/v1/objects").json()
-    schemas.ModelDescription.model_validate(model)
-    schemas.ObjectDescription.model_validate(one)
-    schemas.ObjectList.model_validate(listed)
+    wire.ModelDescription.model_validate(model)
+    wire.ObjectDescription.model_validate(one)
+    wire.ObjectList.model_validate(listed)
     card = model["metrics"]
     assert card == one["metrics"] == listed["objects"][0]["metrics"] == model["object"]["metrics"]
 
@@ -154,7 +154,7 @@ def test_an_exam_setting_model_is_served_by_its_network_alone(exported_model) ->
     sidecar = json.loads(exported_model.model_path.with_suffix(".json").read_text())
     with TestClient(create_app(Settings(model_path=exported_model.model_path))) as client:
         model = client.get("/v1/model").json()
-    schemas.ModelDescription.model_validate(model)
+    wire.ModelDescription.model_validate(model)
     served = model["metrics"]["served"]
     assert served["what"] == "the network alone, as /v1/pose answers: an exam-setting model is not refined"
     assert served["sets"] is None
