@@ -9,5 +9,5 @@ mkdir -p /models/objects
 [ -d /models/objects/bunny ] || cp -r /app/data/objects/bunny /models/objects/  # keep serving the bunny
 mode=""
 if [ -d "/models/objects/$name" ] || [ -d "/models/runs/$name" ]; then mode=--retrain; fi
-exec cloudpose object add "$name" "$mesh" ${CLOUDPOSE_UNITS:+--units "$CLOUDPOSE_UNITS"} $mode \
+exec cloudpose object add "$name" "$mesh" --train ${CLOUDPOSE_UNITS:+--units "$CLOUDPOSE_UNITS"} $mode \
   --time-budget-s "${CLOUDPOSE_TIME_BUDGET_S:-600}" --store /models/objects --runs-dir /models/runs

@@ -774,7 +774,7 @@ def _require_training_extras() -> None:
 
         typer.echo(
             "error: cloudpose object add trains a network, which needs the training extras "
-            f"(torch is not installed): run {install_script()} train, or add with --no-train",
+            f"(torch is not installed): run {install_script()} train, or add without --train",
             err=True,
         )
         raise typer.Exit(1)
@@ -791,11 +791,21 @@ def object_add(
     surface_tolerance: SurfaceToleranceOption = None,
     model: PackagedModelOption = None,
     time_budget_s: Annotated[float, typer.Option(min=1.0, help="Training budget in seconds.")] = 600.0,
-    no_train: Annotated[
-        bool, typer.Option("--no-train", help="Package only: the registration search alone answers.")
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train/--no-train",
+            help="Also train a network for the single-cloud fast path (needs the training extras; "
+            "up to --time-budget-s). Without it the point-pair votes and the registration search "
+            "answer, and the object is servable in seconds.",
+        ),
     ] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the object's training run.")] = False,
-    retrain: Annotated[bool, typer.Option("--retrain", help="Train the object again from scratch.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the object's training run (implies --train).")
+    ] = False,
+    retrain: Annotated[
+        bool, typer.Option("--retrain", help="Train the object again from scratch (implies --train).")
+    ] = False,
     bench_count: Annotated[
         int, typer.Option(min=0, help="Clouds per set in the closing bench (0 skips it).")
     ] = 50,
@@ -806,7 +816,8 @@ def object_add(
         "runs/objects"
     ),
 ) -> None:
-    """Add a mesh to the object store: check it, find its symmetries, train, export, bench, package.
+    """Add a mesh to the object store: check it, find its symmetries, package it, bench it (and with
+    --train, train and export a network first).
 
     Without --store the package goes to your store (CLOUDPOSE_STORE, else the user data folder's
     cloudpose/objects), served beside the shipped objects.
@@ -819,7 +830,8 @@ def object_add(
         if resume and retrain:
             typer.echo("error: choose one of --resume and --retrain", err=True)
             raise typer.Exit(1)
-        if not no_train and model is None:
+        train = train or resume or retrain
+        if train and model is None:
             _require_training_extras()  # fail before the mesh checks, not after
         command = "cloudpose " + shlex.join(sys.argv[1:])
         result = add_object(
@@ -831,7 +843,7 @@ def object_add(
             surface_tolerance_text=surface_tolerance,
             model_path=model,
             time_budget_s=time_budget_s,
-            train=not no_train,
+            train=train,
             mode="resume" if resume else "retrain" if retrain else "new",
             seed=seed,
             device=device,

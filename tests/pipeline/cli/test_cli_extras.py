@@ -45,7 +45,7 @@ INVOCATIONS: dict[str, list[list[str]]] = {
     "bench": [["bench", "--count", "1", "--sets", "small", "--out", "bench"]],
     "exam": [["exam"]],
     "object add": [
-        ["object", "add", "trained", str(MESH), "--store", "store", "--time-budget-s", "1"],
+        ["object", "add", "trained", str(MESH), "--store", "store", "--train", "--time-budget-s", "1"],
         ["object", "add", "searched", str(MESH), "--no-train", "--bench-count", "1", "--store", "store"],
     ],
     "object list": [["object", "list"]],
@@ -157,8 +157,9 @@ def test_what_the_serving_install_does_and_does_not_do(serve_only: Path, tmp_pat
     assert plotted.returncode == 1 and plotted.stderr.startswith(
         "error: cloudpose plot elu needs the training"
     )
-    added = run_cloudpose(serve_only, ["object", "add", "x", str(MESH), "--store", "store"], tmp_path)
-    assert added.returncode == 1 and "or add with --no-train" in added.stderr
+    adding = ["object", "add", "x", str(MESH), "--store", "store", "--train"]
+    added = run_cloudpose(serve_only, adding, tmp_path)
+    assert added.returncode == 1 and "or add without --train" in added.stderr
     assert not (tmp_path / "store").exists()  # refused before any work
 
 

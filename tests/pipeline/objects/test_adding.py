@@ -110,7 +110,7 @@ def cloudpose(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_object_add_trains_serves_and_poses_end_to_end(tmp_path: Path) -> None:
-    """``cloudpose object add --time-budget-s 20`` -> ``cloudpose serve`` -> POST a cloud."""
+    """``cloudpose object add --train --time-budget-s 20`` -> ``cloudpose serve`` -> POST a cloud."""
     pytest.importorskip("torch")
     import httpx
 
@@ -126,8 +126,9 @@ def test_object_add_trains_serves_and_poses_end_to_end(tmp_path: Path) -> None:
     trimesh.util.concatenate([slab, boss, lug]).export(mesh_path)
     store, runs = tmp_path / "store", tmp_path / "runs"
     common = ("--store", str(store))
-    added = cloudpose("object", "add", "part", str(mesh_path), "--units", "mm", "--time-budget-s", "20",
-                      "--bench-count", "2", "--runs-dir", str(runs), *common)  # fmt: skip
+    added = cloudpose("object", "add", "part", str(mesh_path), "--units", "mm", "--train",
+                      "--time-budget-s", "20", "--bench-count", "2", "--runs-dir", str(runs),
+                      *common)  # fmt: skip
     assert added.returncode == 0, added.stderr
     summary = json.loads(added.stdout)
     assert summary["object"] == "part" and summary["training"]["steps"] > 0
