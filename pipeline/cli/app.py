@@ -611,6 +611,16 @@ FramesOption = Annotated[
         "3 s for three parts).",
     ),
 ]
+BopOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--bop",
+        help="Detect in a BOP dataset's test images (DIR/models, DIR/test) instead, and score by the BOP "
+        "criteria: writes OUT/cloudpose_bop.csv (the BOP results file) and OUT/bop_scores.txt/.json. "
+        "The dataset's objects go into a temporary store, or into --store, where they are kept and reused.",
+        show_default=False,
+    ),
+]
 
 
 @app.command("bench")
@@ -639,9 +649,12 @@ def bench_command(
     ] = False,
     scenes: ScenesOption = False,
     frames: FramesOption = 50,
+    bop: BopOption = None,
 ) -> None:
-    """Benchmark cloudpose against FPFH+RANSAC+ICP and PCA+ICP on seeded sensor-like sets, or (with
-    --scenes) detection in cluttered frames against plane removal + clustering + FPFH."""
+    """Benchmark cloudpose against FPFH+RANSAC+ICP and PCA+ICP on seeded sensor-like sets, or detection
+    in cluttered frames (--scenes) against clustering + FPFH, or in a BOP dataset's images (--bop)."""
+    if bop is not None:
+        return bench_bop(bop, store, out)
     if scenes:
         bench_scenes(frames, seed, store, out)
         return
@@ -740,6 +753,58 @@ def bench_scenes(frames: int, seed: int, store: Path | None, out: Path) -> None:
         typer.echo(f"wrote {out / 'scenes.txt'}, {out / 'scenes.json'}")
 
 
+def bench_bop(directory: Path, store: Path | None, out: Path) -> None:
+    """``cloudpose bench --bop DIR``: the dataset's objects added (mm, without training), cloudpose's
+    detector on every test image, the BOP results file and scores written, the table printed."""
+    import tempfile
+
+    from pipeline.data.bop import BopError
+
+    with expected_failures(), tempfile.TemporaryDirectory(prefix="cloudpose-bop-") as temporary:
+        from cloudpose.estimation.served import ServedObject
+        from cloudpose.store.package import ObjectStore
+        from pipeline.data.bop import read_dataset
+        from pipeline.evaluation import bop as bop_bench
+        from pipeline.evaluation.scene_bench import cloudpose_detector
+        from pipeline.objects.adding import add_object
+
+        try:
+            dataset = read_dataset(directory)
+            object_store = ObjectStore(store if store is not None else Path(temporary) / "objects")
+            for model in dataset.models.values():
+                if model.name not in object_store:  # a kept store's objects are reused
+                    add_object(
+                        model.name,
+                        model.path,
+                        store=object_store,
+                        units="mm",
+                        train=False,
+                        bench_count=0,
+                        runs_dir=Path(temporary) / "runs",
+                        command="cloudpose " + shlex.join(sys.argv[1:]),
+                    )
+            served = {
+                model.name: ServedObject.from_package(object_store.get(model.name))
+                for model in dataset.models.values()
+            }
+            total = len(dataset.images)
+            typer.echo(f"{total} images of {directory}, {len(served)} objects", err=True)
+
+            def progress(done: int) -> None:
+                if done % 10 == 0 or done == total:
+                    typer.echo(f"  {done}/{total} images", err=True)
+
+            run = bop_bench.run_bop_bench(dataset, cloudpose_detector(served), progress)
+        except BopError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        paths = bop_bench.write_outputs(run, out)
+        typer.echo(bop_bench.format_table(run.scores))
+        for failure in run.failures:
+            typer.echo(f"detector failed on {failure}", err=True)
+        typer.echo("wrote " + ", ".join(str(path) for path in paths.values()))
+
+
 object_app = typer.Typer(
     cls=ExtrasGroup,
     help="The object store: add a mesh as a served object, list, show, remove.",
@@ -780,6 +845,17 @@ def _require_training_extras() -> None:
         raise typer.Exit(1)
 
 
+TrainOption = Annotated[
+    bool,
+    typer.Option(
+        "--train/--no-train",
+        help="Also train a network for the single-cloud fast path (needs the training extras; "
+        "up to --time-budget-s). Without it the point-pair votes and the registration search "
+        "answer, and the object is servable in seconds.",
+    ),
+]
+
+
 @object_app.command("add")
 def object_add(
     name: Annotated[str, typer.Argument(help="Object name (lower-case letters, digits, - and _).")],
@@ -791,15 +867,7 @@ def object_add(
     surface_tolerance: SurfaceToleranceOption = None,
     model: PackagedModelOption = None,
     time_budget_s: Annotated[float, typer.Option(min=1.0, help="Training budget in seconds.")] = 600.0,
-    train: Annotated[
-        bool,
-        typer.Option(
-            "--train/--no-train",
-            help="Also train a network for the single-cloud fast path (needs the training extras; "
-            "up to --time-budget-s). Without it the point-pair votes and the registration search "
-            "answer, and the object is servable in seconds.",
-        ),
-    ] = False,
+    train: TrainOption = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the object's training run (implies --train).")
     ] = False,
