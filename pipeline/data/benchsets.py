@@ -107,11 +107,22 @@ def _noisy(mesh: Mesh, rng: np.random.Generator) -> Case:
 
 def _partial(mesh: Mesh, rng: np.random.Generator, depth_noise: float = 0.0) -> Case:
     low, high = PARTIAL_VISIBLE_RANGE
+    fallback, fallback_gap = None, np.inf
     for _ in range(PARTIAL_MAX_ATTEMPTS):
         view = render_view(mesh, random_viewpoint(rng, mesh.diagonal), rng, depth_noise=depth_noise)
-        if len(view) >= PARTIAL_MIN_POINTS and low <= visible_fraction(view, mesh) <= high:
+        if len(view) < PARTIAL_MIN_POINTS:
+            continue
+        fraction = visible_fraction(view, mesh)
+        if low <= fraction <= high:
             return _pose(view[rng.permutation(len(view))], rng, mesh.diagonal)
-    raise RuntimeError(f"no view of {mesh.name} covers {low:.0%}–{high:.0%} of its surface")
+        gap = low - fraction if fraction < low else fraction - high
+        if gap < fallback_gap:
+            fallback, fallback_gap = view, gap
+    if fallback is None:
+        raise RuntimeError(f"no view of {mesh.name} shows {PARTIAL_MIN_POINTS} points")
+    # A hollow part (a pipe's inside) never shows 30 % of its surface from outside: its view
+    # nearest the range stands in.
+    return _pose(fallback[rng.permutation(len(fallback))], rng, mesh.diagonal)
 
 
 _MAKERS: dict[str, Callable[[Mesh, np.random.Generator], Case]] = {
