@@ -498,18 +498,7 @@ class PPFModel:
         member's 6-degree bins (Drost et al. average the same way)."""
         from scipy.spatial.transform import Rotation
 
-        settings = self.settings
-        rotations = np.ascontiguousarray(back[:, :3, :3])  # (K, 3, 3)
-        centres = -np.einsum("ki,kij->kj", back[:, :3, 3], rotations)  # (K, 3)
-        order = np.argsort(-votes, kind="stable")
-        rotations, centres, weights = rotations[order], np.ascontiguousarray(centres[order]), votes[order]
-        heads, scores, labels = _cluster(
-            rotations,
-            centres,
-            weights.astype(np.int64),
-            math.cos(math.radians(settings.cluster_degrees)),
-            settings.cluster_distance * self.diagonal,
-        )
+        rotations, centres, weights, _, scores, labels = self._grouped(back, votes)
         out = []
         for h in np.argsort(-scores, kind="stable")[:count]:
             members = np.flatnonzero(labels == h)
@@ -553,21 +542,29 @@ class PPFModel:
     ) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """Greedy pose clustering (:func:`_cluster`); a cluster's pose is its strongest member,
         its score the votes of all its members."""
+        rotations, centres, _, heads, scores, _ = self._grouped(back, votes)
+        ranked = np.argsort(-scores, kind="stable")[: self.settings.hypotheses if count is None else count]
+        return [(rotations[heads[h]], centres[heads[h]], int(scores[h])) for h in ranked]
+
+    def _grouped(self, back: np.ndarray, votes: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The poses of back transforms, most votes first (rotations (K, 3, 3), centres (K, 3),
+        votes (K,)), and their greedy clusters (:func:`_cluster`: heads, scores, each pose's
+        cluster)."""
         settings = self.settings
         # The object pose of a back transform B (cloudpose.registration.refine.back_matrix): the rotation is
         # B's, and the translation, where the object's centre lies, -B_t @ R.
         rotations = np.ascontiguousarray(back[:, :3, :3])  # (K, 3, 3)
         centres = -np.einsum("ki,kij->kj", back[:, :3, 3], rotations)  # (K, 3)
         order = np.argsort(-votes, kind="stable")
-        heads, scores, _ = _cluster(
-            rotations[order],
-            np.ascontiguousarray(centres[order]),
-            votes[order].astype(np.int64),
+        rotations, centres, weights = rotations[order], np.ascontiguousarray(centres[order]), votes[order]
+        heads, scores, labels = _cluster(
+            rotations,
+            centres,
+            weights.astype(np.int64),
             math.cos(math.radians(settings.cluster_degrees)),
             settings.cluster_distance * self.diagonal,
         )
-        ranked = np.argsort(-scores, kind="stable")[: settings.hypotheses if count is None else count]
-        return [(rotations[order[heads[h]]], centres[order[heads[h]]], int(scores[h])) for h in ranked]
+        return rotations, centres, weights, heads, scores, labels
 
 
 @njit(cache=True)
