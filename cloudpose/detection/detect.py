@@ -215,14 +215,20 @@ class FrameReport:
     complete: bool = True
     poses: int = 0  # proposals posed as an object
     skipped: list[str] = field(default_factory=list)  # why objects were not looked for
+    examined: int | None = None  # segments looked at (None: every one)
 
     def answer(self, n_points: int, budget_s: float | None) -> dict[str, Any]:
         """The report as ``/v1/detect`` answers it (``budget_s``: the budget it ran under)."""
         warnings = list(self.skipped)
         if not self.complete:
+            left = (
+                ""
+                if self.examined is None or self.examined >= self.segments
+                else f" ({self.segments - self.examined} of {self.segments} not looked at)"
+            )
             warnings.append(
                 f"the detection budget ({budget_s:g} s) ran out before every segment of the frame "
-                "was looked at: instances may be missing"
+                f"was looked at{left}: instances may be missing"
             )
         return {
             "detections": [detection.to_dict() for detection in self.detections],
@@ -412,6 +418,7 @@ class _FrameSearch:
         self.surfaces: list[tuple[np.ndarray, float]] = []  # each detection's posed surface, reach
         self.refused = 0
         self.poses = 0
+        self.examined = 0  # segments the first pass looked at
 
     def unexplained(self, members: np.ndarray) -> np.ndarray:
         """The members (point indices) that no detection made so far explains."""
@@ -762,6 +769,7 @@ def detect(
         complete,
         search.poses,
         skipped,
+        None if complete else search.examined,
     )
 
 
@@ -820,6 +828,7 @@ def _first_pass(
     for members in segments:
         if out_of_time():
             break
+        search.examined += 1
         remaining = search.unexplained(members)
         if len(remaining) < (1 - params.explained_already) * len(members):
             continue

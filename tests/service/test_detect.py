@@ -14,7 +14,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from cloudpose.detection.detect import detect, voxel_labels
+from cloudpose.detection.detect import DETECTION_PARAMS, detect, voxel_labels
 from cloudpose.estimation.served import ServedObject
 from cloudpose.geometry.rotations import geodesic_deg
 from cloudpose.settings import Settings
@@ -338,3 +338,29 @@ def test_an_object_without_units_is_skipped_with_a_warning_not_a_422(tmp_path: P
     with pytest.raises(CloudError) as refused:
         detect(frame, {"unitless": unitless}, "m")
     assert refused.value.status == 422
+
+
+def test_a_frame_of_random_points_stops_at_its_budget_and_says_what_it_left() -> None:
+    """Clutter that cuts into many segments, each posed in turn: past the budget no segment is
+    posed, and the answer says how many were not looked at."""
+    import time
+
+    from cloudpose.estimation.served import ServedObject
+
+    bunny = ServedObject.from_package(ObjectStore(REPO_ROOT / "data" / "objects").get("bunny"))
+    rng = np.random.default_rng(0)
+    # Blobs of a bunny's size scattered in front of the camera: many segments, none the bunny.
+    centres = rng.uniform([-0.6, -0.4, 1.0], [0.6, 0.4, 2.0], size=(60, 3))
+    frame = np.concatenate([centre + rng.normal(0, 0.03, size=(800, 3)) for centre in centres])
+    budget_s = 0.3
+
+    started = time.perf_counter()
+    report = detect(frame, {"bunny": bunny}, "m", budget_s=budget_s)
+    elapsed = time.perf_counter() - started
+
+    assert not report.complete
+    assert report.segments > report.examined >= 1
+    (warning,) = report.answer(len(frame), budget_s)["warnings"]
+    assert f"{report.segments - report.examined} of {report.segments} not looked at" in warning
+    # One segment's search may run past the budget by its own budget, never more.
+    assert elapsed < budget_s + 2 * DETECTION_PARAMS.segment_budget_s + 1.0
