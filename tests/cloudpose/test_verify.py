@@ -5,15 +5,30 @@ its true pose clears."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
 from cloudpose.detection.detect import DETECTION_PARAMS, RangeImage, open_frame
-from cloudpose.estimation.served import ObjectPose
-from pipeline.data.scenes import Frame, Intrinsics, SceneCounts, SceneLayout, make_frame
+from cloudpose.estimation.served import ObjectPose, ServedObject
+from cloudpose.geometry.rotations import axis_rotation
+from cloudpose.store.package import ObjectStore
+from pipeline.data.scenes import (
+    Frame,
+    Intrinsics,
+    SceneCounts,
+    SceneLayout,
+    SceneObject,
+    make_frame,
+    package_object,
+)
+from pipeline.objects.adding import add_object
 from tests.service import test_detect
 
+PARTS_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "make_scene_parts.py"
 # The detection tests' fixtures: the served bunny, its scene mesh in metres, distractors.
 bunny, scene_bunny, distractors = test_detect.bunny, test_detect.scene_bunny, test_detect.distractors
 
@@ -112,3 +127,40 @@ def test_the_true_pose_clears_the_view_bar_and_its_look_alikes_do_not(bunny, fra
         assert search.view("bunny", object_pose(bunny, rotation, truth.translation)) < bar
     shifted = truth.translation + np.array([0.03, 0.0, 0.0])  # a third of the bunny aside
     assert search.view("bunny", object_pose(bunny, truth.rotation, shifted)) < bar
+
+
+@pytest.fixture(scope="module")
+def flange(tmp_path_factory) -> tuple[ServedObject, SceneObject]:
+    """The parts benchmark's flange (six bolt holes: nearly round about its axis), added without
+    training, served, and its mesh in metres."""
+    spec = importlib.util.spec_from_file_location("make_scene_parts", PARTS_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = tmp_path_factory.mktemp("flange")
+    module.parts()["flange"].export(folder / "flange.stl")
+    store = ObjectStore(folder / "store")
+    add_object(
+        "flange", folder / "flange.stl", store=store, units="mm", train=False, bench_count=0,
+        runs_dir=folder / "runs",
+    )  # fmt: skip
+    package = store.get("flange")
+    return ServedObject.from_package(package), package_object(package)
+
+
+def test_a_flange_turned_off_its_holes_is_settled_on_the_turn_the_frame_bears_out(flange) -> None:
+    served, scene_flange = flange
+    counts = SceneCounts(target_copies=(1, 1), distractors=(0, 0))
+    layout = SceneLayout(touching=0.0, distance_m=(0.7, 0.7), tilt_deg=(40.0, 40.0))
+    frame = make_frame([scene_flange], [], np.random.default_rng(3), Intrinsics(), counts, layout=layout)
+    search, _, _ = open_frame(frame.points().astype(np.float64), {"flange": served}, "m", None, 0)
+    truth = frame.instances[0]
+    round_axis = search._round_axes("flange")[0]  # the axis of its six symmetries
+
+    def about_axis(degrees: float) -> np.ndarray:
+        return axis_rotation(round_axis, np.radians(degrees)) @ truth.rotation
+
+    answer = ambiguous_answer(served, truth, [about_axis(8), about_axis(38)])  # neither is right
+    settled = search._settle("flange", answer)
+    assert settled.found and not settled.ambiguous
+    assert served.symmetry.error_deg(settled.object_rotation, truth.rotation) < 3.0
+    assert any("a turn near two of them" in warning for warning in settled.warnings)
