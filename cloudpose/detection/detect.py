@@ -333,12 +333,7 @@ class RangeImage:
 
     def __init__(self, points: np.ndarray, sensor: np.ndarray, cell: float) -> None:
         self.sensor, self.cell = sensor, cell
-        keys, ranges = self._cells(points)
-        order = np.lexsort((ranges, keys))  # by cell, nearest first
-        keys, ranges = keys[order], ranges[order]
-        first = np.ones(len(keys), dtype=bool)
-        first[1:] = keys[1:] != keys[:-1]
-        self.keys, self.nearest = keys[first], ranges[first]  # sorted cells, their nearest range
+        self.keys, self.nearest, _ = self.nearest_of(points)  # sorted cells, their nearest range
 
     def _cells(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         offset = points - self.sensor
@@ -359,16 +354,11 @@ class RangeImage:
         beyond = self.nearest[where[seen]] > ranges[seen] + tolerance
         return int(beyond.sum()), int(seen.sum())
 
-    def rendered(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """What the sensor would see of ``points`` (M, 3) alone: the cells they fall in (sorted)
-        and the nearest of them in each."""
-        keys, ranges, _ = self.nearest_of(points)
-        return keys, ranges
-
     def nearest_of(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`rendered`, and the index of the point seen in each cell."""
+        """What the sensor would see of ``points`` (M, 3) alone: the cells they fall in (sorted),
+        the nearest range in each, and the index of the point seen there."""
         keys, ranges = self._cells(points)
-        order = np.lexsort((ranges, keys))
+        order = np.lexsort((ranges, keys))  # by cell, nearest first
         keys, ranges = keys[order], ranges[order]
         first = np.ones(len(keys), dtype=bool)
         first[1:] = keys[1:] != keys[:-1]
@@ -680,6 +670,15 @@ class _FrameSearch:
         seen, looked = self.seen.agreement(posed[facing], self.params.support_tolerance * size)
         return seen / looked
 
+    def _rendered(self, name: str, pose: ObjectPose) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The posed object as the sensor would see it: its whole surface sample's points that
+        face the sensor (M, 3), the cells they fall in (sorted), the nearest range in each, and
+        which of the points that is."""
+        served = self.objects[name]
+        posed, normals = _posed_surface(served, pose, len(served.estimator.surface.points))
+        facing = posed[np.einsum("ij,ij->i", normals, self.sensor - posed) > 0]
+        return (facing, *self.seen.nearest_of(facing))
+
     def view(self, name: str, pose: ObjectPose) -> float:
         """How well the sensor's view bears the pose out. The object is rendered as the sensor
         would see it: its nearest surface in each direction, away from its silhouette (where a
@@ -689,10 +688,8 @@ class _FrameSearch:
         nothing in, or it lies under the support plane). An occluded instance keeps its score; a
         pose turned to fit part of an instance puts surface where the frame shows none, or under
         the table."""
-        served, size = self.objects[name], self.sizes[name]
-        posed, normals = _posed_surface(served, pose, len(served.estimator.surface.points))
-        facing = posed[np.einsum("ij,ij->i", normals, self.sensor - posed) > 0]
-        keys, ranges, chosen = self.seen.nearest_of(facing)
+        size = self.sizes[name]
+        facing, keys, ranges, chosen = self._rendered(name, pose)
         keep = self.seen.interior(keys)
         keep[keep] = self.seen.in_view(keys[keep])
         keys, ranges, chosen = keys[keep], ranges[keep], chosen[keep]
@@ -855,12 +852,9 @@ class _FrameSearch:
         how closely the sensor saw it: 1 less the distance to the frame's return in units of
         ``params.free_space_tolerance`` (0 beyond it, or where something hides it), -1 where
         the sensor saw through it."""
-        served, size = self.objects[name], self.sizes[name]
-        posed, normals = _posed_surface(served, pose, len(served.estimator.surface.points))
-        front = np.einsum("ij,ij->i", normals, self.sensor - posed) > 0
-        keys, ranges = self.seen.rendered(posed[front])
+        _, keys, ranges, _ = self._rendered(name, pose)
         observed = self.seen.observed(keys)
-        tolerance = self.params.free_space_tolerance * size
+        tolerance = self.params.free_space_tolerance * self.sizes[name]
         with np.errstate(invalid="ignore"):
             gap = observed - ranges
             closeness = np.where(np.abs(gap) <= tolerance, 1.0 - np.abs(gap) / tolerance, 0.0)
@@ -887,13 +881,8 @@ class _FrameSearch:
         ``params.free_space_tolerance`` of the option's nearest surface, -1 where it saw
         beyond it (through it) or where the option shows nothing but the sensor saw something
         another option explains, 0 otherwise (nothing seen, or something in front)."""
-        served, size = self.objects[name], self.sizes[name]
-        tolerance = self.params.free_space_tolerance * size
-        maps = []
-        for option in options:
-            posed, normals = _posed_surface(served, option, len(served.estimator.surface.points))
-            front = np.einsum("ij,ij->i", normals, self.sensor - posed) > 0
-            maps.append(self.seen.rendered(posed[front]))
+        tolerance = self.params.free_space_tolerance * self.sizes[name]
+        maps = [self._rendered(name, option)[1:3] for option in options]
         cells = np.unique(np.concatenate([keys for keys, _ in maps]))
         observed = self.seen.observed(cells)
         predicted = np.full((len(options), len(cells)), np.inf)

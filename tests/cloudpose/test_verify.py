@@ -88,13 +88,13 @@ def test_the_range_image_renders_the_nearest_surface_and_knows_its_inside() -> N
     sensor = np.zeros(3)
     near = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 2.0]])  # one direction, two depths
     image = RangeImage(near, sensor, cell=0.01)
-    keys, ranges = image.rendered(near)
+    keys, ranges, _ = image.nearest_of(near)
     assert len(keys) == 1 and ranges[0] == pytest.approx(1.0)
     assert image.observed(keys)[0] == pytest.approx(1.0)
     assert np.isnan(image.observed(keys + 7)).all()  # nothing was seen there
     grid = np.stack(np.meshgrid(np.arange(-3, 4) * 0.01, np.arange(-3, 4) * 0.01), axis=-1).reshape(-1, 2)
     square = np.column_stack([grid, np.ones(len(grid))])
-    keys, _ = image.rendered(square)
+    keys, _, _ = image.nearest_of(square)
     inside = image.interior(keys)
     assert 0 < inside.sum() < len(keys)  # the border cells are not inside, the middle ones are
     assert image.in_view(keys).all()  # the sensor looked there (it saw the near point)
