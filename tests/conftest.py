@@ -41,6 +41,31 @@ def _copy_package(package: Path, store: Path, name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def added_object(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, object, str], tuple]:
+    """``added_object(name, mesh, suffix)``: a mesh in millimetres (a ``trimesh.Trimesh``) written
+    as a ``suffix`` file, added without training to a store of its own as a user adds it, and
+    served; returns the :class:`cloudpose.estimation.served.ServedObject` and its
+    :class:`pipeline.data.scenes.SceneObject` (the mesh in metres, as frames place it)."""
+    from cloudpose.estimation.served import ServedObject
+    from cloudpose.store.package import ObjectStore
+    from pipeline.data.scenes import package_object
+    from pipeline.objects.adding import add_object
+
+    def add(name: str, mesh, suffix: str) -> tuple:
+        folder = tmp_path_factory.mktemp(name)
+        mesh.export(folder / f"{name}{suffix}")
+        store = ObjectStore(folder / "store")
+        add_object(
+            name, folder / f"{name}{suffix}", store=store, units="mm", train=False, bench_count=0,
+            runs_dir=folder / "runs",
+        )  # fmt: skip
+        package = store.get(name)
+        return ServedObject.from_package(package), package_object(package)
+
+    return add
+
+
+@pytest.fixture(scope="session")
 def copy_package() -> Callable[[Path, Path, str], Path]:
     """``copy_package(package, store, name)``: a copy of a package under another name in
     ``store`` (a user's object, made in no time); returns its folder."""

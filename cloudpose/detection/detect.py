@@ -63,6 +63,11 @@ class DetectionParams:
             (sampled) points ...
         plane_distance_voxels: ... fitted to within this many voxels.
         max_planes: at most this many support planes.
+        plane_noise_sigmas: a plane holds the points within this many of the sensor's noise
+            standard deviations of it, where that is more than the RANSAC distance ...
+        plane_noise_bins: ... the noise measured in this many bands of range ...
+        plane_noise_reach: ... on the returns below the plane by at most this many RANSAC
+            distances (:func:`_plane_band`).
         plane_iterations: RANSAC iterations per plane.
         plane_sample: RANSAC sees at most this many of the frame's points.
         range_sample: the range image (what the sensor saw) is built from about this many.
@@ -71,6 +76,8 @@ class DetectionParams:
             VGA one's voxel).
         cluster_eps_voxels: DBSCAN neighbourhood, in voxels ...
         cluster_min_points: ... and its least neighbours.
+        cluster_spacing: returns farther than where they lie this many voxels apart are drawn
+            towards the sensor before they are clustered (:func:`frame_segments`).
         segment_span: segments spanning less than the first share of an object's diagonal, or
             more than the second multiple, are not posed as that object.
         min_segment_points: fewest points a segment (or what is left of it) needs to be posed.
@@ -84,6 +91,8 @@ class DetectionParams:
         min_visible_fraction: a pose whose facing surface the segment covers less than this is
             too little evidence; on the real Kinect frames it refuses the one pose that passes
             free space (the dragon on a 462-point table remnant of test12: 0.02 contradicted).
+            0.3, the visibility from which the benchmarks count an instance: on the parts
+            frames 0.2 let through 2 more wrong poses and no more right ones.
         split_voxel: a segment nothing fits is cut again with voxels this much finer ...
         split_eps_voxels: ... and this neighbourhood (in the finer voxels).
         union_reach: leftovers whose centres lie within this share of the largest diagonal are
@@ -124,6 +133,14 @@ class DetectionParams:
         min_view_agreement: a pose is a detection only when the sensor's view bears it out this
             well (:meth:`_FrameSearch.view`; on the parts frames right poses score 0.9
             and more but for thin parts, poses turned to fit part of a pipe 0.7 to 0.85).
+        view_slope: where the sensor sees the posed surface obliquely, the view check allows a
+            return this many cells' width of the surface's depth across a cell farther off
+            (at most twice ``free_space_tolerance`` more) ...
+        view_lost_cosine: ... and a direction with no return, where it sees the surface this
+            obliquely or more (the cosine of the incidence angle), is not held against the pose:
+            sensors lose and scatter returns at grazing incidence. On 80 parts frames these
+            two raise recall 65.0 -> 68.1 % (precision 96.6 -> 96.3 %); on the eight-object
+            frames 43.2 -> 47.2 % (98.2 -> 96.7 %).
         facing_cosine: only model points seen this head-on count (near the silhouette sensors
             miss returns).
         explained_already: a segment this much explained by detections already made is not
@@ -134,12 +151,16 @@ class DetectionParams:
     plane_min_share: float = 0.15
     plane_distance_voxels: float = 1.5
     max_planes: int = 2
+    plane_noise_sigmas: float = 2.5
+    plane_noise_bins: int = 8
+    plane_noise_reach: float = 4.0
     plane_iterations: int = 200
     plane_sample: int = 20_000
     range_sample: int = 400_000
     pitch_cells: float = 1.5
     cluster_eps_voxels: float = 2.5
     cluster_min_points: int = 8
+    cluster_spacing: float = 1.2
     segment_span: tuple[float, float] = (0.2, 1.5)
     min_segment_points: int = 32
     max_per_segment: int = 3
@@ -148,7 +169,7 @@ class DetectionParams:
     duplicate_degrees: float = 10.0
     duplicate_distance: float = 0.1
     segment_budget_s: float = 0.5
-    min_visible_fraction: float = 0.2
+    min_visible_fraction: float = 0.3
     split_voxel: float = 0.5
     split_eps_voxels: float = 2.0
     union_reach: float = 0.5
@@ -171,6 +192,8 @@ class DetectionParams:
     free_space_tolerance: float = 0.03
     free_space_max_share: float = 0.05
     min_view_agreement: float = 0.85
+    view_slope: float = 1.0
+    view_lost_cosine: float = 0.3
     facing_cosine: float = 0.5
     explained_already: float = 0.5
     support_tolerance: float = 0.03
@@ -308,8 +331,41 @@ def _support_planes(
         if plane[:3] @ sensor + plane[3] < 0:
             plane = -plane
         largest = plane if largest is None else largest
-        on_plane |= np.abs(points @ plane[:3] + plane[3]) <= distance
+        heights = points @ plane[:3] + plane[3]
+        on_plane |= np.abs(heights) <= _plane_band(
+            heights, np.linalg.norm(points - sensor, axis=1), distance, params
+        )
     return on_plane, largest
+
+
+def _plane_band(
+    heights: np.ndarray, ranges: np.ndarray, distance: float, params: DetectionParams = DETECTION_PARAMS
+) -> np.ndarray:
+    """(N,) how far from a support plane its points may lie and still be on it: ``distance``, or
+    more where the sensor's noise is larger (``params.plane_noise_sigmas`` standard deviations).
+
+    A sensor's depth noise grows with range (a Kinect's about with its square), so at the far end
+    of a table its returns scatter beyond a band that fits the near end, and what they leave off
+    the plane would join far objects into one segment. The noise is measured on the plane itself,
+    in ``params.plane_noise_bins`` bands of range: the returns just below it (nothing lies under a
+    table; its top face's returns scatter either side) give a robust standard deviation, the
+    median distance over 0.6745.
+
+    Args:
+        heights: (N,) each point's signed distance from the plane (positive towards the sensor).
+        ranges: (N,) each point's distance from the sensor.
+        distance: the least band (RANSAC's inlier distance).
+    """
+    below = (heights < 0) & (heights > -params.plane_noise_reach * distance)
+    if below.sum() < 8 * params.plane_noise_bins:
+        return np.full(len(heights), distance)
+    near = ranges[below]
+    edges = np.quantile(near, np.linspace(0.0, 1.0, params.plane_noise_bins + 1))
+    bins = np.clip(np.searchsorted(edges, near, side="right") - 1, 0, params.plane_noise_bins - 1)
+    depth = -heights[below]
+    sigma = np.array([np.median(depth[bins == b]) / 0.6745 for b in range(params.plane_noise_bins)])
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    return np.maximum(distance, params.plane_noise_sigmas * np.interp(ranges, centres, sigma))
 
 
 def _clusters(voxels: np.ndarray, voxel: float, params: DetectionParams = DETECTION_PARAMS) -> np.ndarray:
@@ -477,6 +533,7 @@ class _FrameSearch:
         self.refused = 0
         self.poses = 0
         self.examined = 0  # segments the first pass looked at
+        self.pitch = 0.0  # the angle between the sensor's neighbouring returns (radians)
 
     def unexplained(self, members: np.ndarray) -> np.ndarray:
         """The members (point indices) that no detection made so far explains."""
@@ -606,27 +663,48 @@ class _FrameSearch:
         ]
         if self.plane is None or not fitting:
             return fitting
-        scores = [self._screen(name, segment, starts) for name, starts in fitting]
-        top = max(scores)
-        if top < self.params.min_screen:  # no way of resting there fits: clutter
+        screened = [self._screen(name, segment, starts) for name, starts in fitting]
+        if max(fit for fit, _ in screened) < self.params.min_screen:  # no way of resting there fits: clutter
             return []
-        ranked = sorted(zip(scores, range(len(fitting)), strict=True), reverse=True)
-        return [fitting[i] for score, i in ranked if score >= top - self.params.object_margin]
+        # Those within the margin of the best by how well they explain the points, and those
+        # within it by that times how much of them the sensor saw (a smaller object that a
+        # larger one outscores on the points alone).
+        fits = np.array([fit for fit, _ in screened])
+        both = fits * np.array([seen for _, seen in screened])
+        margin = self.params.object_margin
+        kept = (fits >= fits.max() - margin) | (both >= both.max() - margin)
+        return [fitting[i] for i in np.argsort(-fits, kind="stable") if kept[i]]
 
-    def _screen(self, name: str, segment: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]]) -> float:
-        """The best confidence of the object's resting starts after the coarse stages."""
-        from cloudpose.registration.refine import COARSE_SCHEDULE, confidence_score, screen_starts
+    def _screen(
+        self, name: str, segment: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[float, float]:
+        """How well the object resting there fits: the best confidence of its resting starts after
+        the coarse stages (how well it explains the segment's points), and how much of that
+        start's facing surface the sensor saw where it puts it (:meth:`support`). The confidence
+        alone favours the larger objects, whose tolerances are wider and whose surface has room
+        for any small segment; the surface they put where the sensor saw none tells them apart."""
+        from cloudpose.registration.refine import (
+            COARSE_SCHEDULE,
+            confidence_score,
+            object_pose,
+            screen_starts,
+        )
 
         served = self.objects[name]
         scale = served.scale_for(self.units)
         internal = [served.internal_pose(rotation, translation, scale) for rotation, translation in starts]
         surface = served.estimator.surface
-        _, fitness, rmse = screen_starts(
+        backs, fitness, rmse = screen_starts(
             segment * scale, surface, internal, points=self.params.screen_points, stages=COARSE_SCHEDULE
         )
-        return max(
+        scores = [
             confidence_score(fit, error / surface.diagonal) for fit, error in zip(fitness, rmse, strict=True)
-        )
+        ]
+        best = int(np.argmax(scores))
+        rotation, inside = object_pose(backs[best])
+        translation = (inside - served.centroid @ rotation) / scale
+        pose = ObjectPose(rotation.T, -translation @ rotation.T, rotation, translation, False, scale)
+        return scores[best], self.support(name, pose)
 
     def _resting_starts(self, name: str, segment: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Poses of the object resting on the frame's support plane under the segment's centre:
@@ -670,39 +748,50 @@ class _FrameSearch:
         seen, looked = self.seen.agreement(posed[facing], self.params.support_tolerance * size)
         return seen / looked
 
-    def _rendered(self, name: str, pose: ObjectPose) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _rendered(
+        self, name: str, pose: ObjectPose
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The posed object as the sensor would see it: its whole surface sample's points that
-        face the sensor (M, 3), the cells they fall in (sorted), the nearest range in each, and
-        which of the points that is."""
+        face the sensor (M, 3), the cells they fall in (sorted), the nearest range in each,
+        which of the points that is, and how squarely the sensor sees the surface there (the
+        cosine of the incidence angle)."""
         served = self.objects[name]
         posed, normals = _posed_surface(served, pose, len(served.estimator.surface.points))
-        facing = posed[np.einsum("ij,ij->i", normals, self.sensor - posed) > 0]
-        return (facing, *self.seen.nearest_of(facing))
+        sight = self.sensor - posed
+        cosines = np.einsum("ij,ij->i", normals, sight) / np.maximum(np.linalg.norm(sight, axis=1), 1e-12)
+        facing = cosines > 0
+        keys, ranges, chosen = self.seen.nearest_of(posed[facing])
+        return posed[facing], keys, ranges, chosen, cosines[facing][chosen]
 
     def view(self, name: str, pose: ObjectPose) -> float:
         """How well the sensor's view bears the pose out. The object is rendered as the sensor
         would see it: its nearest surface in each direction, away from its silhouette (where a
         sensor's returns are mixed or lost) and inside the sensor's view. Of those directions
         where nothing was seen in front of it, the share where the frame's nearest return lies
-        within ``params.free_space_tolerance`` of it (the rest the sensor saw through, or saw
-        nothing in, or it lies under the support plane). An occluded instance keeps its score; a
+        within ``params.free_space_tolerance`` of it, or a little more where the surface is seen
+        obliquely (``params.view_slope``); the rest the sensor saw through, or saw nothing in
+        (but at grazing incidence, ``params.view_lost_cosine``), or it lies under the support
+        plane. An occluded instance keeps its score; a
         pose turned to fit part of an instance puts surface where the frame shows none, or under
         the table."""
         size = self.sizes[name]
-        facing, keys, ranges, chosen = self._rendered(name, pose)
+        facing, keys, ranges, chosen, cosines = self._rendered(name, pose)
         keep = self.seen.interior(keys)
         keep[keep] = self.seen.in_view(keys[keep])
-        keys, ranges, chosen = keys[keep], ranges[keep], chosen[keep]
+        keys, ranges, chosen, cosines = keys[keep], ranges[keep], chosen[keep], cosines[keep]
         observed = self.seen.observed(keys)
-        tolerance = self.params.free_space_tolerance * size
+        least = self.params.free_space_tolerance * size
+        slope = np.sqrt(np.maximum(1.0 - cosines**2, 0.0)) / np.maximum(cosines, 1e-6)
+        tolerance = least + np.minimum(self.params.view_slope * self.seen.cell * ranges * slope, 2 * least)
         # Surface under the support plane is not hidden by it: the object cannot be there.
         sunk = np.zeros(len(keys), dtype=bool)
         if self.plane is not None:
-            sunk = facing[chosen] @ self.plane[:3] + self.plane[3] < -tolerance
+            sunk = facing[chosen] @ self.plane[:3] + self.plane[3] < -least
         with np.errstate(invalid="ignore"):
             hidden = (observed < ranges - tolerance) & ~sunk
             bears = int((np.abs(observed - ranges) <= tolerance).sum())
-        judged = int((~hidden).sum())
+            lost = np.isnan(observed) & (cosines < self.params.view_lost_cosine)
+        judged = int((~hidden & ~lost).sum())
         return bears / judged if judged else 0.0
 
     def _contradicted_share(self, name: str, pose: ObjectPose, points: int | None = None) -> float:
@@ -852,7 +941,7 @@ class _FrameSearch:
         how closely the sensor saw it: 1 less the distance to the frame's return in units of
         ``params.free_space_tolerance`` (0 beyond it, or where something hides it), -1 where
         the sensor saw through it."""
-        _, keys, ranges, _ = self._rendered(name, pose)
+        _, keys, ranges, _, _ = self._rendered(name, pose)
         observed = self.seen.observed(keys)
         tolerance = self.params.free_space_tolerance * self.sizes[name]
         with np.errstate(invalid="ignore"):
@@ -992,7 +1081,7 @@ def detect(
     points = np.asarray(points, dtype=np.float64)
     objects, skipped = convertible(objects, units)
     search, on_plane, voxel = open_frame(points, objects, units, viewpoint, seed, lap, params)
-    segments = frame_segments(points, on_plane, voxel, params)
+    segments = frame_segments(points, on_plane, voxel, params, search.sensor, search.pitch)
     lap("segments_ms")
     deadline = None if budget_s is None else started + budget_s
     complete = True
@@ -1136,8 +1225,10 @@ def open_frame(
     sight = points[:: max(1, len(points) // params.range_sample)]
     ranges = np.linalg.norm(sight - sensor, axis=1)
     cell = voxel / max(float(np.median(ranges)), voxel) if len(sight) else 1.0
-    seen = RangeImage(sight, sensor, cell=max(cell, params.pitch_cells * _pitch(sight, ranges, seed)))
+    pitch = _pitch(sight, ranges, seed)
+    seen = RangeImage(sight, sensor, cell=max(cell, params.pitch_cells * pitch))
     search = _FrameSearch(points, objects, sizes, units, sensor, seen, plane, params)
+    search.pitch = pitch
     lap("range_image_ms")
     return search, on_plane, voxel
 
@@ -1156,20 +1247,41 @@ def _pitch(points: np.ndarray, ranges: np.ndarray, seed: int, sample: int = 2000
 
 
 def frame_segments(
-    points: np.ndarray, on_plane: np.ndarray, voxel: float, params: DetectionParams = DETECTION_PARAMS
+    points: np.ndarray,
+    on_plane: np.ndarray,
+    voxel: float,
+    params: DetectionParams = DETECTION_PARAMS,
+    sensor: np.ndarray | None = None,
+    pitch: float = 0.0,
 ) -> list[np.ndarray]:
     """The segments of a frame off its support planes: DBSCAN clusters of the voxels of what is
     left, as (M,) point indices into ``points``, largest first (at least ``params.min_segment_points``).
+
+    A sensor's returns lie farther apart the farther they are (``pitch`` times the range), and
+    past some range fewer than DBSCAN's least neighbours fall within its neighbourhood: a whole
+    object there would be taken for noise. So the points beyond the range where returns lie
+    ``params.cluster_spacing`` voxels apart are drawn towards the sensor, each by that range over
+    its own, before they are clustered: their neighbours then lie as close as there. Only the
+    grouping changes; the segments hold the points as they are.
 
     Args:
         points: (N, 3) the frame.
         on_plane: (N,) whether each point lies on a support plane (:func:`open_frame`).
         voxel: the voxel side (:func:`open_frame`).
+        sensor: (3,) where the sensor was (:attr:`_FrameSearch.sensor`).
+        pitch: the angle between its neighbouring returns, radians (:attr:`_FrameSearch.pitch`);
+            0 clusters the points as they are.
     """
     kept = np.flatnonzero(~on_plane)
     if not len(kept):
         return []
-    voxels, voxel_of_point = voxel_labels(points[kept], voxel)
+    where = points[kept]
+    if pitch > 0 and sensor is not None:
+        offset = where - sensor
+        ranges = np.maximum(np.linalg.norm(offset, axis=1), 1e-12)
+        reach = params.cluster_spacing * voxel / pitch  # the range where returns lie that far apart
+        where = sensor + offset * np.minimum(1.0, reach / ranges)[:, None]
+    voxels, voxel_of_point = voxel_labels(where, voxel)
     labels = _clusters(voxels, voxel, params)[voxel_of_point]
     return [kept[members] for members in _members(labels, params)]
 
@@ -1232,14 +1344,19 @@ def _same_instance(
     sizes: Mapping[str, float],
     params: DetectionParams = DETECTION_PARAMS,
 ) -> bool:
-    """Whether two detections are one instance: one object, poses this close (symmetries aside)."""
+    """Whether two detections are one instance: one object, poses this close (symmetries aside).
+
+    Distance is measured at the object's centroid, where its symmetry axes pass: two poses a symmetry
+    apart put it in one place, wherever the mesh file has its origin.
+    """
     if first.object != second.object:
         return False
     a, b = first.pose, second.pose
-    if (
-        np.linalg.norm(a.object_translation - b.object_translation)
-        > params.duplicate_distance * sizes[first.object]
-    ):
+    centre = objects[first.object].centroid / a.scale  # file frame, frame units
+    apart = (centre @ a.object_rotation + a.object_translation) - (
+        centre @ b.object_rotation + b.object_translation
+    )
+    if np.linalg.norm(apart) > params.duplicate_distance * sizes[first.object]:
         return False
     turned = objects[first.object].symmetry.distinct(
         a.object_rotation, b.object_rotation, params.duplicate_degrees

@@ -9,11 +9,13 @@ are its mesh's own coordinates appears at ``X @ rotation + translation``.
 Scoring (:func:`score_frame`), after the BOP challenge's pose-correctness test:
 
 * a pose is *correct* for a ground-truth instance of the same object when its rotation error is
-  below ``Criteria.rotation_deg`` (5°) and its translation error ``‖t_pred - t_gt‖`` is below
-  ``Criteria.translation_pct`` (2 %) of the object's bounding-box diagonal. With a
-  :class:`cloudpose.geometry.symmetry.Symmetry` both are the smallest over the equivalent ground truths
-  ``(S @ R_gt, t_gt)``; symmetry axes pass through the canonical origin (the surface centroid), so
-  the translation error is the same for every equivalent and only the rotation error changes;
+  below ``Criteria.rotation_deg`` (5°) and its translation error is below
+  ``Criteria.translation_pct`` (2 %) of the object's bounding-box diagonal. The translation error is
+  how far apart the two poses put the object's surface centroid, ``‖(c R_pred + t_pred) - (c R_gt +
+  t_gt)‖``, so it does not depend on where the mesh file puts its origin. With a
+  :class:`cloudpose.geometry.symmetry.Symmetry` the rotation error is the smallest over the
+  equivalent ground truths; symmetry axes pass through the centroid, so every equivalent puts the
+  centroid in the same place and only the rotation error changes;
 * matching is greedy: confident detections in order of decreasing score, each to the correct,
   still unmatched instance with the smallest translation error; a confident detection left
   unmatched is a false positive (a second detection of one instance among them). Detections that
@@ -97,7 +99,8 @@ class ObjectModel:
         normals: (M, 3) float64 outward unit normals.
         diagonal: bounding-box diagonal of the mesh; translation errors are in % of it.
         diameter: largest distance between two surface points; MSSD is in % of it.
-        symmetry: the object's rotational symmetries, or None for none.
+        symmetry: the object's rotational symmetries (about the centroid), or None for none.
+        centroid: (3,) the area-weighted surface centroid, in the mesh's coordinates (metres).
     """
 
     points: np.ndarray
@@ -105,6 +108,7 @@ class ObjectModel:
     diagonal: float
     diameter: float
     symmetry: Symmetry | None = None
+    centroid: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
     @classmethod
     def from_mesh(
@@ -120,6 +124,7 @@ class ObjectModel:
             seed: seeds the sample.
         """
         from cloudpose.registration.refine import sample_surface_with_normals
+        from pipeline.data.mesh import surface_centroid
         from pipeline.data.symmetry_search import object_diameter
 
         mesh = getattr(mesh, "mesh", mesh)
@@ -132,6 +137,7 @@ class ObjectModel:
             diagonal=float(np.linalg.norm(vertices.max(axis=0) - vertices.min(axis=0))),
             diameter=object_diameter(vertices),
             symmetry=symmetry,
+            centroid=surface_centroid(vertices, faces),
         )
 
     @functools.cached_property
@@ -156,9 +162,9 @@ class ObjectModel:
 
     @functools.cached_property
     def mssd_points(self) -> np.ndarray:
-        """(min(M, MSSD_POINTS), 3) an even subset of the points."""
+        """(min(M, MSSD_POINTS), 3) an even subset of the points, relative to the centroid."""
         step = max(1, len(self.points) // MSSD_POINTS)
-        return self.points[::step][:MSSD_POINTS]
+        return self.points[::step][:MSSD_POINTS] - self.centroid
 
 
 @dataclass(frozen=True)
@@ -204,7 +210,7 @@ class PoseErrors:
 
     Attributes:
         rotation_deg: geodesic angle to the nearest equivalent ground-truth rotation.
-        translation_pct: ``‖t_pred - t_gt‖`` in % of the diagonal.
+        translation_pct: how far apart the two poses put the surface centroid, in % of the diagonal.
         mssd_pct: MSSD in % of the diameter; NaN when not computed.
     """
 
@@ -231,7 +237,10 @@ def pose_errors(
     """
     pred_rotation = np.asarray(pred_rotation, dtype=np.float64)
     gt_rotation = np.asarray(gt_rotation, dtype=np.float64)
-    offset = np.asarray(pred_translation, dtype=np.float64) - np.asarray(gt_translation, dtype=np.float64)
+    centroid = model.centroid
+    offset = (centroid @ pred_rotation + np.asarray(pred_translation, dtype=np.float64)) - (
+        centroid @ gt_rotation + np.asarray(gt_translation, dtype=np.float64)
+    )
     if model.symmetry is None:
         rotation_deg = float(geodesic_deg(pred_rotation, gt_rotation))
     else:

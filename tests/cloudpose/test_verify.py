@@ -15,7 +15,6 @@ from scipy.spatial.transform import Rotation
 from cloudpose.detection.detect import DETECTION_PARAMS, RangeImage, open_frame
 from cloudpose.estimation.served import ObjectPose, ServedObject
 from cloudpose.geometry.rotations import axis_rotation
-from cloudpose.store.package import ObjectStore
 from pipeline.data.scenes import (
     Frame,
     Intrinsics,
@@ -23,9 +22,7 @@ from pipeline.data.scenes import (
     SceneLayout,
     SceneObject,
     make_frame,
-    package_object,
 )
-from pipeline.objects.adding import add_object
 from tests.service import test_detect
 
 PARTS_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "make_scene_parts.py"
@@ -130,21 +127,13 @@ def test_the_true_pose_clears_the_view_bar_and_its_look_alikes_do_not(bunny, fra
 
 
 @pytest.fixture(scope="module")
-def flange(tmp_path_factory) -> tuple[ServedObject, SceneObject]:
+def flange(added_object) -> tuple[ServedObject, SceneObject]:
     """The parts benchmark's flange (six bolt holes: nearly round about its axis), added without
     training, served, and its mesh in metres."""
     spec = importlib.util.spec_from_file_location("make_scene_parts", PARTS_SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    folder = tmp_path_factory.mktemp("flange")
-    module.parts()["flange"].export(folder / "flange.stl")
-    store = ObjectStore(folder / "store")
-    add_object(
-        "flange", folder / "flange.stl", store=store, units="mm", train=False, bench_count=0,
-        runs_dir=folder / "runs",
-    )  # fmt: skip
-    package = store.get("flange")
-    return ServedObject.from_package(package), package_object(package)
+    return added_object("flange", module.parts()["flange"], ".stl")
 
 
 def test_a_flange_turned_off_its_holes_is_settled_on_the_turn_the_frame_bears_out(flange) -> None:

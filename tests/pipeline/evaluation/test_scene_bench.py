@@ -340,3 +340,35 @@ def test_ppf_detector_explains_a_missing_opencv(objects):
         pytest.skip("OpenCV's ppf_match_3d is installed")
     with pytest.raises(RuntimeError, match="opencv-contrib-python-headless"):
         scene_bench.ppf_detector(objects)
+
+
+def test_box_with_its_origin_at_a_corner_turned_by_a_symmetry_element_is_correct():
+    """A CAD file often puts its origin at a corner; a symmetry turns the box about its centroid, so
+    the equivalent pose moves the file's origin but not the box."""
+    half_turns = np.array(
+        [np.eye(3), np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])]
+    )
+    mesh = trimesh.creation.box(extents=(0.08, 0.05, 0.03))
+    mesh.apply_translation([0.04, 0.025, 0.015])  # origin at a corner
+    model = ObjectModel.from_mesh(mesh, Symmetry(half_turns), count=2000)
+    centroid = np.array([0.04, 0.025, 0.015])
+    np.testing.assert_allclose(model.centroid, centroid, atol=1e-12)
+    gt_rotation = Rotation.from_rotvec([0.3, -0.2, 0.9]).as_matrix()
+    gt_translation = np.array([0.05, -0.02, 0.9])
+    flipped = half_turns[1] @ gt_rotation
+    # the same box: the file's origin moves to where the flip takes the corner
+    moved = gt_translation + (centroid - centroid @ half_turns[1]) @ gt_rotation
+    assert np.linalg.norm(moved - gt_translation) > 0.05
+
+    errors = pose_errors(flipped, moved, gt_rotation, gt_translation, model, with_mssd=True)
+    assert errors.rotation_deg < 1e-6 and errors.translation_pct < 1e-9 and errors.mssd_pct < 1e-9
+    truth = [instance("box", gt_rotation, gt_translation)]
+    assert score_frame([Detection("box", flipped, moved, 1.0)], truth, {"box": model}).instances[0].matched
+    # the flipped rotation with the origin left in place is a box 6 cm away
+    wrong = pose_errors(flipped, gt_translation, gt_rotation, gt_translation, model, with_mssd=True)
+    assert wrong.translation_pct > 50.0 and wrong.mssd_pct > 50.0
+    assert (
+        not score_frame([Detection("box", flipped, gt_translation, 1.0)], truth, {"box": model})
+        .instances[0]
+        .matched
+    )
