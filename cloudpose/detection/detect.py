@@ -320,6 +320,7 @@ def _support_planes(
     on_plane = np.zeros(len(points), dtype=bool)
     largest = None
     sample = np.arange(0, len(points), max(1, len(points) // params.plane_sample))
+    ranges = np.linalg.norm(points - sensor, axis=1)
     o3d.utility.random.seed(seed)
     for _ in range(params.max_planes):
         rest = sample[~on_plane[sample]]
@@ -334,9 +335,7 @@ def _support_planes(
             plane = -plane
         largest = plane if largest is None else largest
         heights = points @ plane[:3] + plane[3]
-        on_plane |= np.abs(heights) <= _plane_band(
-            heights, np.linalg.norm(points - sensor, axis=1), distance, params
-        )
+        on_plane |= np.abs(heights) <= _plane_band(heights, ranges, distance, params)
     return on_plane, largest
 
 
@@ -574,8 +573,7 @@ class _FrameSearch:
         e.g. a point-pair vote's hypothesis; a verified pose that is not a detection already
         becomes one. Returns whether it did."""
         rotation, translation = start
-        scale = self.objects[name].scale_for(self.units)
-        raw = ObjectPose(rotation.T, -translation @ rotation.T, rotation, translation, False, scale)
+        raw = _unverified(rotation, translation, self.objects[name].scale_for(self.units))
         if self.support(name, raw) < self.params.min_vote_support:
             return False  # the sensor does not see the object's facing surface where the votes put it
         found, _ = self._hypothesis(name, self.points[members], [start], self.params.plan())
@@ -704,8 +702,7 @@ class _FrameSearch:
         ]
         best = int(np.argmax(scores))
         rotation, inside = object_pose(backs[best])
-        translation = (inside - served.centroid @ rotation) / scale
-        pose = ObjectPose(rotation.T, -translation @ rotation.T, rotation, translation, False, scale)
+        pose = _unverified(rotation, served.answer_translation(rotation, inside, scale), scale)
         return scores[best], self.support(name, pose)
 
     def _resting_starts(self, name: str, segment: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -1026,6 +1023,12 @@ class _FrameSearch:
             self.refused += 1  # too little of the object to be evidence of it
             return None
         return _Hypothesis(Detection(name, pose, int(explained.sum()), visible), explained, posed, reach)
+
+
+def _unverified(rotation: np.ndarray, translation: np.ndarray, scale: float) -> ObjectPose:
+    """An object pose (frame units, file frame) as an answer not yet found, to be checked against
+    the frame."""
+    return ObjectPose(rotation.T, -translation @ rotation.T, rotation, translation, False, scale)
 
 
 def _answer_frame(pose: ObjectPose) -> dict[str, list]:

@@ -430,7 +430,7 @@ class ServedObject:
         """The internal pose as a file-frame answer in the cloud's units, with its verdict."""
         refinement = pose.refinement
         rotation, internal_translation = pose.object_rotation, pose.object_translation
-        translation = (internal_translation - self.centroid @ rotation) / scale
+        translation = self.answer_translation(rotation, internal_translation, scale)
         back_rotation = rotation.T
         answer = ObjectPose(
             back_rotation,
@@ -489,6 +489,13 @@ class ServedObject:
         ``(internal - centroid @ rotation) / scale``, undone."""
         return rotation, translation * scale + self.centroid @ rotation
 
+    def answer_translation(
+        self, rotation: np.ndarray, internal_translation: np.ndarray, scale: float
+    ) -> np.ndarray:
+        """The translation an answer gives (file frame, cloud units) of an internal object pose:
+        :meth:`internal_pose` undone."""
+        return (internal_translation - self.centroid @ rotation) / scale
+
     def settled(self, answer: ObjectPose, choice: int, why: str) -> ObjectPose:
         """An ambiguous answer settled on one of its candidates by evidence beyond the cloud (e.g.
         a frame's free space), found, with ``why`` among its warnings."""
@@ -518,7 +525,7 @@ class ServedObject:
 
     def _candidate(self, refinement: Any, scale: float) -> dict[str, Any]:
         rotation = refinement.object_rotation
-        translation = (refinement.object_translation - self.centroid @ rotation) / scale
+        translation = self.answer_translation(rotation, refinement.object_translation, scale)
         return {
             "rotation": rotation.T.tolist(),
             "translation": (-translation @ rotation.T).tolist(),
@@ -538,7 +545,7 @@ class ServedObject:
         equivalent = []
         for turn in symmetry.rotations:
             other = turn @ rotation
-            translation = (internal_translation - self.centroid @ other) / scale
+            translation = self.answer_translation(other, internal_translation, scale)
             equivalent.append(
                 {"rotation": other.T.tolist(), "translation": (-translation @ other.T).tolist()}
             )
