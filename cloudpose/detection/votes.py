@@ -11,6 +11,11 @@ point-pair table (:class:`cloudpose.estimation.ppf.PPFModel`) turns those pairs 
 (model point, rotation about the normal); the accumulator peaks are poses, and clustered poses
 are the object's hypotheses, most votes first. Touching instances, clutter and occlusion do not
 matter to the votes: the pairs of one instance's surface agree on its pose, whatever lies beside.
+
+Votes count pairs, so a large surface outvotes a small instance: a few clusters per place are
+kept, each is brought to the frame by a few ICP steps and re-scored by how much of the posed
+object's visible surface lies on the frame (Vidal et al. 2018), and the best distinct poses of
+each object are posed and verified by detection (:meth:`cloudpose.detection.detect._FrameSearch.pose_from`).
 """
 
 from __future__ import annotations
@@ -40,9 +45,27 @@ class VoteParams:
             3, 5 and 6 of 10 instances: the sensor's noise wants wide fits) ...
         normal_neighbours: ... at most this many of them ...
         max_normal_points: ... on an even subsample of at most this many points.
-        hypotheses: clusters kept per object, most votes first.
-        min_votes_share: a cluster with fewer votes than this share of the object's best
-            cluster is not a hypothesis.
+        per_place: of the object's vote clusters, most votes first, at most this many whose
+            centres lie within ``place`` of the diagonal of each other's are kept (a large
+            surface near one instance outvotes a smaller instance elsewhere, whose own
+            references vote it into their first three clusters) ...
+        place: ... (see above) ...
+        hypotheses: ... up to this many ...
+        min_votes_share: ... and none with fewer votes than this share of the object's best
+            cluster.
+        fit_points: each cluster's pose is brought to the frame by a few steps of ICP of this
+            many of the posed object's points facing the sensor ...
+        fit_steps: ... this many steps, from ``fit_reach`` times ``fit_tolerance`` down ...
+        fit_reach: ... (see above) ...
+        fit_tolerance: ... and scored by the share of those points within this distance of a
+            frame point (Vidal et al. 2018 re-score by the visible model points): votes favour
+            the objects near large surfaces, whose pairs agree with many of any object's.
+        distinct: of fitted poses whose centroids lie closer than this and whose rotations
+            differ by less than ``distinct_degrees`` (symmetries aside), only the best scored
+            is kept (a part and its turn that fits nearly as well, e.g. a crank upside down,
+            stay two) ...
+        distinct_degrees: ... (see above) ...
+        kept: ... and this many per object, best scored first, are posed on the frame.
         crop: frame points within this distance of a hypothesis' posed surface are what its
             pose is refined and verified on.
     """
@@ -52,8 +75,17 @@ class VoteParams:
     normal_radius_steps: float = 2.0
     normal_neighbours: int = 60
     max_normal_points: int = 60_000
-    hypotheses: int = 10
-    min_votes_share: float = 0.15
+    per_place: int = 3
+    place: float = 0.25
+    hypotheses: int = 40
+    min_votes_share: float = 0.0
+    fit_points: int = 400
+    fit_steps: int = 4
+    fit_reach: float = 3.0
+    fit_tolerance: float = 0.03
+    distinct: float = 0.1
+    distinct_degrees: float = 20.0
+    kept: int = 10
     crop: float = 0.06
 
 
@@ -72,7 +104,11 @@ def ppf_model(served: ServedObject) -> PPFModel:
 
 class FrameVotes:
     """A frame prepared once for every object's votes: its points off the support planes on a
-    voxel grid, with normals turned towards the sensor.
+    voxel grid, with normals turned towards the sensor. Each object votes on the grid of its
+    own table's step, rounded to a ladder of steps 1.25 times apart from the finest: the
+    finest object's grid holds k^2 times the points that a k-times larger one needs, and its
+    votes cost the square of that (eight objects from 60 to 160 mm: 0.26 s a frame each on the
+    finest grid).
 
     Args:
         points: (N, 3) the frame's points off its support planes, frame units.
@@ -81,32 +117,52 @@ class FrameVotes:
         params: the knobs.
     """
 
+    LADDER = 1.25
+
     def __init__(
         self, points: np.ndarray, sensor: np.ndarray, step: float, params: VoteParams = VOTE_PARAMS
     ) -> None:
-        self.params = params
+        self.params, self.step = params, step
         points = np.asarray(points, np.float64)
-        points = points[:: max(1, len(points) // params.max_normal_points)]
-        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
-        # Normals of the sensor's own sampling (fine: edges and thin walls keep theirs), turned
-        # towards the sensor, then averaged per voxel.
-        cloud.estimate_normals(
-            o3d.geometry.KDTreeSearchParamHybrid(params.normal_radius_steps * step, params.normal_neighbours)
-        )
-        cloud.orient_normals_towards_camera_location(np.asarray(sensor, np.float64))
-        down = cloud.voxel_down_sample(step)
-        normals = np.asarray(down.normals)
-        length = np.linalg.norm(normals, axis=1)
-        keep = length > 0.3  # a voxel whose normals cancel out (an edge seen from both sides) says nothing
-        self.points = np.asarray(down.points)[keep]  # (V, 3)
-        self.normals = normals[keep] / length[keep, None]  # (V, 3)
-        wanted = min(params.max_references, max(1, len(self.points) // params.reference_stride))
-        count = len(self.points)
-        self.references = (
-            np.unique(np.linspace(0, count - 1, wanted).round().astype(np.int64))
-            if count
-            else np.zeros(0, np.int64)
-        )
+        self.cloud = points[:: max(1, len(points) // params.max_normal_points)]
+        self.sensor = np.asarray(sensor, np.float64)
+        self._grids: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.points, self.normals, self.references = self.grid(0)
+
+    def grid(self, rung: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The frame on the grid ``LADDER ** rung`` times the finest step: points (V, 3),
+        their normals (V, 3) and the reference points (indices), made when first asked for."""
+        if rung not in self._grids:
+            params, step = self.params, self.step * self.LADDER**rung
+            cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(self.cloud))
+            # Normals of the sensor's own sampling (fine: edges and thin walls keep theirs), turned
+            # towards the sensor, then averaged per voxel.
+            cloud.estimate_normals(
+                o3d.geometry.KDTreeSearchParamHybrid(
+                    params.normal_radius_steps * step, params.normal_neighbours
+                )
+            )
+            cloud.orient_normals_towards_camera_location(self.sensor)
+            down = cloud.voxel_down_sample(step)
+            normals = np.asarray(down.normals)
+            length = np.linalg.norm(normals, axis=1)
+            keep = (
+                length > 0.3
+            )  # a voxel whose normals cancel out (an edge seen from both sides) says nothing
+            points = np.asarray(down.points)[keep]  # (V, 3)
+            count = len(points)
+            wanted = min(params.max_references, max(1, count // params.reference_stride))
+            references = (
+                np.unique(np.linspace(0, count - 1, wanted).round().astype(np.int64))
+                if count
+                else np.zeros(0, np.int64)
+            )
+            self._grids[rung] = (points, normals[keep] / length[keep, None], references)
+        return self._grids[rung]
+
+    def rung(self, step: float) -> int:
+        """The rung of the ladder whose step is nearest ``step`` (frame units), in ratio."""
+        return max(0, int(np.round(np.log(step / self.step) / np.log(self.LADDER))))
 
     def hypotheses(self, served: ServedObject, scale: float) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """The object's pose hypotheses in this frame, most votes first: (rotation (3, 3),
@@ -116,11 +172,16 @@ class FrameVotes:
             served: the object.
             scale: the frame's units in object units.
         """
-        if len(self.references) == 0:
-            return []
         model = ppf_model(served)
+        points, normals, references = self.grid(self.rung(model.step / scale))
+        if len(references) == 0:
+            return []
         clusters = model.frame_hypotheses(
-            self.points * scale, self.normals, self.references, self.params.hypotheses
+            points * scale,
+            normals,
+            references,
+            self.params.hypotheses,
+            (self.params.place * model.diagonal, self.params.per_place),
         )
         if not clusters:
             return []
@@ -160,8 +221,12 @@ def vote_pass(
     tree = cKDTree(search.points[off])
     queue = []
     for name, served in search.objects.items():
-        for rank, (rotation, translation, votes) in enumerate(frame.hypotheses(served, scales[name])):
-            queue.append((rank, -votes, name, rotation, translation))
+        fitted = [
+            fit_to_frame(search, tree, name, (rotation, translation), params)
+            for rotation, translation, _ in frame.hypotheses(served, scales[name])
+        ]
+        for rank, (score, rotation, translation) in enumerate(_distinct(fitted, search, name, params)):
+            queue.append((rank, -score, name, rotation, translation))
     queue.sort(key=lambda item: item[:2])
     for _, _, name, rotation, translation in queue:
         if out_of_time():
@@ -176,3 +241,77 @@ def vote_pass(
         if len(members) < detection_params.min_segment_points:
             continue
         search.pose_from(members, name, (rotation, translation))
+
+
+def fit_to_frame(
+    search: Any,
+    tree: cKDTree,
+    name: str,
+    pose: tuple[np.ndarray, np.ndarray],
+    params: VoteParams = VOTE_PARAMS,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """A hypothesis brought to the frame and scored: ``params.fit_steps`` steps of trimmed
+    point-to-point ICP of the posed object's points that face the sensor onto the frame's points
+    off its support planes (``tree``), the reach shrinking from ``params.fit_reach`` to one times
+    ``params.fit_tolerance``; the score is the share of those points then within the tolerance.
+
+    Returns:
+        (score, rotation (3, 3), translation (3,)), the pose as answers give it.
+    """
+    rotation, translation = pose
+    served, size = search.objects[name], search.sizes[name]
+    scale = served.scale_for(search.units)
+    surface = served.estimator.surface
+    every = max(1, len(surface.points) // params.fit_points)
+    sample = (surface.points[::every] + served.centroid) / scale
+    normals = surface.normals[::every]
+    posed = sample @ rotation + translation
+    sight = search.sensor - posed
+    facing = np.einsum("ij,ij->i", normals @ rotation, sight) > 0
+    moving = posed[facing]
+    if len(moving) < 3:
+        return 0.0, rotation, translation
+    tolerance = params.fit_tolerance * size
+    turn, shift = np.eye(3), np.zeros(3)
+    for reach in np.linspace(params.fit_reach, 1.0, params.fit_steps):
+        now = moving @ turn + shift
+        distance, nearest = tree.query(now, distance_upper_bound=reach * tolerance)
+        near = np.isfinite(distance)
+        if near.sum() < 3:
+            break
+        step_turn, step_shift = _kabsch(now[near], tree.data[nearest[near]])
+        turn, shift = turn @ step_turn, shift @ step_turn + step_shift
+    distance, _ = tree.query(moving @ turn + shift, distance_upper_bound=tolerance)
+    return float(np.isfinite(distance).mean()), rotation @ turn, translation @ turn + shift
+
+
+def _kabsch(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rotation (3, 3) and translation (3,) that best take ``source`` onto ``target`` (row
+    vectors: ``source @ R + t``), least squares."""
+    source_centre, target_centre = source.mean(axis=0), target.mean(axis=0)
+    u, _, vt = np.linalg.svd((source - source_centre).T @ (target - target_centre))
+    flip = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rotation = u @ flip @ vt
+    return rotation, target_centre - source_centre @ rotation
+
+
+def _distinct(
+    fitted: list[tuple[float, np.ndarray, np.ndarray]], search: Any, name: str, params: VoteParams
+) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """The best scored of ``fitted`` hypotheses of one object that are not the same pose as a
+    better one (``params.distinct``), at most ``params.kept``."""
+    served = search.objects[name]
+    centroid = served.centroid / served.scale_for(search.units)
+    reach = params.distinct * search.sizes[name]
+    kept: list[tuple[float, np.ndarray, np.ndarray]] = []
+    for score, rotation, translation in sorted(fitted, key=lambda item: -item[0]):
+        centre = centroid @ rotation + translation
+        if all(
+            np.linalg.norm(centre - (centroid @ other + moved)) >= reach
+            or served.symmetry.distinct(rotation, other, params.distinct_degrees)
+            for _, other, moved in kept
+        ):
+            kept.append((score, rotation, translation))
+            if len(kept) == params.kept:
+                break
+    return kept

@@ -8,6 +8,7 @@ Conventions follow the exported sidecar (row vectors): the network gives the obj
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -414,11 +415,15 @@ class SearchPlan:
             the network's alternatives when its first estimate fits doubtfully; internal frame
             for :class:`PoseEstimator`, answer frame for :class:`cloudpose.estimation.served.ServedObject`.
         polish: restart the final fit from shifted copies (:func:`cloudpose.registration.refine.polish_pose`).
+        lead: the first of ``starts`` is the first estimate, in place of the cloud's own
+            point-pair votes (a frame's votes already put it there, and the cloud, cut around
+            it, may hold a neighbour's points that its own votes would follow).
     """
 
     wide: int = 2
     starts: Sequence[tuple[np.ndarray, np.ndarray]] = ()
     polish: bool = False
+    lead: bool = False
 
 
 FULL_SEARCH = SearchPlan()
@@ -752,7 +757,10 @@ class PoseEstimator:
         sample = drop_stray_points(sample)
         centroid = sample.mean(axis=0)
         voted: list[tuple] = []
-        if refine and self.ppf is not None:
+        if refine and plan.lead and plan.starts:
+            voted = [tuple(plan.starts[0])]
+            plan = dataclasses.replace(plan, starts=plan.starts[1:])
+        elif refine and self.ppf is not None:
             # Without a network, point-pair features vote for the first pose and its rivals.
             hypotheses = self.ppf.hypotheses(cloud, seed=len(cloud))
             voted = [(rotation, translation) for rotation, translation, _ in hypotheses]

@@ -473,13 +473,20 @@ class PPFModel:
         return hypotheses
 
     def frame_hypotheses(
-        self, points: np.ndarray, normals: np.ndarray, references: np.ndarray, count: int
+        self,
+        points: np.ndarray,
+        normals: np.ndarray,
+        references: np.ndarray,
+        count: int,
+        per_place: tuple[float, int] | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """Object poses (rotation (3, 3), centre (3,), votes), most votes first, from a whole
         frame's points and sensor-facing normals (object units), ``references`` (indices) voting.
 
         Unlike :meth:`hypotheses`, nothing about the cloud is guessed: a frame holds many objects
-        and its normals' orientation is known; up to ``count`` clusters are returned.
+        and its normals' orientation is known; up to ``count`` clusters are returned, and with
+        ``per_place`` = (reach, most) at most ``most`` of them whose centres lie within ``reach``
+        of each other's (a large surface outvotes a smaller instance elsewhere).
         """
         back, votes = self._votes(
             np.ascontiguousarray(points, dtype=np.float64),
@@ -488,19 +495,30 @@ class PPFModel:
         )
         if len(votes) == 0:
             return []
-        return self._averaged_clusters(back, votes, count)
+        return self._averaged_clusters(back, votes, count, per_place)
 
     def _averaged_clusters(
-        self, back: np.ndarray, votes: np.ndarray, count: int
+        self, back: np.ndarray, votes: np.ndarray, count: int, per_place: tuple[float, int] | None = None
     ) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """Like :meth:`_clusters`, but a cluster's pose is the vote-weighted mean of its members
         (rotations averaged as quaternions, scipy's ``Rotation.mean``), finer than any one
-        member's 6-degree bins (Drost et al. average the same way)."""
+        member's 6-degree bins (Drost et al. average the same way); ``per_place`` as for
+        :meth:`frame_hypotheses`, by the clusters' strongest members."""
         from scipy.spatial.transform import Rotation
 
-        rotations, centres, weights, _, scores, labels = self._grouped(back, votes)
+        rotations, centres, weights, heads, scores, labels = self._grouped(back, votes)
+        chosen: list[int] = []
+        for h in np.argsort(-scores, kind="stable"):
+            if len(chosen) == count:
+                break
+            if per_place is not None:
+                reach, most = per_place
+                near = np.linalg.norm(centres[heads[chosen]] - centres[heads[h]], axis=1) < reach
+                if int(near.sum()) >= most:
+                    continue
+            chosen.append(int(h))
         out = []
-        for h in np.argsort(-scores, kind="stable")[:count]:
+        for h in chosen:
             members = np.flatnonzero(labels == h)
             # Row-vector rotations (points @ R) are the transposes of scipy's; the quaternion mean
             # of the inverses is the inverse of the mean, so the mean is the same rotation.

@@ -143,7 +143,8 @@ def test_a_flange_turned_off_its_holes_is_settled_on_the_turn_the_frame_bears_ou
     frame = make_frame([scene_flange], [], np.random.default_rng(3), Intrinsics(), counts, layout=layout)
     search, _, _ = open_frame(frame.points().astype(np.float64), {"flange": served}, "m", None, 0)
     truth = frame.instances[0]
-    round_axis = search._round_axes("flange")[0]  # the axis of its six symmetries
+    round_axis, order = search._round_axes("flange")[0]  # the axis of its six symmetries
+    assert order == 6
 
     def about_axis(degrees: float) -> np.ndarray:
         return axis_rotation(round_axis, np.radians(degrees)) @ truth.rotation

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from cloudpose.detection.votes import FrameVotes, ppf_model
+from cloudpose.detection.detect import open_frame
+from cloudpose.detection.votes import FrameVotes, fit_to_frame, ppf_model
 from cloudpose.estimation.served import ServedObject
 from cloudpose.geometry.rotations import geodesic_deg
 from cloudpose.store.package import SHIPPED_STORE, ObjectStore
@@ -56,3 +58,40 @@ def test_a_frame_of_clutter_alone_gives_no_strong_hypothesis(bunny: ServedObject
     without = FrameVotes(clutter, np.zeros(3), step).hypotheses(bunny, scale)
     # Random points agree on no pose: their best cluster gets a fraction of the object's votes.
     assert (without[0][2] if without else 0) < 0.5 * with_object[0][2]
+
+
+def test_fitting_a_vote_to_the_frame_brings_it_home_and_scores_a_wrong_turn_lower(
+    bunny: ServedObject,
+) -> None:
+    scale = bunny.scale_for("m")
+    rotation = Rotation.random(random_state=9).as_matrix()
+    translation = np.array([0.02, 0.01, 0.7])
+    view = facing_view(bunny, rotation, translation)
+    search, _, _ = open_frame(view, {"bunny": bunny}, "m", None, 0)
+    tree = cKDTree(view)  # a bunny alone: its own support planes are no table
+    nudge = Rotation.from_rotvec(np.radians(6.0) * np.array([0.6, 0.0, 0.8])).as_matrix()
+    centre = bunny.centroid / scale
+    off = (
+        rotation @ nudge,
+        translation + centre @ rotation - centre @ (rotation @ nudge) + [0.004, 0.0, 0.0],
+    )
+
+    score, fitted_rotation, fitted_translation = fit_to_frame(search, tree, "bunny", off)
+    turned = Rotation.from_rotvec(np.radians(90.0) * np.array([0.0, 1.0, 0.0])).as_matrix()
+    wrong, _, _ = fit_to_frame(search, tree, "bunny", (rotation @ turned, translation))
+
+    print(
+        "fitted",
+        geodesic_deg(fitted_rotation, rotation),
+        "from",
+        geodesic_deg(off[0], rotation),
+        "scores",
+        score,
+        wrong,
+    )
+    assert geodesic_deg(fitted_rotation, rotation) < 0.7 * geodesic_deg(off[0], rotation)
+    assert (
+        np.linalg.norm(centre @ fitted_rotation + fitted_translation - (centre @ rotation + translation))
+        < 0.002
+    )
+    assert score > 0.9 > wrong + 0.2
