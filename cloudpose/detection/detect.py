@@ -286,6 +286,7 @@ class FrameReport:
     poses: int = 0  # proposals posed as an object
     skipped: list[str] = field(default_factory=list)  # why objects were not looked for
     examined: int | None = None  # segments looked at (None: every one)
+    votes_left: int = 0  # the frame's vote hypotheses not posed when the budget ran out
 
     def answer(self, n_points: int, budget_s: float | None) -> dict[str, Any]:
         """The report as ``/v1/detect`` answers it (``budget_s``: the budget it ran under)."""
@@ -296,6 +297,8 @@ class FrameReport:
                 if self.examined is None or self.examined >= self.segments
                 else f" ({self.segments - self.examined} of {self.segments} not looked at)"
             )
+            if self.votes_left:
+                left += f", nor {self.votes_left} of the poses the frame's votes put forward"
             warnings.append(
                 f"the detection budget ({budget_s:g} s) ran out before every segment of the frame "
                 f"was looked at{left}: instances may be missing"
@@ -1164,8 +1167,9 @@ def detect(
             complete = False
         return not complete
 
+    votes_left = 0
     if votes is not None:  # hypotheses of every object from the whole frame's point pairs
-        vote_pass(search, on_plane, out_of_time, votes)
+        votes_left = vote_pass(search, on_plane, out_of_time, votes)
         lap("votes_ms")
         if not params.segments_after_votes:
             segments = []
@@ -1188,6 +1192,7 @@ def detect(
         search.poses,
         skipped,
         None if complete else search.examined,
+        votes_left,
     )
 
 

@@ -201,7 +201,7 @@ def vote_pass(
     on_plane: np.ndarray,
     out_of_time: Callable[[], bool],
     params: VoteParams = VOTE_PARAMS,
-) -> None:
+) -> int:
     """Every object's hypotheses in the frame, each refined and verified on the frame points
     near its posed surface, strongest first; the found ones become the search's detections.
 
@@ -210,17 +210,22 @@ def vote_pass(
         on_plane: (N,) whether each frame point lies on a support plane.
         out_of_time: whether the frame's budget ran out (checked before each hypothesis).
         params: the knobs.
+
+    Returns:
+        How many hypotheses were left unexamined when the budget ran out (0: none).
     """
     detection_params = search.params
     off = np.flatnonzero(~on_plane)
     if len(off) < detection_params.min_segment_points or not search.objects:
-        return
+        return 0
     scales = {name: served.scale_for(search.units) for name, served in search.objects.items()}
     step = min(ppf_model(served).step / scales[name] for name, served in search.objects.items())
     frame = FrameVotes(search.points[off], search.sensor, step, params)
     tree = cKDTree(search.points[off])
     queue = []
     for name, served in search.objects.items():
+        if out_of_time():
+            break  # what the objects not voted for would have added is unknown: nothing counted
         fitted = [
             fit_to_frame(search, tree, name, (rotation, translation), params)
             for rotation, translation, _ in frame.hypotheses(served, scales[name])
@@ -228,9 +233,9 @@ def vote_pass(
         for rank, (score, rotation, translation) in enumerate(_distinct(fitted, search, name, params)):
             queue.append((rank, -score, name, rotation, translation))
     queue.sort(key=lambda item: item[:2])
-    for _, _, name, rotation, translation in queue:
+    for done, (_, _, name, rotation, translation) in enumerate(queue):
         if out_of_time():
-            break
+            return len(queue) - done
         served, size = search.objects[name], search.sizes[name]
         surface = served.estimator.surface
         sample = (surface.points[:: max(1, len(surface.points) // 400)] + served.centroid) / scales[name]
@@ -241,6 +246,7 @@ def vote_pass(
         if len(members) < detection_params.min_segment_points:
             continue
         search.pose_from(members, name, (rotation, translation))
+    return 0
 
 
 def fit_to_frame(
