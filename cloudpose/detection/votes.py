@@ -237,9 +237,7 @@ def vote_pass(
         if out_of_time():
             return len(queue) - done
         served, size = search.objects[name], search.sizes[name]
-        surface = served.estimator.surface
-        sample = (surface.points[:: max(1, len(surface.points) // 400)] + served.centroid) / scales[name]
-        posed = sample @ rotation + translation
+        posed, _ = served.posed_surface(rotation, translation, scales[name], 400)
         near = tree.query_ball_point(posed, params.crop * size, return_sorted=False)
         members = np.unique(np.concatenate([np.asarray(item, dtype=np.int64) for item in near]))
         members = search.unexplained(off[members])
@@ -266,14 +264,11 @@ def fit_to_frame(
     """
     rotation, translation = pose
     served, size = search.objects[name], search.sizes[name]
-    scale = served.scale_for(search.units)
-    surface = served.estimator.surface
-    every = max(1, len(surface.points) // params.fit_points)
-    sample = (surface.points[::every] + served.centroid) / scale
-    normals = surface.normals[::every]
-    posed = sample @ rotation + translation
+    posed, normals = served.posed_surface(
+        rotation, translation, served.scale_for(search.units), params.fit_points
+    )
     sight = search.sensor - posed
-    facing = np.einsum("ij,ij->i", normals @ rotation, sight) > 0
+    facing = np.einsum("ij,ij->i", normals, sight) > 0
     moving = posed[facing]
     if len(moving) < 3:
         return 0.0, rotation, translation

@@ -496,6 +496,17 @@ class ServedObject:
         :meth:`internal_pose` undone."""
         return (internal_translation - self.centroid @ rotation) / scale
 
+    def posed_surface(
+        self, rotation: np.ndarray, translation: np.ndarray, scale: float, points: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """About ``points`` of the object's surface points and their normals, (M, 3) each, at a
+        pose as answers give it (file frame, cloud units; ``scale`` the cloud's units in object
+        units)."""
+        surface = self.estimator.surface
+        step = max(1, len(surface.points) // points)
+        canonical = (surface.points[::step] + self.centroid) / scale  # file frame, cloud units
+        return canonical @ rotation + translation, surface.normals[::step] @ rotation
+
     def settled(self, answer: ObjectPose, choice: int, why: str) -> ObjectPose:
         """An ambiguous answer settled on one of its candidates by evidence beyond the cloud (e.g.
         a frame's free space), found, with ``why`` among its warnings."""
