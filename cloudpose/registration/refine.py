@@ -1131,7 +1131,8 @@ def polish_pose(
     first. Each copy, ``shift`` of the diagonal (default ``criteria.polish_shift``) either way
     along each principal axis, goes through the coarse stages (all copies at once) and is
     finished; the deepest fit (smallest inlier RMSE by ``criteria.polish_rmse_gain`` at about
-    the same fitness) is the answer.
+    the same fitness) is the answer. When the compute budget runs out during the coarse stages,
+    the copies are not compared and the given refinement is the answer.
 
     Returns:
         The better refinement: the given one (its competitors kept) or the polished one.
@@ -1159,6 +1160,11 @@ def polish_pose(
         criteria.coarse_iterations,
         criteria,
     )
+    if budget.expired():
+        # The batch stopped with copies where they started: the fine stage alone does not bring
+        # a copy slid along a long part back (its kernel drops the few points that would), and
+        # such a copy can fit its inliers more closely than the pose it was shifted from.
+        return refinement
     best = refinement
     for candidate in coarse:
         rotation, translation = object_pose(candidate)

@@ -447,3 +447,34 @@ def test_polishing_an_unrefined_fit_returns_it_unchanged(mesh, model) -> None:
     far = refine_pose(observed, model, rotation, translation + 100 * mesh.diagonal, search=False)
     assert not far.refined
     assert refine.polish_pose(observed, model, far) is far
+
+
+def test_polishing_under_a_spent_budget_keeps_the_fit_it_was_given() -> None:
+    """Copies that the batch's coarse stages did not bring in are not compared: from a slide along
+    a long plate the fine stage alone stays a slide (its kernel drops the few points that would
+    pull it back), and the slid copy's inliers can fit more closely than the pose it came from."""
+    from cloudpose import budget
+
+    slab = trimesh.creation.box(extents=(60.0, 20.0, 6.0))
+    boss = trimesh.creation.cylinder(radius=8.0, height=10.0)
+    boss.apply_translation((-22.0, 4.0, 2.0))
+    lug = trimesh.creation.box(extents=(10.0, 6.0, 12.0))
+    lug.apply_translation((18.0, -7.0, -3.0))
+    plate = trimesh.util.concatenate([slab, boss, lug])
+    diagonal = float(np.linalg.norm(plate.extents))
+    rng = np.random.default_rng(8)
+    model = SurfaceModel.from_array(
+        sample_surface_with_normals(plate.vertices, plate.faces, 20000, rng), diagonal
+    )
+    rotation = Rotation.random(random_state=rng).as_matrix()
+    translation = np.array([100.0, -40.0, 250.0])
+    canonical = sample_surface_with_normals(plate.vertices, plate.faces, 1500, rng)[:, :3].astype(np.float64)
+    observed = canonical @ rotation + translation
+    slid = translation + np.array([2.0, 0.0, 0.0]) @ rotation  # along the plate's length
+    loose = refine_pose(observed, model, rotation, slid, search=False, doubt_fitness=0.0, coarse_iterations=0)
+    assert loose.inlier_rmse > 0.002 * diagonal  # the fine stage alone left it off
+    with budget.limited(budget.Budget(0.0)):
+        assert refine.polish_pose(observed, model, loose) is loose
+    polished = refine.polish_pose(observed, model, loose)  # with time, the copies come home
+    assert np.linalg.norm(polished.object_translation - translation) < 0.005 * diagonal
+    assert rotation_error_deg(polished.object_rotation, rotation) < 0.5
