@@ -126,6 +126,33 @@ def test_the_true_pose_clears_the_view_bar_and_its_look_alikes_do_not(bunny, fra
     assert search.view("bunny", object_pose(bunny, truth.rotation, shifted)) < bar
 
 
+def test_a_pose_that_leaves_part_of_its_segment_off_its_surface_is_not_a_detection(bunny, frame) -> None:
+    """The bunny's points and a patch of a twentieth as many beside it (a neighbour's face) make a
+    segment whose pose fits the bunny and leaves the patch off its surface: refused by the
+    fitness floor (the segment's parts are posed next); without the floor, a detection."""
+    import dataclasses
+
+    points, labels = frame.points().astype(np.float64), frame.point_labels()
+    search, _, _ = open_frame(points, {"bunny": bunny}, "m", None, 0)
+    own = points[labels == 0]
+    centre = own.mean(axis=0)
+    sight = centre / np.linalg.norm(centre)
+    side = np.cross(sight, [0.0, 1.0, 0.0])
+    side /= np.linalg.norm(side)
+    up = np.cross(side, sight)
+    square = np.random.default_rng(0).uniform(-0.03, 0.03, (len(own) // 20, 2))
+    patch = centre + 0.13 * side + square[:, :1] * side + square[:, 1:] * up
+    segment = np.vstack([own, patch])
+    assert search._pose_once(segment) is None
+    assert search.refused == 1
+    search.params = dataclasses.replace(search.params, min_fitness=0.0)
+    found = search._pose_once(segment)
+    assert found is not None and found.detection.pose.found
+    assert 0.9 < found.detection.pose.confidence["fitness"] < DETECTION_PARAMS.min_fitness
+    truth = frame.instances[0]
+    assert bunny.symmetry.error_deg(found.detection.pose.object_rotation, truth.rotation) < 5.0
+
+
 @pytest.fixture(scope="module")
 def flange(added_object) -> tuple[ServedObject, SceneObject]:
     """The parts benchmark's flange (six bolt holes: nearly round about its axis), added without
