@@ -612,11 +612,7 @@ class _FrameSearch:
         if fit < self.params.min_vote_screen or self.view(name, coarse) < self.params.min_view_agreement:
             return False
         plan = dataclasses.replace(self.params.plan(), lead=True)
-        found, _ = self._hypothesis(name, self.points[members], [start], plan)
-        if found is not None:
-            if _fitness(found) < self.params.min_fitness:
-                self.refused += 1  # the points where the object would be do not all fit it
-                found = None
+        found = self._fitting(self._hypothesis(name, self.points[members], [start], plan)[0])
         if found is None or any(
             _same_instance(found.detection, other, self.objects, self.sizes, self.params)
             for other in self.detections
@@ -647,10 +643,7 @@ class _FrameSearch:
         """The best verified pose of ``segment`` (M, 3) among the objects it may be, or None."""
         best: _Hypothesis | None = None
         for name, starts in self._candidates(segment):
-            found, _ = self._hypothesis(name, segment, starts, self.params.plan())
-            if found is not None and _fitness(found) < self.params.min_fitness:
-                self.refused += 1
-                found = None
+            found = self._fitting(self._hypothesis(name, segment, starts, self.params.plan())[0])
             if found is not None and (
                 best is None or found.detection.confidence() > best.detection.confidence()
             ):
@@ -687,6 +680,17 @@ class _FrameSearch:
         if not pose.found:
             return None, pose
         return self._verify(name, segment, pose, least_visible), pose
+
+    def _fitting(self, found: _Hypothesis | None) -> _Hypothesis | None:
+        """``found``, unless fewer than ``params.min_fitness`` of the points it was posed on fit
+        its pose (counted as refused)."""
+        if found is None:
+            return None
+        fitness = float((found.detection.pose.confidence or {}).get("fitness", 0.0))
+        if fitness < self.params.min_fitness:
+            self.refused += 1  # the points where the object would be do not all fit it
+            return None
+        return found
 
     def _candidates(self, segment: np.ndarray) -> list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]]:
         """The objects the segment may be, each with its resting starts: those whose size fits it,
@@ -1094,11 +1098,6 @@ class _FrameSearch:
             self.refused += 1  # too little of the object to be evidence of it
             return None
         return _Hypothesis(Detection(name, pose, int(explained.sum()), visible), explained, posed, reach)
-
-
-def _fitness(found: _Hypothesis) -> float:
-    """The share of the posed points that fit a found hypothesis's pose."""
-    return float((found.detection.pose.confidence or {}).get("fitness", 0.0))
 
 
 def _unverified(rotation: np.ndarray, translation: np.ndarray, scale: float) -> ObjectPose:

@@ -146,9 +146,8 @@ class FrameVotes:
             down = cloud.voxel_down_sample(step)
             normals = np.asarray(down.normals)
             length = np.linalg.norm(normals, axis=1)
-            keep = (
-                length > 0.3
-            )  # a voxel whose normals cancel out (an edge seen from both sides) says nothing
+            # A voxel whose normals cancel out (an edge seen from both sides) says nothing.
+            keep = length > 0.3
             points = np.asarray(down.points)[keep]  # (V, 3)
             count = len(points)
             wanted = min(params.max_references, max(1, count // params.reference_stride))
