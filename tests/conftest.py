@@ -66,6 +66,19 @@ def added_object(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, obj
 
 
 @pytest.fixture(scope="session")
+def added_part(added_object) -> Callable[[str], tuple]:
+    """``added_part(name)``: a part of the scene benchmark (``benchmarks/make_scene_parts.py``:
+    crank, tee, flange) added as ``added_object`` adds a mesh; the same pair it returns."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "make_scene_parts.py"
+    spec = importlib.util.spec_from_file_location("make_scene_parts", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return lambda name: added_object(name, module.parts()[name], ".stl")
+
+
+@pytest.fixture(scope="session")
 def copy_package() -> Callable[[Path, Path, str], Path]:
     """``copy_package(package, store, name)``: a copy of a package under another name in
     ``store`` (a user's object, made in no time); returns its folder."""

@@ -5,9 +5,6 @@ its true pose clears."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -25,7 +22,6 @@ from pipeline.data.scenes import (
 )
 from tests.service import test_detect
 
-PARTS_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "make_scene_parts.py"
 # The detection tests' fixtures: the served bunny, its scene mesh in metres, distractors.
 bunny, scene_bunny, distractors = test_detect.bunny, test_detect.scene_bunny, test_detect.distractors
 
@@ -154,13 +150,10 @@ def test_a_pose_that_leaves_part_of_its_segment_off_its_surface_is_not_a_detecti
 
 
 @pytest.fixture(scope="module")
-def flange(added_object) -> tuple[ServedObject, SceneObject]:
+def flange(added_part) -> tuple[ServedObject, SceneObject]:
     """The parts benchmark's flange (six bolt holes: nearly round about its axis), added without
     training, served, and its mesh in metres."""
-    spec = importlib.util.spec_from_file_location("make_scene_parts", PARTS_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return added_object("flange", module.parts()["flange"], ".stl")
+    return added_part("flange")
 
 
 def test_a_flange_turned_off_its_holes_is_settled_on_the_turn_the_frame_bears_out(flange) -> None:
