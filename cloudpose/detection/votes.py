@@ -28,7 +28,7 @@ import numpy as np
 import open3d as o3d
 from scipy.spatial import cKDTree
 
-from cloudpose.estimation.ppf import PPFModel
+from cloudpose.estimation.ppf import PPFModel, evenly_spaced
 from cloudpose.estimation.served import ServedObject
 
 
@@ -156,11 +156,7 @@ class FrameVotes:
             points = np.asarray(down.points)[keep]  # (V, 3)
             count = len(points)
             wanted = min(params.max_references, max(1, count // params.reference_stride))
-            references = (
-                np.unique(np.linspace(0, count - 1, wanted).round().astype(np.int64))
-                if count
-                else np.zeros(0, np.int64)
-            )
+            references = evenly_spaced(count, wanted)
             self._grids[rung] = (points, normals[keep] / length[keep, None], references)
         return self._grids[rung]
 
@@ -277,8 +273,7 @@ def fit_to_frame(
     # What the sensor would see of the posed object: its nearest surface in each direction.
     _, _, seen = search.seen.nearest_of(posed[facing])
     moving = posed[facing][seen]
-    if len(moving) > params.fit_points:
-        moving = moving[np.linspace(0, len(moving) - 1, params.fit_points).round().astype(np.int64)]
+    moving = moving[evenly_spaced(len(moving), params.fit_points)]
     if len(moving) < 3:
         return 0.0, rotation, translation
     tolerance = params.fit_tolerance * size

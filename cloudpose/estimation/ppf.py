@@ -328,7 +328,7 @@ def _take_peaks(accumulator, touched, used, angle_bins, alpha_step, out_model, o
         accumulator[touched[t]] = 0
 
 
-def _spaced(count: int, wanted: int) -> np.ndarray:
+def evenly_spaced(count: int, wanted: int) -> np.ndarray:
     """At most ``wanted`` indices evenly spaced over ``range(count)``."""
     if count <= wanted:
         return np.arange(count, dtype=np.int64)
@@ -456,13 +456,13 @@ class PPFModel:
             return []
         probes = []
         for points, normals in scenes:
-            references = _spaced(len(points), settings.probe_references)
+            references = evenly_spaced(len(points), settings.probe_references)
             back, votes = self._votes(points, normals, references)
             probes.append((back, votes, self._clusters(back, votes)))
         lead = max(range(len(scenes)), key=lambda k: probes[k][2][0][2] if probes[k][2] else -1)
         points, normals = scenes[lead]
-        probed = _spaced(len(points), settings.probe_references)
-        rest = np.setdiff1d(_spaced(len(points), settings.references), probed)
+        probed = evenly_spaced(len(points), settings.probe_references)
+        rest = np.setdiff1d(evenly_spaced(len(points), settings.references), probed)
         back, votes = self._votes(points, normals, rest)
         hypotheses = self._clusters(
             np.concatenate([probes[lead][0], back]), np.concatenate([probes[lead][1], votes])

@@ -5,6 +5,8 @@ its true pose clears."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -126,8 +128,6 @@ def test_a_pose_that_leaves_part_of_its_segment_off_its_surface_is_not_a_detecti
     """The bunny's points and a patch of a twentieth as many beside it (a neighbour's face) make a
     segment whose pose fits the bunny and leaves the patch off its surface: refused by the
     fitness floor (the segment's parts are posed next); without the floor, a detection."""
-    import dataclasses
-
     points, labels = frame.points().astype(np.float64), frame.point_labels()
     search, _, _ = open_frame(points, {"bunny": bunny}, "m", None, 0)
     own = points[labels == 0]
