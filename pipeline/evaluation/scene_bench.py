@@ -64,6 +64,7 @@ from pipeline.data.scenes import (
 from pipeline.evaluation.bench import cell_text
 
 VISIBLE_BINS = (0.3, 0.5, 0.7, 0.9, 1.0)  # edges: [0.3, 0.5), [0.5, 0.7), [0.7, 0.9), [0.9, 1.0]
+RANGE_BINS_M = (0.8, 1.0)  # range edges (metres): under 0.8 m, 0.8 to 1.0 m, 1.0 m and beyond
 CONTINUOUS_STEP_DEG = 1.0  # MSSD searches a continuous symmetry in steps of this angle
 MSSD_POINTS = 1000  # model surface points that MSSD takes the maximum over
 
@@ -177,12 +178,16 @@ class Criteria:
         min_visible: instances less visible than this are left out of recall.
         bins: increasing visible-fraction edges; bin i is ``[bins[i], bins[i + 1])``, the last one
             closed. The first edge should be ``min_visible``.
+        range_bins: increasing range edges (frame units, metres in the benchmarks) between the
+            recall-by-range groups: the first group holds instances whose centroid lies nearer
+            the sensor than the first edge, the last those at the last edge or beyond.
     """
 
     rotation_deg: float = 5.0
     translation_pct: float = 2.0
     min_visible: float = 0.3
     bins: tuple[float, ...] = VISIBLE_BINS
+    range_bins: tuple[float, ...] = RANGE_BINS_M
 
     def bin_of(self, visible_fraction: float) -> int | None:
         """Index of the bin that holds ``visible_fraction``, or None outside every bin."""
@@ -194,6 +199,18 @@ class Criteria:
             ):
                 return index
         return None
+
+    def range_bin_of(self, distance: float) -> int:
+        """Index of the range group that holds ``distance`` (see ``range_bins``)."""
+        return int(np.searchsorted(np.asarray(self.range_bins, dtype=np.float64), distance, side="right"))
+
+    def range_labels(self) -> list[str]:
+        """``<0.8 m``, ``0.8-1.0 m``, ``≥1.0 m``-style labels of the range groups."""
+        edges = self.range_bins
+        if not edges:
+            return ["any range"]
+        middle = [f"{edges[i]:g}-{edges[i + 1]:g} m" for i in range(len(edges) - 1)]
+        return [f"<{edges[0]:g} m", *middle, f"≥{edges[-1]:g} m"]
 
     def bin_labels(self) -> list[str]:
         """``[0.3,0.5)``-style labels of the bins, the last one closed (``[0.9,1.0]``)."""
@@ -281,6 +298,8 @@ class InstanceScore:
         matched: a confident detection matched it.
         matched_any_confidence: some detection matched it when confidence is ignored.
         errors: of the matching confident detection (MSSD included), or None.
+        distance: how far its centroid lies from the sensor (the frame's origin), frame units;
+            None when not known.
     """
 
     name: str
@@ -288,6 +307,7 @@ class InstanceScore:
     matched: bool
     matched_any_confidence: bool
     errors: PoseErrors | None = None
+    distance: float | None = None
 
 
 @dataclass
@@ -398,10 +418,18 @@ def score_frame(
             index in errors_of,
             index in found_any,
             errors_of.get(index),
+            _distance(instance, objects.get(instance.name)),
         )
         for index, instance in enumerate(instances)
     ]
     return FrameScore(instance_scores, scored, unconfident)
+
+
+def _distance(instance: Instance, model: ObjectModel | None) -> float:
+    """How far the instance's centroid (its origin when the model is not known) lies from the
+    sensor at the frame's origin."""
+    centroid = np.zeros(3) if model is None else np.asarray(model.centroid, dtype=np.float64)
+    return float(np.linalg.norm(centroid @ np.asarray(instance.rotation) + np.asarray(instance.translation)))
 
 
 @dataclass
@@ -460,9 +488,11 @@ def summarize(frames: Sequence[FrameScore], criteria: Criteria = Criteria()) -> 
     Returns:
         ``frames``, ``failures``; ``instances`` (visible at least ``min_visible``) and ``recall``
         among them, ``recall_any_confidence``; ``instances_by_bin`` and ``recall_by_bin`` (lists,
-        one per bin; None for an empty bin); ``detections`` (confident), ``true_positives``,
-        ``precision``; medians over matched instances of ``rotation_deg``, ``translation_pct``,
-        ``mssd_pct``; ``median_ms`` and ``p90_ms`` per frame; ``empty_frames`` and
+        one per bin; None for an empty bin); ``instances_by_range`` and ``recall_by_range``
+        (likewise, one per range group, instances of unknown distance left out); ``detections``
+        (confident), ``true_positives``, ``precision``; medians over matched instances of
+        ``rotation_deg``, ``translation_pct``, ``mssd_pct``; ``median_ms`` and ``p90_ms`` per
+        frame; ``empty_frames`` and
         ``false_alarm_rate`` (the fraction of them with a confident detection). Ratios and medians
         of nothing are None.
     """
@@ -474,6 +504,11 @@ def summarize(frames: Sequence[FrameScore], criteria: Criteria = Criteria()) -> 
     ]
     bins = len(criteria.bins) - 1
     in_bin = [[i for i in counted if criteria.bin_of(i.visible_fraction) == b] for b in range(bins)]
+    placed = [i for i in counted if i.distance is not None]
+    in_range = [
+        [i for i in placed if criteria.range_bin_of(i.distance) == g]
+        for g in range(len(criteria.range_bins) + 1)
+    ]
     matched = [instance.errors for frame in frames for instance in frame.instances if instance.errors]
     detections = sum(len(frame.detections) for frame in frames)
     true_positives = sum(frame.true_positives for frame in frames)
@@ -487,6 +522,8 @@ def summarize(frames: Sequence[FrameScore], criteria: Criteria = Criteria()) -> 
         "recall_any_confidence": _ratio(sum(i.matched_any_confidence for i in counted), len(counted)),
         "instances_by_bin": [len(members) for members in in_bin],
         "recall_by_bin": [_ratio(sum(i.matched for i in members), len(members)) for members in in_bin],
+        "instances_by_range": [len(members) for members in in_range],
+        "recall_by_range": [_ratio(sum(i.matched for i in members), len(members)) for members in in_range],
         "detections": detections,
         "true_positives": true_positives,
         "precision": _ratio(true_positives, detections),
@@ -654,6 +691,19 @@ def format_table(results: SceneBenchResults) -> str:
         f"correct: rotation < {criteria.rotation_deg:g}°, translation < {criteria.translation_pct:g} % of "
         "the diagonal (symmetry-aware); MSSD in % of the diameter; errors are medians over matches",
     ]
+    by_range = [
+        f"  {name}: "
+        + ", ".join(
+            f"{label} {cell_text(recall, '{:.1%}')} % of {count}"
+            for label, recall, count in zip(
+                criteria.range_labels(),
+                results.results[name].metrics["recall_by_range"],
+                results.results[name].metrics["instances_by_range"],
+                strict=True,
+            )
+        )
+        for name in results.detectors
+    ]
     per_object = [
         f"  {name}: "
         + ", ".join(
@@ -665,7 +715,17 @@ def format_table(results: SceneBenchResults) -> str:
         for name in results.detectors
     ]
     return "\n".join(
-        [line(header), rule, *(line(row) for row in body), "", *notes, "per object:", *per_object]
+        [
+            line(header),
+            rule,
+            *(line(row) for row in body),
+            "",
+            *notes,
+            "recall by the range of the instance's centroid:",
+            *by_range,
+            "per object:",
+            *per_object,
+        ]
     )
 
 
@@ -698,6 +758,8 @@ def results_json(results: SceneBenchResults) -> dict:
             "min_visible": criteria.min_visible,
             "bins": list(criteria.bins),
             "bin_labels": criteria.bin_labels(),
+            "range_bins": list(criteria.range_bins),
+            "range_labels": criteria.range_labels(),
         },
         "frame_count": results.frame_count,
         "empty_frames": results.empty_frames,
@@ -715,6 +777,7 @@ def results_json(results: SceneBenchResults) -> dict:
                         {
                             "object": instance.name,
                             "visible_fraction": instance.visible_fraction,
+                            "distance": _json_value(instance.distance),
                             "matched": instance.matched,
                             "matched_any_confidence": instance.matched_any_confidence,
                             "errors": _errors_json(instance.errors),

@@ -17,7 +17,9 @@ from pipeline.evaluation import scene_bench
 from pipeline.evaluation.scene_bench import (
     Criteria,
     Detection,
+    DetectorResult,
     ObjectModel,
+    SceneBenchResults,
     clustering_fpfh_detector,
     format_table,
     pose_errors,
@@ -280,6 +282,23 @@ def test_visible_fraction_bins_count_instances_in_the_right_bins(objects):
     assert metrics["precision"] == 1.0  # finding a barely visible instance is no false positive
     criteria = Criteria()
     assert [criteria.bin_of(v) for v in (0.2, 0.3, 0.9, 0.99, 1.0)] == [None, 0, 3, 3, 3]
+
+
+def test_recall_by_range_groups_instances_by_how_far_their_centroid_lies(objects):
+    rotation = Rotation.from_rotvec([0.3, -0.2, 0.5]).as_matrix()
+    centroid = np.asarray(objects["bunny"].centroid)
+    # Centroids at these distances straight ahead of the sensor; the far ones are missed.
+    distances = [0.5, 0.79, 0.8, 0.95, 1.0, 1.4]
+    truth = [
+        instance("bunny", rotation, np.array([0.0, 0.0, d]) - centroid @ rotation, 1.0) for d in distances
+    ]
+    found = [Detection("bunny", rotation, i.translation, 1.0) for i in truth[:3]]
+    metrics = summarize([score_frame(found, truth, objects)])
+    assert metrics["instances_by_range"] == [2, 2, 2]  # under 0.8 m, 0.8 to 1.0 m, 1.0 m and beyond
+    assert metrics["recall_by_range"] == [1.0, 0.5, 0.0]
+    assert Criteria().range_labels() == ["<0.8 m", "0.8-1 m", "≥1 m"]
+    table = format_table(SceneBenchResults(["d"], {"d": DetectorResult("d", [], metrics)}, Criteria(), 1, 0))
+    assert "<0.8 m 100.0 % of 2, 0.8-1 m 50.0 % of 2, ≥1 m 0.0 % of 2" in table
 
 
 def test_format_table_and_json_name_every_detector_and_bin(frames, objects):
