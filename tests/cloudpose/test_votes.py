@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from cloudpose.detection.detect import open_frame
-from cloudpose.detection.votes import FrameVotes, fit_to_frame, ppf_model
+from cloudpose.detection.detect import DETECTION_PARAMS, detect, open_frame
+from cloudpose.detection.votes import VOTE_PARAMS, FrameVotes, fit_to_frame, ppf_model
 from cloudpose.estimation.served import ServedObject
 from cloudpose.geometry.rotations import geodesic_deg
 from cloudpose.store.package import SHIPPED_STORE, ObjectStore
@@ -116,3 +118,41 @@ def test_a_right_pose_is_scored_by_what_the_sensor_would_see_of_it(added_part) -
     assert score > 0.85
     # A few coarse steps on noisy returns: the right pose stays within what the search refines.
     assert served.symmetry.error_deg(rotation, truth.rotation) < 2.5
+
+
+def test_the_points_no_detection_explains_vote_again_and_find_the_instance_left(added_part) -> None:
+    # With one hypothesis an object, the frame's votes pose only the tee with the most votes;
+    # the points left then vote alone, and the other tee leads its own hypotheses.
+    served, scene_tee = added_part("tee")
+    two = SceneCounts(target_copies=(2, 2), distractors=(0, 0))
+    at = SceneLayout(touching=0.0, distance_m=(0.6, 0.9))
+    frame = make_frame([scene_tee], [], np.random.default_rng(8), Intrinsics(), two, layout=at)
+    points = frame.points().astype(np.float64)
+    assert all(instance.visible_fraction > 0.7 for instance in frame.instances)
+    one = dataclasses.replace(VOTE_PARAMS, kept=1)
+    votes_only = dataclasses.replace(DETECTION_PARAMS, segments_after_votes=False, leftover_votes=False)
+
+    def right(detections) -> int:
+        return sum(
+            any(
+                served.symmetry.error_deg(found.pose.object_rotation, truth.rotation) < 5.0
+                and np.linalg.norm(found.pose.object_translation - truth.translation) < 0.01
+                for found in detections
+                if found.pose.found
+            )
+            for truth in frame.instances
+        )
+
+    first = detect(points, {"tee": served}, "m", params=votes_only, votes=one)
+    again = detect(
+        points, {"tee": served}, "m", params=dataclasses.replace(votes_only, leftover_votes=True), votes=one
+    )
+
+    print(
+        "right after the first votes",
+        right(first.detections),
+        "and after the leftovers",
+        right(again.detections),
+    )
+    assert right(first.detections) == 1
+    assert right(again.detections) == 2
