@@ -205,7 +205,8 @@ class Criteria:
         return int(np.searchsorted(np.asarray(self.range_bins, dtype=np.float64), distance, side="right"))
 
     def range_labels(self) -> list[str]:
-        """``<0.8 m``, ``0.8-1.0 m``, ``≥1.0 m``-style labels of the range groups."""
+        """``<0.8 m``, ``0.8-1 m``, ``≥1 m``-style labels of the range groups (``any range``
+        without edges)."""
         edges = self.range_bins
         if not edges:
             return ["any range"]
@@ -492,9 +493,8 @@ def summarize(frames: Sequence[FrameScore], criteria: Criteria = Criteria()) -> 
         (likewise, one per range group, instances of unknown distance left out); ``detections``
         (confident), ``true_positives``, ``precision``; medians over matched instances of
         ``rotation_deg``, ``translation_pct``, ``mssd_pct``; ``median_ms`` and ``p90_ms`` per
-        frame; ``empty_frames`` and
-        ``false_alarm_rate`` (the fraction of them with a confident detection). Ratios and medians
-        of nothing are None.
+        frame; ``empty_frames`` and ``false_alarm_rate`` (the fraction of them with a confident
+        detection). Ratios and medians of nothing are None.
     """
     counted = [
         instance
