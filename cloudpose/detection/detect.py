@@ -461,12 +461,19 @@ class RangeImage:
         """What the sensor would see of ``points`` (M, 3) alone: the cells they fall in (sorted),
         the nearest range in each, and the index of the point seen there."""
         keys, ranges = self._cells(points)
-        order = np.argsort(ranges)
-        order = order[np.argsort(keys[order], kind="stable")]  # by cell, nearest first
-        keys, ranges = keys[order], ranges[order]
-        first = np.ones(len(keys), dtype=bool)
-        first[1:] = keys[1:] != keys[:-1]
-        return keys[first], ranges[first], order[first]
+        chosen = _nearest_each(keys, ranges)
+        return keys[chosen], ranges[chosen], chosen
+
+    def nearest_in_groups(
+        self, points: np.ndarray, groups: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`nearest_of` for many sets of points at once (``groups`` (M,) says which set each
+        point is of): for each set, what it alone would show the sensor, by set, then by cell:
+        the cells, the nearest range in each, and the index of the point seen there."""
+        keys, ranges = self._cells(points)
+        span = int(keys.max()) + 1 if len(keys) else 1
+        chosen = _nearest_each(groups.astype(np.int64) * span + keys, ranges)
+        return keys[chosen], ranges[chosen], chosen
 
     def interior(self, keys: np.ndarray) -> np.ndarray:
         """(K,) which of the sorted cells ``keys`` have all eight neighbours among them (away
@@ -509,6 +516,23 @@ class RangeImage:
         seen = self.keys[where] == keys
         near = np.abs(self.nearest[where] - ranges) <= tolerance
         return int((seen & near).sum()), len(points)
+
+
+def _nearest_each(keys: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    """For each distinct key (ascending), the index of its smallest range: one sort by key, and
+    the least range of each run of equal keys (the first of them where several tie)."""
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(keys)
+    keys, ranges = keys[order], ranges[order]
+    new = np.ones(len(keys), dtype=bool)
+    new[1:] = keys[1:] != keys[:-1]
+    run = np.cumsum(new) - 1
+    least = np.minimum.reduceat(ranges, np.flatnonzero(new))
+    candidates = np.flatnonzero(ranges == least[run])
+    first = np.ones(len(candidates), dtype=bool)
+    first[1:] = run[candidates[1:]] != run[candidates[:-1]]
+    return order[candidates[first]]
 
 
 def _span(points: np.ndarray) -> float:
@@ -1002,7 +1026,7 @@ class _FrameSearch:
         self, name: str, pose: ObjectPose, axis: np.ndarray, reach: tuple[float, float]
     ) -> ObjectPose:
         """``pose`` turned about ``axis`` through the object's centroid, within ``reach`` (radians,
-        from and to), where the frame bears it out best (:meth:`_turn_score`): turns
+        from and to), where the frame bears it out best (:meth:`_turn_scores`): turns
         ``params.settle_step_deg`` apart, then 1 degree apart about the best of them."""
         centre = self.objects[name].centroid / pose.scale  # file frame, frame units
 
@@ -1015,15 +1039,26 @@ class _FrameSearch:
 
         step = np.radians(self.params.settle_step_deg)
         coarse = np.arange(reach[0], reach[1] + step / 2, step)
-        best = float(coarse[int(np.argmax([self._turn_score(name, turned(theta)) for theta in coarse]))])
+        best = float(coarse[int(np.argmax(self._turn_scores(name, [turned(theta) for theta in coarse])))])
         half = np.floor(self.params.settle_step_deg / 2)
         fine = best + np.radians(np.arange(-half, half + 1))
-        return turned(float(fine[int(np.argmax([self._turn_score(name, turned(theta)) for theta in fine]))]))
+        return turned(float(fine[int(np.argmax(self._turn_scores(name, [turned(theta) for theta in fine])))]))
 
-    def _turn_score(self, name: str, pose: ObjectPose) -> float:
-        """How closely the sensor saw the posed object's nearest surface (the sum of
-        :meth:`_closeness` over the directions it covers)."""
-        return float(self._closeness(name, pose)[1].sum())
+    def _turn_scores(self, name: str, poses: list[ObjectPose]) -> np.ndarray:
+        """How closely the sensor saw each posed object's nearest surface (the sum of
+        :meth:`_closeness` over the directions it covers), all rendered at once; the poses share
+        one scale."""
+        served = self.objects[name]
+        surface, normals = served.posed_surface(
+            np.eye(3), np.zeros(3), poses[0].scale, len(served.estimator.surface.points)
+        )
+        rotations = np.stack([pose.object_rotation for pose in poses])
+        posed = surface @ rotations + np.stack([pose.object_translation for pose in poses])[:, None]
+        facing = np.einsum("ksi,ksi->ks", normals @ rotations, self.sensor - posed) > 0
+        pose_of, point_of = np.nonzero(facing)
+        keys, ranges, chosen = self.fine.nearest_in_groups(posed[pose_of, point_of], pose_of)
+        closeness = self._closeness_of(name, keys, ranges)
+        return np.bincount(pose_of[chosen], weights=closeness, minlength=len(poses))
 
     def _closeness(self, name: str, pose: ObjectPose) -> tuple[np.ndarray, np.ndarray]:
         """The directions (sorted cells) the posed object's nearest surface covers, and in each
@@ -1031,13 +1066,17 @@ class _FrameSearch:
         ``params.free_space_tolerance`` (0 beyond it, or where something hides it), -1 where
         the sensor saw through it."""
         _, keys, ranges, _, _ = self._rendered(name, pose, self.fine)
+        return keys, self._closeness_of(name, keys, ranges)
+
+    def _closeness_of(self, name: str, keys: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+        """:meth:`_closeness` of an object's rendered surface: its cells and nearest ranges."""
         observed = self.fine.observed(keys)
         tolerance = self.params.free_space_tolerance * self.sizes[name]
         with np.errstate(invalid="ignore"):
             gap = observed - ranges
             closeness = np.where(np.abs(gap) <= tolerance, 1.0 - np.abs(gap) / tolerance, 0.0)
             closeness[gap > tolerance] = -1.0
-        return keys, closeness
+        return closeness
 
     def _margin(self, name: str, pose: ObjectPose, other: ObjectPose) -> float:
         """How much better the frame bears out ``pose`` than ``other`` where they differ: the

@@ -226,10 +226,8 @@ def vote_pass(
     for name, served in search.objects.items():
         if out_of_time():
             break  # what the objects not voted for would have added is unknown: nothing counted
-        fitted = [
-            fit_to_frame(search, tree, name, (rotation, translation), params)
-            for rotation, translation, _ in frame.hypotheses(served, scales[name])
-        ]
+        hypotheses = frame.hypotheses(served, scales[name])
+        fitted = fit_all_to_frame(search, tree, name, [(r, t) for r, t, _ in hypotheses], params)
         for rank, (score, rotation, translation) in enumerate(_distinct(fitted, search, name, params)):
             queue.append((rank, -score, name, rotation, translation))
     queue.sort(key=lambda item: item[:2])
@@ -254,50 +252,105 @@ def fit_to_frame(
     pose: tuple[np.ndarray, np.ndarray],
     params: VoteParams = VOTE_PARAMS,
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """A hypothesis brought to the frame and scored: ``params.fit_steps`` steps of trimmed
-    point-to-point ICP of what the sensor would see of the posed object (its nearest surface in
-    each direction of the view check's range image) onto the frame's points off its support
-    planes (``tree``), the reach shrinking from ``params.fit_reach`` to one times
-    ``params.fit_tolerance``; the score is the share of those points then within the tolerance.
+    """One hypothesis brought to the frame and scored (:func:`fit_all_to_frame`).
 
     Returns:
         (score, rotation (3, 3), translation (3,)), the pose as answers give it.
     """
-    rotation, translation = pose
+    (fitted,) = fit_all_to_frame(search, tree, name, [pose], params)
+    return fitted
+
+
+def fit_all_to_frame(
+    search: Any,
+    tree: cKDTree,
+    name: str,
+    poses: list[tuple[np.ndarray, np.ndarray]],
+    params: VoteParams = VOTE_PARAMS,
+) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """Hypotheses of one object brought to the frame and scored: ``params.fit_steps`` steps of
+    trimmed point-to-point ICP of what the sensor would see of each posed object (its nearest
+    surface in each direction of the view check's range image) onto the frame's points off its
+    support planes (``tree``), the reach shrinking from ``params.fit_reach`` to one times
+    ``params.fit_tolerance``; a pose's score is the share of its points then within the
+    tolerance. All the poses' points are looked up in one query a step (in two threads), and a
+    pose whose points find fewer than 3 neighbours stops where it is.
+
+    Returns:
+        (score, rotation (3, 3), translation (3,)) for each pose, in their order, as answers
+        give a pose.
+    """
     served, size = search.objects[name], search.sizes[name]
-    posed, normals = served.posed_surface(
-        rotation, translation, served.scale_for(search.units), params.render_points
-    )
-    sight = search.sensor - posed
-    facing = np.einsum("ij,ij->i", normals, sight) > 0
-    # What the sensor would see of the posed object: its nearest surface in each direction.
-    _, _, seen = search.seen.nearest_of(posed[facing])
-    moving = posed[facing][seen]
-    moving = moving[evenly_spaced(len(moving), params.fit_points)]
-    if len(moving) < 3:
-        return 0.0, rotation, translation
+    count = len(poses)
+    if count == 0:
+        return []
+    scale = served.scale_for(search.units)
+    surface, surface_normals = served.posed_surface(np.eye(3), np.zeros(3), scale, params.render_points)
+    rotations = np.stack([rotation for rotation, _ in poses])  # (K, 3, 3)
+    posed = surface @ rotations + np.stack([translation for _, translation in poses])[:, None]  # (K, S, 3)
+    normals = surface_normals @ rotations
+    facing = np.einsum("ksi,ksi->ks", normals, search.sensor - posed) > 0
+    # What the sensor would see of each posed object: its nearest surface in each direction.
+    pose_of, point_of = np.nonzero(facing)
+    _, _, seen = search.seen.nearest_in_groups(posed[pose_of, point_of], pose_of)
+    starts = np.searchsorted(pose_of[seen], np.arange(count + 1))
+    seen_points = []
+    for k in range(count):
+        moving = posed[k, point_of[seen[starts[k] : starts[k + 1]]]]
+        seen_points.append(moving[evenly_spaced(len(moving), params.fit_points)])
+    sizes = np.array([len(moving) for moving in seen_points], dtype=np.int64)
+    owner = np.repeat(np.arange(count), sizes)  # (P,) which pose each point is of
+    moving = np.concatenate(seen_points)
+    turns, shifts = np.repeat(np.eye(3)[None], count, axis=0), np.zeros((count, 3))
+    active = sizes >= 3
     tolerance = params.fit_tolerance * size
-    turn, shift = np.eye(3), np.zeros(3)
     for reach in np.linspace(params.fit_reach, 1.0, params.fit_steps):
-        now = moving @ turn + shift
-        distance, nearest = tree.query(now, distance_upper_bound=reach * tolerance)
-        near = np.isfinite(distance)
-        if near.sum() < 3:
+        if not active.any():
             break
-        step_turn, step_shift = _kabsch(now[near], tree.data[nearest[near]])
-        turn, shift = turn @ step_turn, shift @ step_turn + step_shift
-    distance, _ = tree.query(moving @ turn + shift, distance_upper_bound=tolerance)
-    return float(np.isfinite(distance).mean()), rotation @ turn, translation @ turn + shift
+        now = np.einsum("pi,pij->pj", moving, turns[owner]) + shifts[owner]
+        taking = active[owner]
+        distance, nearest = tree.query(now[taking], distance_upper_bound=reach * tolerance, workers=2)
+        near = np.isfinite(distance)
+        source, target = now[taking][near], tree.data[nearest[near]]
+        group = owner[taking][near]
+        found = np.bincount(group, minlength=count)
+        active &= found >= 3  # as a lone fit stops: too few neighbours to take a step
+        step_turns, step_shifts = _kabsch_groups(source, target, group, count)
+        turns[active] = turns[active] @ step_turns[active]
+        shifts[active] = np.einsum("ki,kij->kj", shifts[active], step_turns[active]) + step_shifts[active]
+    now = np.einsum("pi,pij->pj", moving, turns[owner]) + shifts[owner]
+    distance, _ = tree.query(now, distance_upper_bound=tolerance, workers=2)
+    scores = np.bincount(owner, weights=np.isfinite(distance), minlength=count) / np.maximum(sizes, 1)
+    out = []
+    for k, (rotation, translation) in enumerate(poses):
+        if sizes[k] < 3:
+            out.append((0.0, rotation, translation))
+            continue
+        out.append((float(scores[k]), rotation @ turns[k], translation @ turns[k] + shifts[k]))
+    return out
 
 
-def _kabsch(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rotation (3, 3) and translation (3,) that best take ``source`` onto ``target`` (row
-    vectors: ``source @ R + t``), least squares."""
-    source_centre, target_centre = source.mean(axis=0), target.mean(axis=0)
-    u, _, vt = np.linalg.svd((source - source_centre).T @ (target - target_centre))
-    flip = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+def _kabsch_groups(
+    source: np.ndarray, target: np.ndarray, group: np.ndarray, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``count`` groups of paired points, the rotation (3, 3) and translation (3,)
+    that best take its ``source`` onto its ``target`` (row vectors: ``source @ R + t``), least
+    squares; identity for a group with no pair."""
+    found = np.maximum(np.bincount(group, minlength=count), 1)[:, None]
+    source_centre = np.stack([np.bincount(group, source[:, a], count) for a in range(3)], axis=1) / found
+    target_centre = np.stack([np.bincount(group, target[:, a], count) for a in range(3)], axis=1) / found
+    source_off = source - source_centre[group]
+    target_off = target - target_centre[group]
+    cross = np.zeros((count, 3, 3))
+    for a in range(3):
+        for b in range(3):
+            cross[:, a, b] = np.bincount(group, source_off[:, a] * target_off[:, b], count)
+    u, _, vt = np.linalg.svd(cross)
+    flip = np.repeat(np.eye(3)[None], count, axis=0)
+    flip[:, 2, 2] = np.sign(np.linalg.det(u @ vt))
     rotation = u @ flip @ vt
-    return rotation, target_centre - source_centre @ rotation
+    shift = target_centre - np.einsum("ki,kij->kj", source_centre, rotation)
+    return rotation, shift
 
 
 def _distinct(

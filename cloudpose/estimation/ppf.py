@@ -26,6 +26,9 @@ processes load them from the cache).
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,7 +170,7 @@ def _acos_bins(angle_bins: int) -> np.ndarray:
     return np.minimum((np.arccos(cosines) / (np.pi / angle_bins)).astype(np.int64), angle_bins - 1)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _vote(
     points,
     normals,
@@ -228,7 +231,7 @@ def _vote(
     return out_model, out_alpha, out_votes
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _vote_reference(
     points,
     normals,
@@ -307,7 +310,7 @@ def _vote_reference(
     return used, pair_id
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _take_peaks(accumulator, touched, used, angle_bins, alpha_step, out_model, out_alpha, out_votes):
     """The accumulator's best cells among the ``used`` first of ``touched``, written to the
     reference's rows (as many as they hold); the accumulator is left all zeros."""
@@ -326,6 +329,27 @@ def _take_peaks(accumulator, touched, used, angle_bins, alpha_step, out_model, o
         accumulator[best_cell] = -1  # taken: never a peak again, and reset below
     for t in range(used):
         accumulator[touched[t]] = 0
+
+
+VOTE_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Reference points per thread below which one thread votes alone (a thread's start costs more).
+THREAD_REFERENCES = 64
+# Its threads start at the first split vote.
+_POOL = ThreadPoolExecutor(VOTE_THREADS, thread_name_prefix="cloudpose-votes")
+
+
+def in_threads(
+    vote: Callable[[np.ndarray], tuple[np.ndarray, ...]], references: np.ndarray, threads: int
+) -> tuple[np.ndarray, ...]:
+    """``vote`` (a compiled loop that releases the interpreter lock) over the reference points,
+    split into contiguous chunks voted in up to ``threads`` threads at once (at least
+    ``THREAD_REFERENCES`` a chunk); each reference's peaks depend on its own pairs alone, so the
+    rows, joined in order, are those of one call over all of them."""
+    chunks = min(threads, VOTE_THREADS, len(references) // THREAD_REFERENCES)
+    if chunks < 2:
+        return vote(references)
+    parts = list(_POOL.map(vote, np.array_split(references, chunks)))
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
 
 
 def evenly_spaced(count: int, wanted: int) -> np.ndarray:
@@ -382,6 +406,7 @@ class PPFModel:
         self, points: np.ndarray, normals: np.ndarray, diagonal: float, settings: PPFSettings = PPFSettings()
     ) -> None:
         self.settings = settings
+        self.threads = VOTE_THREADS  # a frame's reference points vote in this many threads
         self.diagonal = float(diagonal)
         self.step = settings.sampling * self.diagonal
         self.points, self.normals = _voxel_with_normals(
@@ -532,22 +557,26 @@ class PPFModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Back transforms (K, 4, 4) of the reference points' accumulator peaks, and their votes."""
         settings = self.settings
-        model_index, alpha, count = _vote(
-            points,
-            normals,
-            references,
-            self.starts,
-            self.refs,
-            self.alphas,
-            len(self.points),
-            self.step,
-            self.distance_bins,
-            settings.angle_bins,
-            self.diameter,
-            settings.peaks,
-            settings.spread,
-            self.acos_table,
-        )
+
+        def vote(chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return _vote(
+                points,
+                normals,
+                chosen,
+                self.starts,
+                self.refs,
+                self.alphas,
+                len(self.points),
+                self.step,
+                self.distance_bins,
+                settings.angle_bins,
+                self.diameter,
+                settings.peaks,
+                settings.spread,
+                self.acos_table,
+            )
+
+        model_index, alpha, count = in_threads(vote, references, self.threads)
         valid = model_index >= 0  # (R, P)
         rows = np.repeat(references[:, None], settings.peaks, axis=1)[valid]
         scene_frames = _frames(points[rows], normals[rows])

@@ -36,6 +36,7 @@ used here: the service never imports torch.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +226,11 @@ def sample_surface_with_normals(
 
 
 INDEX_BACKENDS = ("small_gicp", "open3d")
+# A batch of this many queries or more is split over QUERY_THREADS threads (smaller batches
+# lose more to starting the threads than they gain: 1,000 queries of an 8,000-point tree take
+# 0.16 ms in one thread, 0.10 ms in two).
+THREADED_QUERIES = 1000
+QUERY_THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
 class _NearestIndex:
@@ -247,7 +253,10 @@ class _NearestIndex:
     def query(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Index of and squared distance to the nearest model point, shapes (Q,) and (Q,)."""
         if self.backend == "small_gicp":
-            index, squared = self._tree.batch_nearest_neighbor_search(np.ascontiguousarray(queries))
+            threads = QUERY_THREADS if len(queries) >= THREADED_QUERIES else 1
+            index, squared = self._tree.batch_nearest_neighbor_search(
+                np.ascontiguousarray(queries), num_threads=threads
+            )
             # Indices come as uint64 below 2**63: reinterpret them instead of copying.
             return np.asarray(index).view(np.int64), np.asarray(squared)
         index, squared = self._tree.knn_search(o3d.core.Tensor(np.ascontiguousarray(queries)), 1)

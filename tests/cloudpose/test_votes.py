@@ -9,8 +9,9 @@ import pytest
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from cloudpose.detection.detect import DETECTION_PARAMS, detect, open_frame
-from cloudpose.detection.votes import VOTE_PARAMS, FrameVotes, fit_to_frame, ppf_model
+from cloudpose.detection.detect import DETECTION_PARAMS, RangeImage, _unverified, detect, open_frame
+from cloudpose.detection.votes import VOTE_PARAMS, FrameVotes, fit_all_to_frame, fit_to_frame, ppf_model
+from cloudpose.estimation.ppf import THREAD_REFERENCES, VOTE_THREADS
 from cloudpose.estimation.served import ServedObject
 from cloudpose.geometry.rotations import geodesic_deg
 from cloudpose.store.package import SHIPPED_STORE, ObjectStore
@@ -156,3 +157,93 @@ def test_the_points_no_detection_explains_vote_again_and_find_the_instance_left(
     )
     assert right(first.detections) == 1
     assert right(again.detections) == 2
+
+
+def test_reference_points_voting_in_threads_give_the_votes_of_one_thread(bunny: ServedObject) -> None:
+    rng = np.random.default_rng(11)
+    rotation = Rotation.random(random_state=12).as_matrix()
+    view = facing_view(bunny, rotation, np.array([0.0, 0.02, 0.8]))
+    clutter = rng.uniform([-0.3, -0.2, 0.85], [0.3, 0.2, 0.95], size=(4000, 3))
+    scale = bunny.scale_for("m")
+    model = ppf_model(bunny)
+    points, normals, references = FrameVotes(
+        np.concatenate([view, clutter]), np.zeros(3), model.step / scale
+    ).grid(0)
+    assert len(references) >= 2 * THREAD_REFERENCES, "too few references to split"
+    threads = model.threads
+    try:
+        model.threads = 1
+        alone = model._votes(points * scale, normals, references)
+        model.threads = 2
+        split = model._votes(points * scale, normals, references)
+    finally:
+        model.threads = threads
+    print("references", len(references), "threads here", VOTE_THREADS, "votes", int(alone[1].sum()))
+    np.testing.assert_array_equal(split[1], alone[1])
+    np.testing.assert_array_equal(split[0], alone[0])
+
+
+def test_hypotheses_fitted_together_are_fitted_as_each_would_be_alone(bunny: ServedObject) -> None:
+    rotation = Rotation.random(random_state=9).as_matrix()
+    translation = np.array([0.02, 0.01, 0.7])
+    view = facing_view(bunny, rotation, translation)
+    search, _, _ = open_frame(view, {"bunny": bunny}, "m", None, 0)
+    tree = cKDTree(view)
+    turns = Rotation.from_rotvec(np.radians([[5.0, 0, 0], [0, 8.0, 0], [0, 0, 90.0], [40.0, 30.0, 0]]))
+    poses = [
+        (rotation @ turn, translation + [0.003 * k, 0.0, 0.0]) for k, turn in enumerate(turns.as_matrix())
+    ]
+    poses.append((rotation, translation + [0.0, 0.0, 2.0]))  # nowhere near the frame's points
+
+    together = fit_all_to_frame(search, tree, "bunny", poses)
+    alone = [fit_to_frame(search, tree, "bunny", pose) for pose in poses]
+
+    print("scores", [round(item[0], 3) for item in together])
+    assert len({round(item[0], 3) for item in together}) > 2  # the poses fit differently
+    for (score, fitted, moved), (score_alone, fitted_alone, moved_alone) in zip(together, alone, strict=True):
+        assert score == pytest.approx(score_alone, abs=1e-9)
+        np.testing.assert_allclose(fitted, fitted_alone, atol=1e-9)
+        np.testing.assert_allclose(moved, moved_alone, atol=1e-9)
+    assert together[-1][0] == 0.0
+
+
+def test_the_settles_turns_scored_together_are_scored_as_each_would_be_alone(added_part) -> None:
+    served, scene_tee = added_part("tee")
+    alone = SceneCounts(target_copies=(1, 1), distractors=(0, 0))
+    at = SceneLayout(touching=0.0, distance_m=(0.7, 0.7))
+    frame = make_frame([scene_tee], [], np.random.default_rng(5), Intrinsics(), alone, layout=at)
+    search, _, _ = open_frame(frame.points().astype(np.float64), {"tee": served}, "m", None, 0)
+    truth = frame.instances[0]
+    scale = served.scale_for("m")
+    spins = Rotation.from_rotvec(np.radians([0.0, 3.0, 20.0, 90.0, 180.0])[:, None] * [0.0, 0.0, 1.0])
+    poses = [_unverified(truth.rotation @ spin, truth.translation, scale) for spin in spins.as_matrix()]
+
+    together = search._turn_scores("tee", poses)
+    each = [float(search._closeness("tee", item)[1].sum()) for item in poses]
+
+    print("turn scores", np.round(together, 2))
+    assert together[0] > together[3]  # the right pose is borne out best
+    np.testing.assert_allclose(together, each, rtol=1e-9, atol=1e-9)
+
+
+def test_the_range_image_keeps_the_nearest_return_of_each_direction_and_each_set() -> None:
+    rng = np.random.default_rng(21)
+    points = rng.uniform([-0.2, -0.2, 0.5], [0.2, 0.2, 1.5], size=(5000, 3))
+    groups = rng.integers(0, 4, len(points))
+    image = RangeImage(points, np.zeros(3), cell=0.02)
+    keys, ranges = image._cells(points)
+    nearest: dict[tuple[int, int], int] = {}
+    for index, (group, key) in enumerate(zip(groups.tolist(), keys.tolist(), strict=True)):
+        if (group, key) not in nearest or ranges[index] < ranges[nearest[group, key]]:
+            nearest[group, key] = index
+
+    cells, cell_ranges, chosen = image.nearest_in_groups(points, groups)
+
+    assert len(chosen) == len(nearest) < len(points)  # cells hold several points
+    assert sorted(chosen.tolist()) == sorted(nearest.values())
+    np.testing.assert_array_equal(cells, keys[chosen])
+    np.testing.assert_array_equal(cell_ranges, ranges[chosen])
+    one_set = image.nearest_of(points[groups == 0])[2]
+    assert sorted(np.flatnonzero(groups == 0)[one_set].tolist()) == sorted(
+        index for (group, _), index in nearest.items() if group == 0
+    )
