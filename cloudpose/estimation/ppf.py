@@ -334,8 +334,16 @@ def _take_peaks(accumulator, touched, used, angle_bins, alpha_step, out_model, o
 VOTE_THREADS = max(1, min(4, os.cpu_count() or 1))
 # Reference points per thread below which one thread votes alone (a thread's start costs more).
 THREAD_REFERENCES = 64
-# Its threads start at the first split vote.
-_POOL = ThreadPoolExecutor(VOTE_THREADS, thread_name_prefix="cloudpose-votes")
+_POOL = ThreadPoolExecutor(VOTE_THREADS, thread_name_prefix="cloudpose-votes")  # threads start when used
+
+
+def _new_pool() -> None:
+    """A fresh pool in a forked child (the parent's threads do not follow it there)."""
+    global _POOL
+    _POOL = ThreadPoolExecutor(VOTE_THREADS, thread_name_prefix="cloudpose-votes")
+
+
+os.register_at_fork(after_in_child=_new_pool)
 
 
 def in_threads(

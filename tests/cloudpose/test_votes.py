@@ -247,3 +247,36 @@ def test_the_range_image_keeps_the_nearest_return_of_each_direction_and_each_set
     assert sorted(np.flatnonzero(groups == 0)[one_set].tolist()) == sorted(
         index for (group, _), index in nearest.items() if group == 0
     )
+
+
+def test_votes_split_over_threads_still_run_in_a_forked_child(bunny: ServedObject) -> None:
+    # A server that forks its workers after voting once: the child must get threads of its own.
+    import multiprocessing
+
+    scale = bunny.scale_for("m")
+    model = ppf_model(bunny)
+    view = facing_view(bunny, Rotation.random(random_state=13).as_matrix(), np.array([0.0, 0.0, 0.8]))
+    clutter = np.random.default_rng(14).uniform([-0.3, -0.2, 0.85], [0.3, 0.2, 0.95], size=(4000, 3))
+    points, normals, references = FrameVotes(
+        np.concatenate([view, clutter]), np.zeros(3), model.step / scale
+    ).grid(0)
+    threads = model.threads
+    model.threads = 2
+    try:
+        here = model._votes(points * scale, normals, references)[1]  # the parent's pool has run
+        results = multiprocessing.get_context("fork").Queue()
+
+        def child() -> None:
+            results.put(model._votes(points * scale, normals, references)[1].tolist())
+
+        process = multiprocessing.get_context("fork").Process(target=child)
+        process.start()
+        process.join(timeout=60)
+        alive = process.is_alive()
+        if alive:
+            process.kill()
+    finally:
+        model.threads = threads
+    assert not alive, "the forked child's votes never finished"
+    assert process.exitcode == 0
+    assert results.get(timeout=5) == here.tolist()
