@@ -1056,17 +1056,40 @@ class _FrameSearch:
         """How closely the sensor saw each posed object's nearest surface (the sum of
         :meth:`_closeness` over the directions it covers), all rendered at once; the poses share
         one scale."""
-        served = self.objects[name]
-        surface, normals = served.posed_surface(
-            np.eye(3), np.zeros(3), poses[0].scale, len(served.estimator.surface.points)
+        pose_of, _, keys, ranges = self.rendered_poses(
+            name,
+            [(pose.object_rotation, pose.object_translation) for pose in poses],
+            poses[0].scale,
+            len(self.objects[name].estimator.surface.points),
+            self.fine,
         )
-        rotations = np.stack([pose.object_rotation for pose in poses])
-        posed = surface @ rotations + np.stack([pose.object_translation for pose in poses])[:, None]
+        closeness = self._closeness_of(name, keys, ranges)
+        return np.bincount(pose_of, weights=closeness, minlength=len(poses))
+
+    def rendered_poses(
+        self,
+        name: str,
+        poses: list[tuple[np.ndarray, np.ndarray]],
+        scale: float,
+        points: int,
+        image: RangeImage,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Many poses of one object (rotation, translation as answers give them; ``scale`` the
+        frame's units in object units) rendered at once as the sensor would see each, in the
+        cells of ``image``, from about ``points`` of its surface points: each pose's nearest
+        surface point in each direction it covers, by pose, then by cell.
+
+        Returns:
+            Which pose each seen point is of (P,), the points (P, 3), their cells (P,) and
+            ranges (P,).
+        """
+        surface, normals = self.objects[name].posed_surface(np.eye(3), np.zeros(3), scale, points)
+        rotations = np.stack([rotation for rotation, _ in poses])  # (K, 3, 3)
+        posed = surface @ rotations + np.stack([translation for _, translation in poses])[:, None]
         facing = np.einsum("ksi,ksi->ks", normals @ rotations, self.sensor - posed) > 0
         pose_of, point_of = np.nonzero(facing)
-        keys, ranges, chosen = self.fine.nearest_in_groups(posed[pose_of, point_of], pose_of)
-        closeness = self._closeness_of(name, keys, ranges)
-        return np.bincount(pose_of[chosen], weights=closeness, minlength=len(poses))
+        keys, ranges, chosen = image.nearest_in_groups(posed[pose_of, point_of], pose_of)
+        return pose_of[chosen], posed[pose_of[chosen], point_of[chosen]], keys, ranges
 
     def _closeness(self, name: str, pose: ObjectPose) -> tuple[np.ndarray, np.ndarray]:
         """The directions (sorted cells) the posed object's nearest surface covers, and in each

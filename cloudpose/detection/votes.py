@@ -30,6 +30,7 @@ from scipy.spatial import cKDTree
 
 from cloudpose.estimation.ppf import PPFModel, evenly_spaced
 from cloudpose.estimation.served import ServedObject
+from cloudpose.registration.refine import QUERY_THREADS
 
 
 @dataclass(frozen=True)
@@ -273,8 +274,8 @@ def fit_all_to_frame(
     surface in each direction of the view check's range image) onto the frame's points off its
     support planes (``tree``), the reach shrinking from ``params.fit_reach`` to one times
     ``params.fit_tolerance``; a pose's score is the share of its points then within the
-    tolerance. All the poses' points are looked up in one query a step (in two threads), and a
-    pose whose points find fewer than 3 neighbours stops where it is.
+    tolerance. All the poses' points are looked up in one query a step (in ``QUERY_THREADS``
+    threads), and a pose whose points find fewer than 3 neighbours stops where it is.
 
     Returns:
         (score, rotation (3, 3), translation (3,)) for each pose, in their order, as answers
@@ -284,19 +285,14 @@ def fit_all_to_frame(
     count = len(poses)
     if count == 0:
         return []
-    scale = served.scale_for(search.units)
-    surface, surface_normals = served.posed_surface(np.eye(3), np.zeros(3), scale, params.render_points)
-    rotations = np.stack([rotation for rotation, _ in poses])  # (K, 3, 3)
-    posed = surface @ rotations + np.stack([translation for _, translation in poses])[:, None]  # (K, S, 3)
-    normals = surface_normals @ rotations
-    facing = np.einsum("ksi,ksi->ks", normals, search.sensor - posed) > 0
     # What the sensor would see of each posed object: its nearest surface in each direction.
-    pose_of, point_of = np.nonzero(facing)
-    _, _, seen = search.seen.nearest_in_groups(posed[pose_of, point_of], pose_of)
-    starts = np.searchsorted(pose_of[seen], np.arange(count + 1))
+    pose_of, seen, _, _ = search.rendered_poses(
+        name, poses, served.scale_for(search.units), params.render_points, search.seen
+    )
+    starts = np.searchsorted(pose_of, np.arange(count + 1))
     seen_points = []
     for k in range(count):
-        moving = posed[k, point_of[seen[starts[k] : starts[k + 1]]]]
+        moving = seen[starts[k] : starts[k + 1]]
         seen_points.append(moving[evenly_spaced(len(moving), params.fit_points)])
     sizes = np.array([len(moving) for moving in seen_points], dtype=np.int64)
     owner = np.repeat(np.arange(count), sizes)  # (P,) which pose each point is of
@@ -309,7 +305,9 @@ def fit_all_to_frame(
             break
         now = np.einsum("pi,pij->pj", moving, turns[owner]) + shifts[owner]
         taking = active[owner]
-        distance, nearest = tree.query(now[taking], distance_upper_bound=reach * tolerance, workers=2)
+        distance, nearest = tree.query(
+            now[taking], distance_upper_bound=reach * tolerance, workers=QUERY_THREADS
+        )
         near = np.isfinite(distance)
         source, target = now[taking][near], tree.data[nearest[near]]
         group = owner[taking][near]
@@ -319,7 +317,7 @@ def fit_all_to_frame(
         turns[active] = turns[active] @ step_turns[active]
         shifts[active] = np.einsum("ki,kij->kj", shifts[active], step_turns[active]) + step_shifts[active]
     now = np.einsum("pi,pij->pj", moving, turns[owner]) + shifts[owner]
-    distance, _ = tree.query(now, distance_upper_bound=tolerance, workers=2)
+    distance, _ = tree.query(now, distance_upper_bound=tolerance, workers=QUERY_THREADS)
     scores = np.bincount(owner, weights=np.isfinite(distance), minlength=count) / np.maximum(sizes, 1)
     out = []
     for k, (rotation, translation) in enumerate(poses):

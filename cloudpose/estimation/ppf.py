@@ -334,15 +334,17 @@ def _take_peaks(accumulator, touched, used, angle_bins, alpha_step, out_model, o
 VOTE_THREADS = max(1, min(4, os.cpu_count() or 1))
 # Reference points per thread below which one thread votes alone (a thread's start costs more).
 THREAD_REFERENCES = 64
-_POOL = ThreadPoolExecutor(VOTE_THREADS, thread_name_prefix="cloudpose-votes")  # threads start when used
+_POOL: ThreadPoolExecutor
 
 
 def _new_pool() -> None:
-    """A fresh pool in a forked child (the parent's threads do not follow it there)."""
+    """The vote threads' pool (its threads start when first used); made anew in a forked child,
+    where the parent's threads do not follow."""
     global _POOL
     _POOL = ThreadPoolExecutor(VOTE_THREADS, thread_name_prefix="cloudpose-votes")
 
 
+_new_pool()
 os.register_at_fork(after_in_child=_new_pool)
 
 
