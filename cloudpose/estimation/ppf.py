@@ -49,7 +49,14 @@ class PPFSettings:
         max_voxels: the subsampled cloud's points that pair with a reference point, at most.
         spread: feature bins looked up per pair: 1 (its own) or 2 (and the nearer distance
             bin).
-        bucket_cap: the most model pairs kept per feature bin.
+        bucket_cap: the most model pairs kept per feature bin (a single cloud's votes) ...
+        frame_bucket_cap: ... and for a frame's votes (:meth:`PPFModel.frame_hypotheses`). A
+            frame's few reference points on a far or small instance need its right pairs: on
+            the eight-object frames, at 16 one of the 72 peaks of the references on a pebble at
+            1 m lay near its pose, at 512 thirteen. Taking turns frame by frame, 512 rather than
+            16 kept the recall of 30 eight-object frames (59.2 %) and raised their precision
+            94.9 -> 98.7 % (the box's poses on clutter lost), and raised the recall of 60 parts
+            frames 88.8 -> 89.8 %, at 0.6 s and 0.2 s more a frame.
         max_scene_points: the cloud's subsample before voxelling (normals are estimated on it).
         normal_neighbours: neighbours of the cloud's normal estimate.
         peaks: accumulator peaks kept per reference point.
@@ -68,6 +75,7 @@ class PPFSettings:
     peaks: int = 2
     spread: int = 1
     bucket_cap: int = 16
+    frame_bucket_cap: int = 512
     cluster_degrees: float = 20.0
     cluster_distance: float = 0.08
     hypotheses: int = 8
@@ -432,18 +440,19 @@ class PPFModel:
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
         # A feature that many pairs share (flat faces, smooth blobs) says little about the pose
-        # and costs a lookup of all of them: at most bucket_cap pairs, evenly spread, stay.
+        # and costs a lookup of all of them: at most a bucket's cap of pairs, evenly spread, stay.
         first = np.searchsorted(keys, keys, side="left")
-        size = np.searchsorted(keys, keys, side="right") - first
+        size = np.maximum(np.searchsorted(keys, keys, side="right") - first, 1)
         rank = np.arange(len(keys)) - first
-        cap = settings.bucket_cap
-        size = np.maximum(size, 1)
-        keep = (size <= cap) | ((rank * cap) // size != ((rank - 1) * cap) // size)
-        order, keys = order[keep], keys[keep]
-        self.refs = np.ascontiguousarray(refs[order])
-        self.alphas = np.ascontiguousarray(alphas[order])
         table = self.distance_bins * bins**3
-        self.starts = np.searchsorted(keys, np.arange(table + 1)).astype(np.int64)
+        self.tables: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for cap in {settings.bucket_cap, settings.frame_bucket_cap}:
+            keep = (size <= cap) | ((rank * cap) // size != ((rank - 1) * cap) // size)
+            self.tables[cap] = (
+                np.searchsorted(keys[keep], np.arange(table + 1)).astype(np.int64),  # bin starts
+                np.ascontiguousarray(refs[order[keep]]),
+                np.ascontiguousarray(alphas[order[keep]]),
+            )
         self.frames = _frames(self.points, self.normals)  # (M, 4, 4)
         self.acos_table = _acos_bins(bins)
         # Compile (or load from numba's cache) every loop now, not in a request's budget.
@@ -527,6 +536,7 @@ class PPFModel:
             np.ascontiguousarray(points, dtype=np.float64),
             np.ascontiguousarray(normals, dtype=np.float64),
             np.asarray(references, dtype=np.int64),
+            self.settings.frame_bucket_cap,
         )
         if len(votes) == 0:
             return []
@@ -563,19 +573,22 @@ class PPFModel:
         return out
 
     def _votes(
-        self, points: np.ndarray, normals: np.ndarray, references: np.ndarray
+        self, points: np.ndarray, normals: np.ndarray, references: np.ndarray, cap: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Back transforms (K, 4, 4) of the reference points' accumulator peaks, and their votes."""
+        """Back transforms (K, 4, 4) of the reference points' accumulator peaks, and their votes,
+        looked up in the table whose buckets hold at most ``cap`` pairs (default: a single
+        cloud's, ``settings.bucket_cap``)."""
         settings = self.settings
+        starts, refs, alphas = self.tables[settings.bucket_cap if cap is None else cap]
 
         def vote(chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return _vote(
                 points,
                 normals,
                 chosen,
-                self.starts,
-                self.refs,
-                self.alphas,
+                starts,
+                refs,
+                alphas,
                 len(self.points),
                 self.step,
                 self.distance_bins,

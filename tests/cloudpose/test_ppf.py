@@ -61,11 +61,33 @@ def test_a_frame_puts_the_point_at_the_origin_and_its_normal_on_x(normal) -> Non
     np.testing.assert_allclose(rotation @ normal, [1.0, 0.0, 0.0], atol=1e-12)
 
 
-def test_no_feature_bin_holds_more_than_the_cap(model: PPFModel) -> None:
-    sizes = np.diff(model.starts)
-    assert sizes.sum() == len(model.refs) == len(model.alphas)
-    assert sizes.max() <= model.settings.bucket_cap
-    assert 0 <= model.refs.min() and model.refs.max() < len(model.points)
+@pytest.mark.parametrize("which", ["bucket_cap", "frame_bucket_cap"])
+def test_no_feature_bin_holds_more_than_the_cap(model: PPFModel, which: str) -> None:
+    cap = getattr(model.settings, which)
+    starts, refs, alphas = model.tables[cap]
+    sizes = np.diff(starts)
+    assert sizes.sum() == len(refs) == len(alphas)
+    assert sizes.max() <= cap
+    assert 0 <= refs.min() and refs.max() < len(model.points)
+
+
+def test_the_frame_table_keeps_every_pair_of_the_single_cloud_one_and_more(model: PPFModel) -> None:
+    """A bin the single cloud's cap leaves whole, the frame's leaves whole too; a fuller bin keeps
+    more of its pairs for a frame's votes."""
+    settings = model.settings
+    assert settings.frame_bucket_cap > settings.bucket_cap
+    small_starts, small_refs, _ = model.tables[settings.bucket_cap]
+    large_starts, large_refs, _ = model.tables[settings.frame_bucket_cap]
+    small, large = np.diff(small_starts), np.diff(large_starts)
+    assert np.all(large >= small)
+    whole = (small < settings.bucket_cap) & (small > 0)
+    assert np.array_equal(large[whole], small[whole])
+    assert (large > small).any()
+    for index in np.flatnonzero(whole)[:50]:
+        assert np.array_equal(
+            np.sort(small_refs[small_starts[index] : small_starts[index + 1]]),
+            np.sort(large_refs[large_starts[index] : large_starts[index + 1]]),
+        )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
