@@ -90,6 +90,31 @@ def test_the_frame_table_keeps_every_pair_of_the_single_cloud_one_and_more(model
         )
 
 
+def test_the_frame_table_keeps_few_pairs_of_a_flat_surface(model: PPFModel) -> None:
+    """Pairs whose normals agree and lie square to the line between them (any two points of a
+    flat face) keep at most the small cap in the frame table; other features keep more."""
+    settings = model.settings
+    starts, _, _ = model.tables[settings.frame_bucket_cap]
+    sizes = np.diff(starts)
+    bins, step = settings.angle_bins, np.pi / settings.angle_bins
+    rng = np.random.default_rng(3)
+    flat, other = [], []
+    for i, j in rng.integers(0, len(model.points), size=(20000, 2)):
+        length, f2, f3, f4 = _feature(model.points[i], model.normals[i], model.points[j], model.normals[j])
+        if i == j or length > model.diameter:
+            continue
+        q = [min(int(f / step), bins - 1) for f in (f2, f3, f4)]
+        key = (
+            (min(int(length / model.step), model.distance_bins - 1) * bins + q[0]) * bins + q[1]
+        ) * bins + q[2]
+        square = all(abs(np.degrees(f) - 90.0) < 6.0 for f in (f2, f3))
+        (flat if square and np.degrees(f4) < 6.0 else other).append(key)
+    assert len(flat) > 20
+    assert settings.frame_planar_cap < settings.frame_bucket_cap
+    assert sizes[flat].max() <= settings.frame_planar_cap
+    assert sizes[other].max() > settings.frame_planar_cap
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_posed_copy_of_the_model_votes_its_own_pose_first(bunny, model: PPFModel, seed: int) -> None:
     """Row vectors: observed = canonical @ rotation + translation; the top cluster is that pose."""

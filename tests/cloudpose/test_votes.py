@@ -280,3 +280,28 @@ def test_votes_split_over_threads_still_run_in_a_forked_child(bunny: ServedObjec
     assert not alive, "the forked child's votes never finished"
     assert process.exitcode == 0
     assert results.get(timeout=5) == here.tolist()
+
+
+def test_a_place_whose_search_was_left_ambiguous_is_not_searched_again(added_part) -> None:
+    # A vote's whole search that ends ambiguous at a place marks it: another start of the same
+    # object there would search the same points again and settle nothing. Elsewhere, and for
+    # another object, the search goes on.
+    served, scene_tee = added_part("tee")
+    alone = SceneCounts(target_copies=(1, 1), distractors=(0, 0))
+    at = SceneLayout(touching=0.0, distance_m=(0.6, 0.9))
+    frame = make_frame([scene_tee], [], np.random.default_rng(8), Intrinsics(), alone, layout=at)
+    truth = frame.instances[0]
+    params = dataclasses.replace(DETECTION_PARAMS, ambiguous_reach=0.15)
+    assert DETECTION_PARAMS.ambiguous_reach > 0  # the default remembers ambiguous places
+    points = frame.points().astype(np.float64)
+    centre = served.centroid / served.scale_for("m") @ truth.rotation + truth.translation
+    size = served.diagonal / served.scale_for("m")
+
+    def search_with(ambiguous: list) -> tuple[bool, int]:
+        search, on_plane, _ = open_frame(points, {"tee": served}, "m", None, 0, params=params)
+        search.ambiguous.extend(ambiguous)
+        found = search.pose_from(np.flatnonzero(~on_plane), "tee", (truth.rotation, truth.translation))
+        return found, search.poses
+
+    assert search_with([("tee", centre + [0.1 * size, 0.0, 0.0])]) == (False, 0)
+    assert search_with([("tee", centre + [0.5 * size, 0.0, 0.0]), ("crank", centre)]) == (True, 1)
