@@ -90,10 +90,12 @@ def test_the_frame_table_keeps_every_pair_of_the_single_cloud_one_and_more(model
         )
 
 
-def test_the_frame_table_keeps_few_pairs_of_a_flat_surface(model: PPFModel) -> None:
+def test_the_frame_table_keeps_few_pairs_of_a_flat_surface(bunny) -> None:
     """Pairs whose normals agree and lie square to the line between them (any two points of a
-    flat face) keep at most the small cap in the frame table; other features keep more."""
-    settings = model.settings
+    flat face) keep at most the flat cap in the frame table; other features keep more."""
+    surface, diagonal = bunny
+    settings = PPFSettings(frame_planar_cap=64)
+    model = PPFModel(surface[:, :3], surface[:, 3:], diagonal, settings)
     starts, _, _ = model.tables[settings.frame_bucket_cap]
     sizes = np.diff(starts)
     bins, step = settings.angle_bins, np.pi / settings.angle_bins

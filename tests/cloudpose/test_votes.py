@@ -292,7 +292,6 @@ def test_a_place_whose_search_was_left_ambiguous_is_not_searched_again(added_par
     frame = make_frame([scene_tee], [], np.random.default_rng(8), Intrinsics(), alone, layout=at)
     truth = frame.instances[0]
     params = dataclasses.replace(DETECTION_PARAMS, ambiguous_reach=0.15)
-    assert DETECTION_PARAMS.ambiguous_reach > 0  # the default remembers ambiguous places
     points = frame.points().astype(np.float64)
     centre = served.centroid / served.scale_for("m") @ truth.rotation + truth.translation
     size = served.diagonal / served.scale_for("m")
